@@ -1,0 +1,1 @@
+"""BYOL (Bootstrap Your Own Latent) self-supervised pretraining in JAX/Haiku."""

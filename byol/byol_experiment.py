@@ -1,0 +1,340 @@
+"""BYOL pretraining (SPEC section 4): state, loss, update and evaluation of the online classifier.
+
+The update is one `jax.jit` over a one-axis mesh of every device of every process: parameters,
+optimiser and BatchNorm state are replicated, batches are split along the leading axis. Written as a
+computation over the global batch, it averages gradients and takes BatchNorm statistics over all
+devices without any explicit collective; XLA inserts the all-reduces.
+"""
+
+import time
+from typing import Any, Iterator, Mapping, NamedTuple
+
+from absl import logging
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from byol.utils import augmentations
+from byol.utils import checkpointing
+from byol.utils import dataset
+from byol.utils import helpers
+from byol.utils import networks
+from byol.utils import optimizers
+from byol.utils import schedules
+
+Batch = Mapping[str, jax.Array]
+Scalars = dict[str, jax.Array]
+
+
+class _ByolExperimentState(NamedTuple):
+  """Everything that changes during pretraining (and is checkpointed)."""
+  online_params: hk.Params
+  target_params: hk.Params
+  online_state: hk.State
+  target_state: hk.State
+  opt_state: optax.OptState  # LARS state of the online parameters.
+
+
+class ByolExperiment:
+  """BYOL pretraining: `step` trains on the next batch, `evaluate` scores the online classifier."""
+
+  def __init__(
+      self,
+      random_seed: int,
+      num_classes: int,
+      batch_size: int,
+      max_steps: int,
+      base_target_ema: float,
+      network_config: Mapping[str, Any],
+      optimizer_config: Mapping[str, Any],
+      lr_schedule_config: Mapping[str, Any],
+      dataset_config: Mapping[str, Any],
+      evaluation_config: Mapping[str, Any],
+      checkpointing_config: Mapping[str, Any],
+  ):
+    helpers.check_batch_size(batch_size)
+    helpers.check_batch_size(evaluation_config['batch_size'], 'evaluation batch_size')
+    if max_steps <= 0:
+      raise ValueError(f'max_steps must be positive, got {max_steps}.')
+    self._random_seed = random_seed
+    self._num_classes = num_classes
+    self._batch_size = batch_size
+    self._max_steps = max_steps
+    self._base_target_ema = base_target_ema
+    self._optimizer_config = dict(optimizer_config)
+    self._lr_schedule_config = dict(lr_schedule_config)
+    self._dataset_config = dict(dataset_config)
+    self._evaluation_config = dict(evaluation_config)
+    self._encoder_class = networks.get_encoder(network_config['encoder_class'])
+    self._network_config = dict(network_config)
+    # Validates the warm-up against the run length now rather than at the first step.
+    self._learning_rate(0)
+
+    self._checkpointer = checkpointing.Checkpointer(
+        checkpointing_config['checkpoint_dir'], checkpointing_config['filename'])
+    self._forward = hk.without_apply_rng(hk.transform_with_state(self._forward_fn))
+
+    self._mesh = helpers.make_mesh()
+    self._replicated = helpers.replicated(self._mesh)
+    self._batch_sharding = helpers.batch_sharded(self._mesh)
+    # The state is donated: its buffers are reused for the new state, halving peak memory.
+    self._update = jax.jit(
+        self._update_fn, out_shardings=self._replicated, donate_argnums=(0,))
+    self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._replicated)
+
+    self._state: _ByolExperimentState | None = None
+    self._train_input: Iterator[Batch] | None = None
+
+  # ------------------------------------------------------------------------------- network
+
+  def _forward_fn(self, inputs: Batch, is_training: bool) -> dict[str, Any]:
+    """Encoder, projector, predictor and online classifier, on both views when training."""
+    config = self._network_config
+    encoder = self._encoder_class(bn_config=config['bn_config'], **config['encoder_config'])
+    projector = networks.MLP(
+        name='projector',
+        hidden_size=config['projector_hidden_size'],
+        output_size=config['projector_output_size'],
+        bn_config=config['bn_config'])
+    predictor = networks.MLP(
+        name='predictor',
+        hidden_size=config['predictor_hidden_size'],
+        output_size=config['projector_output_size'],
+        bn_config=config['bn_config'])
+    classifier = hk.Linear(output_size=self._num_classes, name='classifier')
+
+    def apply_once(images: jax.Array) -> dict[str, jax.Array]:
+      embedding = encoder(dataset.normalize_images(images), is_training=is_training)  # [B, D]
+      projection = projector(embedding, is_training)  # [B, 256]
+      prediction = predictor(projection, is_training)  # [B, 256]
+      # The classifier only reads the embedding: labels must not shape the representation.
+      logits = classifier(jax.lax.stop_gradient(embedding))  # [B, num_classes]
+      return dict(projection=projection, prediction=prediction, logits=logits)
+
+    if is_training:
+      # The views go through separately so that each has its own BatchNorm statistics.
+      return dict(view1=apply_once(inputs['view1']), view2=apply_once(inputs['view2']))
+    return apply_once(inputs['images'])
+
+  # ------------------------------------------------------------------------------- optimiser
+
+  def _learning_rate(self, global_step: jax.typing.ArrayLike) -> jax.Array:
+    return schedules.learning_schedule(
+        global_step,
+        batch_size=self._batch_size,
+        base_learning_rate=self._lr_schedule_config['base_learning_rate'],
+        total_steps=self._max_steps,
+        warmup_steps=self._lr_schedule_config['warmup_steps'])
+
+  def _optimizer(self, learning_rate: jax.typing.ArrayLike) -> optax.GradientTransformation:
+    config = self._optimizer_config
+    mask = optimizers.exclude_bias_and_norm if config['exclude_bias_from_adaption'] else None
+    return optimizers.lars(
+        learning_rate,
+        weight_decay=config['weight_decay'],
+        momentum=config['momentum'],
+        eta=config['eta'],
+        weight_decay_mask=mask,
+        trust_ratio_mask=mask)
+
+  # ------------------------------------------------------------------------------- pure functions
+
+  def _init_fn(self, rng: jax.Array) -> _ByolExperimentState:
+    """Online and target networks from different keys; the optimiser state of the online one."""
+    online_rng, target_rng = jax.random.split(rng)
+    image_size = self._dataset_config['image_size']
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    dummy_inputs = dict(view1=images, view2=images)
+    online_params, online_state = self._forward.init(online_rng, dummy_inputs, is_training=True)
+    target_params, target_state = self._forward.init(target_rng, dummy_inputs, is_training=True)
+    # The optimiser state does not depend on the learning rate.
+    opt_state = self._optimizer(0.).init(online_params)
+    return _ByolExperimentState(
+        online_params, target_params, online_state, target_state, opt_state)
+
+  def _loss_fn(
+      self,
+      online_params: hk.Params,
+      online_state: hk.State,
+      target_outputs: Mapping[str, Any],
+      inputs: Batch,
+  ) -> tuple[jax.Array, tuple[hk.State, Scalars]]:
+    """Symmetric BYOL regression loss plus the online classifier's cross-entropy."""
+    outputs, online_state = self._forward.apply(
+        online_params, online_state, inputs, is_training=True)
+    target_projection = jax.lax.stop_gradient(
+        {view: target_outputs[view]['projection'] for view in ('view1', 'view2')})
+    repr_loss = jnp.mean(
+        helpers.regression_loss(outputs['view1']['prediction'], target_projection['view2']) +
+        helpers.regression_loss(outputs['view2']['prediction'], target_projection['view1']))
+
+    logits = outputs['view1']['logits']  # [B, num_classes]
+    labels = inputs['labels']  # [B]
+    one_hot = jax.nn.one_hot(labels, self._num_classes)
+    classif_loss = jnp.mean(helpers.softmax_cross_entropy(logits, one_hot))
+    loss = repr_loss + classif_loss
+    logs = dict(
+        loss=loss,
+        repr_loss=repr_loss,
+        classif_loss=classif_loss,
+        top1_accuracy=jnp.mean(helpers.topk_accuracy(logits, labels, topk=1)),
+        top5_accuracy=jnp.mean(helpers.topk_accuracy(logits, labels, topk=5)),
+    )
+    return loss, (online_state, logs)
+
+  def _update_fn(
+      self,
+      state: _ByolExperimentState,
+      inputs: Batch,
+      rng: jax.Array,
+      global_step: jax.Array,
+  ) -> tuple[_ByolExperimentState, Scalars]:
+    """One BYOL step: augment, LARS update of the online network, EMA update of the target."""
+    inputs = augmentations.postprocess(inputs, rng)
+    target_outputs, target_state = self._forward.apply(
+        state.target_params, state.target_state, inputs, is_training=True)
+    grads, (online_state, logs) = jax.grad(self._loss_fn, has_aux=True)(
+        state.online_params, state.online_state, target_outputs, inputs)
+
+    learning_rate = self._learning_rate(global_step)
+    updates, opt_state = self._optimizer(learning_rate).update(
+        grads, state.opt_state, state.online_params)
+    online_params = optax.apply_updates(state.online_params, updates)
+
+    tau = schedules.target_ema(global_step, self._base_target_ema, self._max_steps)
+    target_params = jax.tree.map(
+        lambda target, online: target + (1. - tau) * (online - target),
+        state.target_params, online_params)
+
+    logs.update(learning_rate=learning_rate, tau=tau)
+    new_state = _ByolExperimentState(
+        online_params, target_params, online_state, target_state, opt_state)
+    return new_state, logs
+
+  def _eval_batch_fn(
+      self, params: hk.Params, state: hk.State, batch: Batch) -> Scalars:
+    """Sums over the real (unmasked) examples of a batch: counts, correct top-1/5 and loss."""
+    outputs, _ = self._forward.apply(params, state, batch, is_training=False)
+    logits = outputs['logits']
+    labels = batch['labels']
+    mask = batch['mask']  # [B]: 0 on the padding that completes the last batch.
+    one_hot = jax.nn.one_hot(labels, self._num_classes)
+    return dict(
+        num_examples=jnp.sum(mask),
+        top1_correct=jnp.sum(mask * helpers.topk_accuracy(logits, labels, topk=1)),
+        top5_correct=jnp.sum(mask * helpers.topk_accuracy(logits, labels, topk=5)),
+        loss_sum=jnp.sum(mask * helpers.softmax_cross_entropy(logits, one_hot)),
+    )
+
+  # ------------------------------------------------------------------------------- worker API
+
+  @property
+  def state(self) -> _ByolExperimentState | None:
+    """The current experiment state (None before `initialize` or `load_checkpoint`)."""
+    return self._state
+
+  @property
+  def checkpoint_path(self) -> str:
+    """Where `save_checkpoint` writes and `load_checkpoint` reads."""
+    return self._checkpointer.path
+
+  def initialize(self, rng: jax.Array) -> None:
+    """Fresh parameters and optimiser state from `rng` (the same key on every host)."""
+    self._state = jax.jit(self._init_fn, out_shardings=self._replicated)(rng)
+
+  def step(self, *, global_step: int, rng: jax.Array) -> Scalars:
+    """Trains on the next batch; returns the step's scalars as device arrays (no host sync)."""
+    if self._state is None:
+      raise RuntimeError('Call initialize(rng) or load_checkpoint() before step().')
+    if self._train_input is None:
+      self._train_input = self._build_train_input()
+    inputs = next(self._train_input)
+    self._state, logs = self._update(self._state, inputs, rng, np.int32(global_step))
+    return logs
+
+  def evaluate(self, *, global_step: int) -> dict[str, float]:
+    """Top-1, top-5 and loss of the online classifier over the whole evaluation split."""
+    if self._state is None:
+      raise RuntimeError('Call initialize(rng) or load_checkpoint() before evaluate().')
+    start = time.time()
+    split = dataset.Split[self._evaluation_config['subset'].upper()]
+    batches = dataset.load(
+        split,
+        preprocess_mode=dataset.PreprocessMode.EVAL,
+        batch_dims=[self._evaluation_config['batch_size'] // jax.process_count()],
+        image_size=self._dataset_config['image_size'],
+        dataset_name=self._dataset_config['name'],
+        data_dir=self._dataset_config['data_dir'])
+    totals = None
+    for batch in helpers.prefetch_to_device(batches, self._batch_sharding):
+      sums = self._eval_batch(self._state.online_params, self._state.online_state, batch)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if totals is None:
+      raise ValueError(f'The {split.name} split of {self._dataset_config["name"]} is empty.')
+    totals = helpers.to_host(totals)
+    count = float(totals['num_examples'])
+    logging.info('Evaluated %d examples at step %d in %.1f s.', count, global_step,
+                 time.time() - start)
+    return dict(
+        top1_accuracy=float(totals['top1_correct']) / count,
+        top5_accuracy=float(totals['top5_correct']) / count,
+        loss=float(totals['loss_sum']) / count,
+        num_examples=count,
+    )
+
+  def save_checkpoint(self, *, global_step: int, rng: jax.Array) -> None:
+    """Writes the state, step and loop key (process 0 only, atomically)."""
+    self._checkpointer.save(self._state, global_step, rng)
+
+  def load_checkpoint(self) -> tuple[int, jax.Array] | None:
+    """Restores the state from the checkpoint; returns (step, loop key), or None if there is none."""
+    checkpoint = self._checkpointer.restore()
+    if checkpoint is None:
+      return None
+    state = checkpoint['experiment_state']
+    if not isinstance(state, tuple) or tuple(getattr(state, '_fields', ())) != (
+        _ByolExperimentState._fields):
+      raise checkpointing.CheckpointError(
+          f'{self._checkpointer.path} is not a BYOL pretraining checkpoint (its state has fields '
+          f'{getattr(state, "_fields", type(state).__name__)}).')
+    expected = jax.eval_shape(self._init_fn, jax.random.key(0))
+    self._check_compatible(state, expected)
+    self._state = jax.device_put(_ByolExperimentState(*state), self._replicated)
+    return checkpoint['step'], checkpoint['rng']
+
+  def check_writable(self) -> None:
+    """Fails early, with the folder in the message, if checkpoints cannot be written."""
+    self._checkpointer.check_writable()
+
+  # ------------------------------------------------------------------------------- internals
+
+  def _check_compatible(self, state: tuple, expected: _ByolExperimentState) -> None:
+    """Refuses a checkpoint whose parameters do not fit this config's networks."""
+    def signature(params: Any) -> dict[str, tuple[int, ...]]:
+      return {
+          jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+      }
+    found = signature(state[0])
+    wanted = signature(expected.online_params)
+    if found != wanted:
+      differing = sorted(set(found.items()) ^ set(wanted.items()))[:4]
+      raise checkpointing.CheckpointError(
+          f'{self._checkpointer.path} was written for other networks than this config builds '
+          f'({self._network_config["encoder_class"]}, '
+          f'{self._network_config["encoder_config"]}, {self._num_classes} classes); first '
+          f'differences (path, shape): {differing}. Use the same --encoder and dataset as the run '
+          'that wrote it, or another --checkpoint_root.')
+
+  def _build_train_input(self) -> Iterator[Batch]:
+    batches = dataset.load(
+        dataset.Split.TRAIN_AND_VALID,
+        preprocess_mode=dataset.PreprocessMode.PRETRAIN,
+        batch_dims=[self._batch_size // jax.process_count()],
+        image_size=self._dataset_config['image_size'],
+        dataset_name=self._dataset_config['name'],
+        data_dir=self._dataset_config['data_dir'],
+        seed=self._random_seed)
+    return helpers.prefetch_to_device(batches, self._batch_sharding)

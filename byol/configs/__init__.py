@@ -1,0 +1,1 @@
+"""Experiment configurations: `get_config(...)` returning keyword arguments."""

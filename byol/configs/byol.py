@@ -1,0 +1,70 @@
+"""Configuration of BYOL pretraining: `get_config(num_epochs, batch_size)` (SPEC section 5)."""
+
+from typing import Any
+
+# Per pretraining length: base learning rate (before the batch_size / 256 scaling), base target EMA
+# (tau at step 0) and weight decay, as published with the original.
+PRESETS = {
+    40: dict(base_learning_rate=0.45, base_target_ema=0.97, weight_decay=1e-6),
+    100: dict(base_learning_rate=0.45, base_target_ema=0.99, weight_decay=1e-6),
+    300: dict(base_learning_rate=0.3, base_target_ema=0.99, weight_decay=1e-6),
+    1000: dict(base_learning_rate=0.2, base_target_ema=0.996, weight_decay=1.5e-6),
+}
+
+# ImageNet's TRAIN_AND_VALID split, which pretraining reads.
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+WARMUP_EPOCHS = 10
+
+
+def get_config(
+    num_epochs: int,
+    batch_size: int,
+    *,
+    train_images: int = IMAGENET_TRAIN_IMAGES,
+    num_classes: int = 1000,
+) -> dict[str, Any]:
+  """Keyword arguments of `ByolExperiment` for a preset length and a total batch size.
+
+  `train_images` and `num_classes` describe the pretraining set (ImageNet by default).
+  """
+  if num_epochs not in PRESETS:
+    raise ValueError(
+        f'No preset for {num_epochs} pretraining epochs; choose one of {sorted(PRESETS)}.')
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be positive, got {batch_size}.')
+  preset = PRESETS[num_epochs]
+  steps_per_epoch = train_images / batch_size
+  return dict(
+      random_seed=0,
+      num_classes=num_classes,
+      batch_size=batch_size,
+      max_steps=max(1, num_epochs * train_images // batch_size),
+      base_target_ema=preset['base_target_ema'],
+      network_config=dict(
+          projector_hidden_size=4096,
+          projector_output_size=256,
+          predictor_hidden_size=4096,
+          encoder_class='ResNet50',
+          encoder_config=dict(resnet_v2=False, width_multiplier=1),
+          bn_config=dict(decay=0.9, eps=1e-5, create_scale=True, create_offset=True),
+      ),
+      optimizer_config=dict(
+          weight_decay=preset['weight_decay'],
+          eta=1e-3,
+          momentum=0.9,
+          exclude_bias_from_adaption=True,
+      ),
+      lr_schedule_config=dict(
+          base_learning_rate=preset['base_learning_rate'],
+          warmup_steps=int(WARMUP_EPOCHS * steps_per_epoch),
+      ),
+      dataset_config=dict(name='imagenet2012', data_dir=None, image_size=224),
+      evaluation_config=dict(subset='test', batch_size=100),
+      checkpointing_config=dict(
+          use_checkpointing=True,
+          checkpoint_dir='/tmp/byol',
+          save_checkpoint_interval=300,
+          filename='pretrain.pkl',
+      ),
+  )

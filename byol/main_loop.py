@@ -1,0 +1,218 @@
+r"""Entry point: a train worker or an eval worker of BYOL pretraining (SPEC section 2).
+
+  python -m byol.main_loop --experiment_mode=pretrain --worker_mode=train \
+      --checkpoint_root=/tmp/byol --pretrain_epochs=300 --batch_size=4096
+  python -m byol.main_loop --experiment_mode=pretrain --worker_mode=eval \
+      --checkpoint_root=/tmp/byol --pretrain_epochs=300 --batch_size=4096
+
+The train worker resumes from `<checkpoint_root>/pretrain.pkl` when it exists and saves it every
+`--save_checkpoint_interval` seconds and at the end. The eval worker, started with the same flags,
+evaluates every new checkpoint once and exits after the final step's.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+
+from byol import byol_experiment
+from byol.configs import byol as byol_config
+from byol.utils import checkpointing
+from byol.utils import dataset
+from byol.utils import helpers
+from byol.utils import networks
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_enum('experiment_mode', 'pretrain', ['pretrain', 'linear-eval'],
+                  'Pretrain with BYOL, or evaluate a pretrained encoder linearly.')
+flags.DEFINE_enum('worker_mode', 'train', ['train', 'eval'],
+                  'Train and checkpoint, or evaluate each new checkpoint.')
+flags.DEFINE_string('checkpoint_root', '/tmp/byol_checkpoints',
+                    'Folder of the checkpoints (pretrain.pkl) and scalar logs.')
+flags.DEFINE_integer('pretrain_epochs', 1000,
+                     f'Pretraining length; one of the presets {sorted(byol_config.PRESETS)}.')
+flags.DEFINE_integer('batch_size', 4096, 'Total batch size over all devices and hosts.')
+flags.DEFINE_integer('log_tensors_interval', 60, 'Seconds between two logs of the scalars.')
+flags.DEFINE_integer('max_steps', None, 'Overrides the preset number of steps (the warm-up keeps '
+                     'its share of the run).', lower_bound=1)
+flags.DEFINE_enum('encoder', None, sorted(networks.ENCODERS), 'Overrides the preset encoder.')
+flags.DEFINE_integer('image_size', None, 'Side of the training crops (default 224).',
+                     lower_bound=8)
+flags.DEFINE_string('data_dir', None, 'TFDS data folder (default: $TFDS_DATA_DIR or '
+                    '~/tensorflow_datasets).')
+flags.DEFINE_integer('eval_batch_size', None, 'Evaluation batch size (default 100).',
+                     lower_bound=1)
+flags.DEFINE_integer('save_checkpoint_interval', 300, 'Seconds between two checkpoints.',
+                     lower_bound=0)
+flags.DEFINE_float('eval_poll_interval', 10., 'Seconds between two looks for a new checkpoint.',
+                   lower_bound=0.)
+
+flags.register_validator(
+    'pretrain_epochs', lambda value: value in byol_config.PRESETS,
+    message=f'--pretrain_epochs must be one of {sorted(byol_config.PRESETS)}.')
+flags.register_validator(
+    'batch_size', lambda value: value > 0, message='--batch_size must be positive.')
+
+# Errors that come from the user's input; they are reported in one line, without a traceback.
+_USER_ERRORS = (dataset.DatasetNotFoundError, checkpointing.CheckpointError,
+                helpers.BatchSizeError, FloatingPointError)
+
+
+def get_pretrain_config() -> dict[str, Any]:
+  """The pretraining config of the preset named by the flags, with the flags' overrides."""
+  dataset_name = 'imagenet2012'
+  train_images = dataset.num_examples(
+      dataset.Split.TRAIN_AND_VALID, dataset_name=dataset_name, data_dir=FLAGS.data_dir)
+  config = byol_config.get_config(
+      FLAGS.pretrain_epochs, FLAGS.batch_size, train_images=train_images,
+      num_classes=dataset.num_classes(dataset_name, data_dir=FLAGS.data_dir))
+  config['dataset_config'].update(name=dataset_name, data_dir=FLAGS.data_dir)
+  if FLAGS.max_steps is not None:
+    # Keep the warm-up's share of the run, so a shortened run has the preset's schedule shape.
+    share = config['lr_schedule_config']['warmup_steps'] / config['max_steps']
+    config['max_steps'] = FLAGS.max_steps
+    config['lr_schedule_config']['warmup_steps'] = int(share * FLAGS.max_steps)
+  if FLAGS.encoder is not None:
+    config['network_config']['encoder_class'] = FLAGS.encoder
+  if FLAGS.image_size is not None:
+    config['dataset_config']['image_size'] = FLAGS.image_size
+  if FLAGS.eval_batch_size is not None:
+    config['evaluation_config']['batch_size'] = FLAGS.eval_batch_size
+  config['checkpointing_config'].update(
+      checkpoint_dir=FLAGS.checkpoint_root,
+      save_checkpoint_interval=FLAGS.save_checkpoint_interval)
+  return config
+
+
+class _ScalarLog:
+  """Appends scalars as JSON lines (`{"step": ..., "loss": ...}`) to a file, from process 0 only."""
+
+  def __init__(self, path: str):
+    self._path = path
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if jax.process_index() != 0:
+      return
+    with open(self._path, 'a') as f:
+      f.write(json.dumps({'step': step, 'time': time.time(), **scalars}) + '\n')
+
+
+def _format_scalars(scalars: Mapping[str, float]) -> str:
+  return ', '.join(f'{name}={value:.4g}' for name, value in sorted(scalars.items()))
+
+
+def train_loop(config: Mapping[str, Any]) -> None:
+  """Trains until `max_steps`, resuming from the checkpoint, saving periodically and at the end."""
+  experiment = byol_experiment.ByolExperiment(**config)
+  experiment.check_writable()
+  max_steps = config['max_steps']
+  save_interval = config['checkpointing_config']['save_checkpoint_interval']
+  scalar_log = _ScalarLog(os.path.join(FLAGS.checkpoint_root, 'pretrain_train.jsonl'))
+
+  restored = experiment.load_checkpoint()
+  if restored is None:
+    init_rng, loop_rng = jax.random.split(jax.random.key(config['random_seed']))
+    experiment.initialize(init_rng)
+    step = 0
+    logging.info('Starting pretraining from scratch: %d steps of batch %d.', max_steps,
+                 config['batch_size'])
+  else:
+    step, loop_rng = restored
+    logging.info('Resumed from %s at step %d of %d.', experiment.checkpoint_path, step, max_steps)
+
+  last_log_time = last_save_time = time.time()
+  last_log_step = step
+  while step < max_steps:
+    logs = experiment.step(global_step=step, rng=jax.random.fold_in(loop_rng, step))
+    step += 1
+    now = time.time()
+    if now - last_log_time >= FLAGS.log_tensors_interval or step == max_steps:
+      scalars = {name: float(value) for name, value in helpers.to_host(logs).items()}
+      if not math.isfinite(scalars['loss']):
+        raise FloatingPointError(
+            f'The loss became {scalars["loss"]} at step {step}; stopping without saving. The last '
+            f'good checkpoint is {experiment.checkpoint_path}.')
+      now = time.time()
+      images_per_second = (step - last_log_step) * config['batch_size'] / (now - last_log_time)
+      eta = (max_steps - step) * config['batch_size'] / images_per_second
+      logging.info('step %d/%d | %.1f images/s | ETA %s | %s', step, max_steps, images_per_second,
+                   _format_duration(eta), _format_scalars(scalars))
+      scalar_log.write(step, dict(scalars, images_per_second=images_per_second))
+      last_log_time, last_log_step = now, step
+    if now - last_save_time >= save_interval and step < max_steps:
+      experiment.save_checkpoint(global_step=step, rng=loop_rng)
+      last_save_time = time.time()
+  experiment.save_checkpoint(global_step=step, rng=loop_rng)
+  logging.info('Pretraining done at step %d; checkpoint %s.', step, experiment.checkpoint_path)
+
+
+def eval_loop(config: Mapping[str, Any]) -> None:
+  """Evaluates each new checkpoint once; returns after evaluating the one of the final step."""
+  experiment = byol_experiment.ByolExperiment(**config)
+  max_steps = config['max_steps']
+  scalar_log = _ScalarLog(os.path.join(FLAGS.checkpoint_root, 'pretrain_eval.jsonl'))
+  path = experiment.checkpoint_path
+  last_seen_version = last_evaluated_step = None
+  logging.info('Waiting for checkpoints at %s.', path)
+  while True:
+    # The file is replaced atomically, so a new (inode, mtime) means a new, complete checkpoint.
+    version = _file_version(path)
+    if version is not None and version != last_seen_version:
+      last_seen_version = version
+      step, _ = experiment.load_checkpoint()
+      if step != last_evaluated_step:
+        scalars = experiment.evaluate(global_step=step)
+        logging.info('eval step %d | %s', step, _format_scalars(scalars))
+        scalar_log.write(step, scalars)
+        last_evaluated_step = step
+      if step >= max_steps:
+        logging.info('Evaluated the final step %d; done.', step)
+        return
+      continue
+    time.sleep(FLAGS.eval_poll_interval)
+
+
+def _file_version(path: str) -> tuple[int, int] | None:
+  try:
+    stat = os.stat(path)
+  except FileNotFoundError:
+    return None
+  return stat.st_ino, stat.st_mtime_ns
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  if FLAGS.experiment_mode != 'pretrain':
+    sys.exit('error: --experiment_mode=linear-eval is not available yet in this version.')
+  try:
+    config = get_pretrain_config()
+    if FLAGS.worker_mode == 'train':
+      train_loop(config)
+    else:
+      eval_loop(config)
+  except _USER_ERRORS as error:
+    sys.exit(f'error: {error}')
+
+
+def run() -> None:
+  """Console entry point (`byol ...`), the same as `python -m byol.main_loop ...`."""
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,1 @@
+"""Building blocks of the BYOL experiments: networks, data, optimiser, checkpoints."""

@@ -1,0 +1,112 @@
+"""Losses, metrics and device helpers shared by the pretraining and evaluation experiments."""
+
+import collections
+from typing import Any, Iterable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+# Name of the single mesh axis over which the batch is split (data parallelism).
+DATA_AXIS = 'data'
+
+
+def l2_normalize(x: jax.Array, axis: int | None = None, epsilon: float = 1e-12) -> jax.Array:
+  """x / ||x||, with `epsilon` as a floor on the squared norm (so zero vectors stay zero)."""
+  squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(squared_norm, epsilon))
+
+
+def regression_loss(x: jax.Array, y: jax.Array) -> jax.Array:
+  """|| x/||x|| - y/||y|| ||^2 per example: [B, D] x [B, D] -> [B]."""
+  normed_x = l2_normalize(x, axis=-1)
+  normed_y = l2_normalize(y, axis=-1)
+  return jnp.sum(jnp.square(normed_x - normed_y), axis=-1)
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Cross-entropy per example of `logits` [B, C] against one-hot `labels` [B, C] -> [B]."""
+  return -jnp.sum(labels * jax.nn.log_softmax(logits), axis=-1)
+
+
+def topk_accuracy(logits: jax.Array, labels: jax.Array, topk: int) -> jax.Array:
+  """1.0 where the true class is among the `topk` largest logits, else 0.0: [B, C], [B] -> [B].
+
+  Counts the logits strictly greater than the true class's, so a tie counts in its favour
+  (deterministic, unlike an argsort whose tie order is arbitrary).
+  """
+  true_logit = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)  # [B, 1]
+  num_strictly_greater = jnp.sum(logits > true_logit, axis=-1)  # [B]
+  return (num_strictly_greater < topk).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------- devices and batches
+
+
+def make_mesh() -> Mesh:
+  """A one-axis mesh over every device of every process: the batch is split along `DATA_AXIS`."""
+  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding of arrays held whole by every device (parameters, optimiser and BN state)."""
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Sharding of arrays split along their leading (batch) dimension over all devices."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+class BatchSizeError(ValueError):
+  """A batch size that does not split evenly over the devices."""
+
+
+def check_batch_size(batch_size: int, what: str = 'batch_size') -> None:
+  """Raises BatchSizeError unless `batch_size` splits evenly over all devices of all processes."""
+  num_devices = jax.device_count()
+  if batch_size <= 0 or batch_size % num_devices:
+    raise BatchSizeError(
+        f'{what}={batch_size} must be a positive multiple of the number of devices '
+        f'({num_devices} over {jax.process_count()} process(es)). Pick e.g. '
+        f'{max(num_devices, batch_size - batch_size % num_devices)}.')
+
+
+def to_global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
+  """Assembles this process's share of a batch into global arrays split over `sharding`'s mesh."""
+  return {
+      key: jax.make_array_from_process_local_data(sharding, value)
+      for key, value in local_batch.items()
+  }
+
+
+def prefetch_to_device(
+    local_batches: Iterable[Mapping[str, np.ndarray]],
+    sharding: NamedSharding,
+    size: int = 2,
+) -> Iterator[dict]:
+  """Yields global device batches, keeping `size` transfers in flight ahead of the consumer.
+
+  Transfers are asynchronous, so the host-to-device copy of the next batches overlaps the step that
+  runs on the current one.
+  """
+  queue = collections.deque()
+  iterator = iter(local_batches)
+
+  def enqueue(count: int) -> None:
+    for local_batch in iterator:
+      queue.append(to_global_batch(local_batch, sharding))
+      count -= 1
+      if count == 0:
+        break
+
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    enqueue(1)
+
+
+def to_host(tree: Any) -> Any:
+  """Copies a pytree of (replicated) device arrays to host numpy arrays."""
+  return jax.tree.map(np.asarray, jax.device_get(tree))

@@ -1,0 +1,134 @@
+"""Checkpoints: round trip, atomic writes, clear errors, and no code run from the file."""
+
+import os
+import pickle
+from typing import NamedTuple
+
+import dill
+import jax
+import numpy as np
+import optax
+import pytest
+
+from byol.utils import checkpointing
+
+
+class _Payload:
+  """Pickles to `os.system(<command>)`: the classic malicious checkpoint."""
+
+  def __init__(self, command):
+    self.command = command
+
+  def __reduce__(self):
+    return (os.system, (self.command,))
+
+
+def make_state():
+  params = {'layer': {'w': np.arange(6, dtype=np.float32).reshape(2, 3)}}
+  opt_state = jax.tree.map(np.asarray, optax.chain(optax.trace(0.9)).init(params))
+  return {'params': params, 'opt_state': opt_state, 'count': np.int32(3)}
+
+
+def test_save_then_restore_round_trips_state_step_and_key(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), 'pretrain.pkl')
+  state = make_state()
+  rng = jax.random.key(42)
+  checkpointer.save(state, step=7, rng=rng)
+  restored = checkpointer.restore()
+  assert restored['step'] == 7
+  np.testing.assert_array_equal(
+      jax.random.key_data(restored['rng']), jax.random.key_data(rng))
+  np.testing.assert_array_equal(restored['experiment_state']['params']['layer']['w'],
+                                state['params']['layer']['w'])
+  assert type(restored['experiment_state']['opt_state'][0]).__name__ == 'TraceState'
+
+
+def test_restore_without_checkpoint_returns_none(tmp_path):
+  assert checkpointing.Checkpointer(str(tmp_path), 'pretrain.pkl').restore() is None
+
+
+def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), 'pretrain.pkl')
+  checkpointer.save(make_state(), step=1, rng=jax.random.key(0))
+
+  def dump_then_die(obj, f, protocol=None):
+    f.write(b'partial bytes')
+    raise KeyboardInterrupt('killed mid-write')
+
+  monkeypatch.setattr(checkpointing.dill, 'dump', dump_then_die)
+  with pytest.raises(KeyboardInterrupt):
+    checkpointer.save(make_state(), step=2, rng=jax.random.key(0))
+  assert checkpointer.restore()['step'] == 1
+  assert os.listdir(tmp_path) == ['pretrain.pkl']
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), 'pretrain.pkl')
+  checkpointer.save(make_state(), step=1, rng=jax.random.key(0))
+  data = open(checkpointer.path, 'rb').read()
+  with open(checkpointer.path, 'wb') as f:
+    f.write(data[:len(data) // 2])
+  with pytest.raises(checkpointing.CheckpointError, match='truncated or not a checkpoint'):
+    checkpointer.restore()
+
+
+def test_non_checkpoint_pickle_is_a_clear_error(tmp_path):
+  path = tmp_path / 'other.pkl'
+  path.write_bytes(pickle.dumps([1, 2, 3]))
+  with pytest.raises(checkpointing.CheckpointError, match='not a checkpoint'):
+    checkpointing.load_checkpoint(str(path))
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+  with pytest.raises(checkpointing.CheckpointError, match='No checkpoint'):
+    checkpointing.load_checkpoint(str(tmp_path / 'absent.pkl'))
+
+
+@pytest.mark.parametrize('pickler', [pickle, dill])
+def test_loading_never_runs_code_from_the_file(tmp_path, pickler):
+  marker = tmp_path / 'pwned'
+  path = tmp_path / 'evil.pkl'
+  path.write_bytes(pickler.dumps(
+      {'experiment_state': _Payload(f'touch {marker}'), 'step': 0, 'rng': None}, protocol=2))
+  with pytest.raises(checkpointing.CheckpointError, match='posix.system|os.system'):
+    checkpointing.load_checkpoint(str(path))
+  assert not marker.exists()
+
+
+def test_numpy_1x_module_names_are_accepted(tmp_path):
+  # Numpy 1.x pickles name `numpy.core.multiarray`; such files must load on numpy 2.
+  data = pickle.dumps({'experiment_state': np.ones(3, np.float32), 'step': 0, 'rng': None},
+                      protocol=2)
+  data = data.replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
+  assert b'numpy.core.multiarray' in data
+  path = tmp_path / 'old.pkl'
+  path.write_bytes(data)
+  np.testing.assert_array_equal(checkpointing.load_checkpoint(str(path))['experiment_state'],
+                                np.ones(3, np.float32))
+
+
+class _LocalState(NamedTuple):
+  params: dict
+
+
+def test_state_namedtuples_outside_allowed_modules_are_refused(tmp_path):
+  path = tmp_path / 'local.pkl'
+  path.write_bytes(pickle.dumps({'experiment_state': _LocalState({}), 'step': 0, 'rng': None}))
+  with pytest.raises(checkpointing.CheckpointError, match='_LocalState'):
+    checkpointing.load_checkpoint(str(path))
+
+
+def test_unwritable_folder_is_a_clear_error(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a folder')
+  checkpointer = checkpointing.Checkpointer(str(blocker / 'sub'), 'pretrain.pkl')
+  with pytest.raises(checkpointing.CheckpointError, match='--checkpoint_root'):
+    checkpointer.check_writable()
+
+
+def test_dill_namedtuples_of_other_modules_are_refused(tmp_path):
+  # dill pickles NamedTuples through `_create_namedtuple`, which would import the named module.
+  path = tmp_path / 'local.pkl'
+  path.write_bytes(dill.dumps({'experiment_state': _LocalState({}), 'step': 0, 'rng': None}))
+  with pytest.raises(checkpointing.CheckpointError, match='_LocalState'):
+    checkpointing.load_checkpoint(str(path))

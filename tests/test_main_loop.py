@@ -1,0 +1,131 @@
+"""End to end through `python -m byol.main_loop`: train worker, eval worker, resume, bad input."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from byol.utils import checkpointing
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MOCK_NUM_EXAMPLES = 24  # Examples per split of the mock imagenet2012.
+TINY_RUN = ['--encoder=TinyResNet', '--image_size=32', '--batch_size=8', '--eval_batch_size=10',
+            '--log_tensors_interval=0', '--eval_poll_interval=0.2']
+
+
+def byol_command(*flags, mock=True):
+  runner = [str(ROOT / 'tests' / 'mock_data_main.py')] if mock else ['-m', 'byol.main_loop']
+  return [sys.executable, *runner, *flags]
+
+
+def environment(**extra):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', BYOL_MOCK_NUM_EXAMPLES=str(MOCK_NUM_EXAMPLES),
+             PYTHONPATH=str(ROOT))
+  env.pop('XLA_FLAGS', None)
+  env.update(extra)
+  return env
+
+
+def start(*flags, mock=True, **env):
+  return subprocess.Popen(byol_command(*flags, mock=mock), cwd=ROOT, env=environment(**env),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process, timeout=300):
+  output, _ = process.communicate(timeout=timeout)
+  return process.returncode, output
+
+
+def run(*flags, mock=True, **env):
+  return finish(start(*flags, mock=mock, **env))
+
+
+def checkpoint_step(root):
+  return checkpointing.load_checkpoint(str(root / 'pretrain.pkl'))['step']
+
+
+def test_train_worker_checkpoints_and_eval_worker_evaluates_final_step(tmp_path):
+  flags = [f'--checkpoint_root={tmp_path}', '--max_steps=3', *TINY_RUN]
+  evaluator = start('--worker_mode=eval', *flags)
+  trainer = start('--worker_mode=train', *flags)
+  train_code, train_output = finish(trainer)
+  assert train_code == 0, train_output
+  eval_code, eval_output = finish(evaluator)
+  assert eval_code == 0, eval_output
+
+  assert checkpoint_step(tmp_path) == 3
+  assert 'step 3/3' in train_output and 'images/s' in train_output and 'ETA' in train_output
+  train_log = [json.loads(line) for line in open(tmp_path / 'pretrain_train.jsonl')]
+  assert [entry['step'] for entry in train_log] == [1, 2, 3]
+  assert {'loss', 'repr_loss', 'classif_loss', 'top1_accuracy', 'top5_accuracy',
+          'learning_rate', 'tau'} <= set(train_log[-1])
+  eval_log = [json.loads(line) for line in open(tmp_path / 'pretrain_eval.jsonl')]
+  # The final step is evaluated exactly once, over every test example (24 with batches of 10).
+  assert [entry['step'] for entry in eval_log].count(3) == 1
+  assert eval_log[-1]['num_examples'] == MOCK_NUM_EXAMPLES
+  assert 0. <= eval_log[-1]['top1_accuracy'] <= eval_log[-1]['top5_accuracy'] <= 1.
+  assert 'Evaluated the final step 3' in eval_output
+
+
+def test_killed_train_worker_resumes_from_saved_step(tmp_path):
+  flags = [f'--checkpoint_root={tmp_path}', '--save_checkpoint_interval=0', *TINY_RUN]
+  trainer = start('--worker_mode=train', '--max_steps=1000', *flags)
+  deadline = time.time() + 240
+  while not (tmp_path / 'pretrain.pkl').exists() or checkpoint_step(tmp_path) < 2:
+    assert trainer.poll() is None, trainer.communicate()[0]
+    assert time.time() < deadline, 'no checkpoint written in time'
+    time.sleep(0.2)
+  trainer.send_signal(signal.SIGKILL)
+  trainer.communicate()
+  saved_step = checkpoint_step(tmp_path)  # The checkpoint survives the kill, whenever it came.
+
+  code, output = run('--worker_mode=train', f'--max_steps={saved_step + 2}', *flags)
+  assert code == 0, output
+  assert f'at step {saved_step} of {saved_step + 2}' in output
+  assert 'from scratch' not in output
+  assert checkpoint_step(tmp_path) == saved_step + 2
+  # The resumed run logs only the steps it trained.
+  steps = [json.loads(line)['step'] for line in open(tmp_path / 'pretrain_train.jsonl')]
+  assert steps[-2:] == [saved_step + 1, saved_step + 2]
+
+
+def assert_one_clear_error(code, output, *fragments):
+  assert code != 0, output
+  assert 'Traceback' not in output, output
+  for fragment in fragments:
+    assert fragment in output, output
+
+
+def test_missing_imagenet_is_one_clear_message(tmp_path):
+  code, output = run('--worker_mode=train', f'--data_dir={tmp_path}', mock=False)
+  assert_one_clear_error(code, output, 'imagenet2012', 'manual', '--data_dir', 'TFDS_DATA_DIR')
+
+
+def test_batch_size_not_divisible_by_devices_is_a_clear_error(tmp_path):
+  code, output = run('--worker_mode=train', f'--checkpoint_root={tmp_path}', '--max_steps=1',
+                     *TINY_RUN, '--batch_size=3',
+                     XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  assert_one_clear_error(code, output, 'batch_size=3', 'multiple of the number of devices')
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--pretrain_epochs=50', '--pretrain_epochs must be one of'),
+    ('--encoder=ResNet51', 'ResNet51'),
+    ('--worker_mode=serve', 'serve'),
+])
+def test_unknown_flag_values_are_clear_errors(tmp_path, flag, message):
+  code, output = run(f'--checkpoint_root={tmp_path}', flag, mock=False)
+  assert_one_clear_error(code, output, message)
+
+
+def test_unwritable_checkpoint_root_is_a_clear_error(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  code, output = run('--worker_mode=train', f'--checkpoint_root={blocker / "sub"}',
+                     '--max_steps=1', *TINY_RUN)
+  assert_one_clear_error(code, output, 'Cannot write checkpoints', '--checkpoint_root')

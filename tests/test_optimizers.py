@@ -1,0 +1,96 @@
+"""LARS against an independent numpy implementation of SPEC section 5."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from byol.utils import optimizers
+
+
+def numpy_lars_step(params, grads, momenta, lr, wd, momentum, eta, include):
+  """One step of SPEC section 5 on flat dicts `{name: array}`; `include[name]` marks LARS params."""
+  new_params, new_momenta = {}, {}
+  for name, p in params.items():
+    g = grads[name].astype(np.float64)
+    p64 = p.astype(np.float64)
+    if include[name]:
+      g = g + wd * p64
+      p_norm, g_norm = np.linalg.norm(p64), np.linalg.norm(g)
+      if p_norm > 0 and g_norm > 0:
+        g = g * eta * p_norm / g_norm
+    mu = momentum * momenta[name] + g
+    new_momenta[name] = mu
+    new_params[name] = p64 - lr * mu
+  return new_params, new_momenta
+
+
+def haiku_like_params(rng):
+  return {
+      'res_net18/~/initial_conv': {'w': rng.normal(size=(3, 3, 3, 4)).astype(np.float32)},
+      'res_net18/~/initial_batchnorm': {
+          'scale': rng.normal(size=(1, 1, 1, 4)).astype(np.float32),
+          'offset': rng.normal(size=(1, 1, 1, 4)).astype(np.float32)},
+      'projector/linear': {'w': rng.normal(size=(4, 5)).astype(np.float32),
+                           'b': rng.normal(size=(5,)).astype(np.float32)},
+      'projector/batch_norm': {'scale': rng.normal(size=(1, 5)).astype(np.float32)},
+      # A zero array: its trust ratio must fall back to 1.
+      'classifier': {'w': np.zeros((5, 3), np.float32), 'b': np.zeros((3,), np.float32)},
+  }
+
+
+def flatten(tree):
+  return {f'{module}/{name}': np.asarray(value)
+          for module, values in tree.items() for name, value in values.items()}
+
+
+def test_exclude_bias_and_norm_marks_weights_only():
+  mask = flatten(optimizers.exclude_bias_and_norm(haiku_like_params(np.random.default_rng(0))))
+  assert mask == {
+      'res_net18/~/initial_conv/w': True,
+      'res_net18/~/initial_batchnorm/scale': False,
+      'res_net18/~/initial_batchnorm/offset': False,
+      'projector/linear/w': True,
+      'projector/linear/b': False,
+      'projector/batch_norm/scale': False,
+      'classifier/w': True,
+      'classifier/b': False,
+  }
+
+
+def test_lars_matches_numpy_over_several_steps_with_changing_learning_rate():
+  rng = np.random.default_rng(0)
+  params = haiku_like_params(rng)
+  wd, momentum, eta = 1e-2, 0.9, 1e-3  # A large decay, so that its effect is visible.
+  include = flatten(optimizers.exclude_bias_and_norm(params))
+  expected_params = flatten(params)
+  momenta = {name: np.zeros_like(value, np.float64) for name, value in expected_params.items()}
+
+  state = None
+  jax_params = jax.tree.map(jnp.asarray, params)
+  for step, lr in enumerate([0.5, 1.0, 0.25, 2.0]):
+    grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+    if step == 1:  # A zero gradient: its trust ratio must fall back to 1 too.
+      grads['res_net18/~/initial_conv']['w'] = np.zeros((3, 3, 3, 4), np.float32)
+    optimizer = optimizers.lars(
+        lr, weight_decay=wd, momentum=momentum, eta=eta,
+        weight_decay_mask=optimizers.exclude_bias_and_norm,
+        trust_ratio_mask=optimizers.exclude_bias_and_norm)
+    if state is None:
+      state = optimizer.init(jax_params)
+    updates, state = optimizer.update(grads, state, jax_params)
+    jax_params = optax.apply_updates(jax_params, updates)
+    expected_params, momenta = numpy_lars_step(
+        expected_params, flatten(grads), momenta, lr, wd, momentum, eta, include)
+
+  for name, value in flatten(jax_params).items():
+    np.testing.assert_allclose(value, expected_params[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_lars_without_masks_decays_and_scales_everything():
+  params = {'bn': {'b': jnp.full((4,), 2.)}}
+  grads = {'bn': {'b': jnp.full((4,), 1.)}}
+  optimizer = optimizers.lars(1., weight_decay=0.5, momentum=0.9, eta=0.1)
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  # g = 1 + 0.5 * 2 = 2 per entry; trust ratio 0.1 * |p| / |g| = 0.1 * 4 / 4.
+  np.testing.assert_allclose(updates['bn']['b'], np.full((4,), -0.2), rtol=1e-6)
