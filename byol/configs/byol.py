@@ -47,7 +47,7 @@ def get_config(
           predictor_hidden_size=4096,
           encoder_class='ResNet50',
           encoder_config=dict(resnet_v2=False, width_multiplier=1),
-          bn_config=dict(decay=0.9, eps=1e-5, create_scale=True, create_offset=True),
+          bn_config=dict(decay_rate=0.9, eps=1e-5, create_scale=True, create_offset=True),
       ),
       optimizer_config=dict(
           weight_decay=preset['weight_decay'],
