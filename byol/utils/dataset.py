@@ -1,0 +1,367 @@
+"""ImageNet input pipeline: TFDS records in, numpy batches of cropped images out (SPEC 6, 7).
+
+Everything here runs in tf.data on the host CPU: decoding, the random resized crops of the
+pretraining views, the centre crop of evaluation, batching. The colour augmentations run later, on
+the accelerator (`byol.utils.augmentations`).
+"""
+
+from collections.abc import Callable, Iterator, Sequence
+import enum
+import math
+from typing import TypeVar
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+Batch = dict[str, np.ndarray]
+ImageArray = TypeVar('ImageArray', np.ndarray, jax.Array)
+IntLike = int | tf.Tensor  # A Python int or a scalar integer tensor.
+# Maps (image height, image width) to a crop window [offset_y, offset_x, height, width].
+CropWindowFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+Example = dict[str, tf.Tensor]
+
+# ImageNet's test labels were never released: its TFDS `validation` split is our TEST split, and
+# the first 10,000 images of TFDS `train` are held out as our VALID split.
+_VALID_HOLDOUT = 10_000
+_MEAN_RGB = (0.485, 0.456, 0.406)
+_STDDEV_RGB = (0.229, 0.224, 0.225)
+_CROP_AREA_RANGE = (0.08, 1.0)  # Fraction of the image area.
+_CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)  # Width / height, sampled log-uniformly.
+_CENTER_CROP_PADDING = 32  # The centre crop keeps S / (S + 32) of the short side.
+
+
+class DatasetNotFoundError(ValueError):
+  """The TFDS dataset is unknown or not downloaded and prepared in the data folder."""
+
+
+class Split(enum.Enum):
+  """Our splits of ImageNet, carved out of the TFDS splits `train` and `validation`."""
+  TRAIN_AND_VALID = 1
+  TRAIN = 2
+  VALID = 3
+  TEST = 4
+
+  @classmethod
+  def from_string(cls, name: str) -> 'Split':
+    """The split named `name` (any case); 'validation' is accepted for VALID."""
+    name = name.upper()
+    if name == 'VALIDATION':
+      return cls.VALID
+    if name not in cls.__members__:
+      raise ValueError(f'Unknown split {name!r}; expected one of {list(cls.__members__)}.')
+    return cls[name]
+
+  @property
+  def num_examples(self) -> int:
+    """Number of examples of this split of `imagenet2012` (see `num_examples()` for others)."""
+    return {
+        Split.TRAIN_AND_VALID: 1_281_167,
+        Split.TRAIN: 1_271_167,
+        Split.VALID: _VALID_HOLDOUT,
+        Split.TEST: 50_000,
+    }[self]
+
+
+class PreprocessMode(enum.Enum):
+  """What `load` makes of each image."""
+  PRETRAIN = 1  # Two independent random crops: {'view1', 'view2', 'labels'}.
+  LINEAR_TRAIN = 2  # One random crop, randomly flipped: {'images', 'labels'}.
+  EVAL = 3  # The centre crop, every example once: {'images', 'labels', 'mask'}.
+
+
+def normalize_images(images: ImageArray) -> ImageArray:
+  """Standardises RGB images in [0, 1] with the ImageNet statistics; numpy or jax, `[..., 3]`."""
+  mean = np.asarray(_MEAN_RGB, dtype=images.dtype)
+  stddev = np.asarray(_STDDEV_RGB, dtype=images.dtype)
+  return (images - mean) / stddev
+
+
+def num_examples(split: Split, dataset_name: str = 'imagenet2012',
+                 data_dir: str | None = None) -> int:
+  """Number of examples of `split` of a prepared TFDS dataset.
+
+  VALID is the first 10,000 examples of TFDS `train` and TRAIN the rest; a `train` split of at most
+  10,000 examples is all TRAIN, with an empty VALID.
+  """
+  builder = _builder(dataset_name, data_dir)
+  _, start, end = _split_range(builder, split)
+  return end - start
+
+
+def num_classes(dataset_name: str = 'imagenet2012', data_dir: str | None = None) -> int:
+  """Number of classes of the dataset's `label` feature."""
+  return _builder(dataset_name, data_dir).info.features['label'].num_classes
+
+
+def load(
+    split: Split,
+    *,
+    preprocess_mode: PreprocessMode,
+    batch_dims: Sequence[int],
+    image_size: int = 224,
+    dataset_name: str = 'imagenet2012',
+    data_dir: str | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    seed: int | None = None,
+) -> Iterator[Batch]:
+  """Batches of this process's contiguous shard of `split`, as numpy arrays.
+
+  Images are float32 in [0, 1], shaped `[*batch_dims, image_size, image_size, 3]`; labels are
+  int32 `[*batch_dims]`. Training modes repeat forever in shuffled order. EVAL makes one pass in
+  order and counts every example exactly once: the batches are completed with zero images whose
+  float32 `mask` is 0 (1 for real examples), and every process yields the same number of batches.
+
+  Raises DatasetNotFoundError when the dataset is not prepared in `data_dir`, before any work.
+  """
+  batch_dims = [int(size) for size in batch_dims]
+  if not batch_dims or min(batch_dims) <= 0:
+    raise ValueError(f'batch_dims must be positive sizes, got {batch_dims}.')
+  if image_size <= 0:
+    raise ValueError(f'image_size must be positive, got {image_size}.')
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} is not in [0, {process_count}).')
+
+  builder = _builder(dataset_name, data_dir)
+  tfds_split, start, end = _split_range(builder, split)
+  shard_start, shard_end = _shard_range(end - start, process_index, process_count)
+  shard_size = shard_end - shard_start
+  if shard_size == 0:
+    raise ValueError(
+        f'Process {process_index} of {process_count} gets no example of the {split.name} split '
+        f'of {dataset_name} ({end - start} examples); use fewer processes or another split.')
+  shard_spec = f'{tfds_split}[{start + shard_start}:{start + shard_end}]'
+
+  batch_size = math.prod(batch_dims)  # Per process.
+  is_training = preprocess_mode is not PreprocessMode.EVAL
+  ds = _as_dataset(builder, shard_spec, shuffle_files=is_training, seed=seed)
+  options = tf.data.Options()
+  # Parallelism comes from the parallel map over examples; one thread per op avoids
+  # oversubscribing the few host cores.
+  options.threading.max_intra_op_parallelism = 1
+  options.deterministic = not is_training
+  ds = ds.with_options(options)
+
+  if is_training:
+    ds = ds.repeat().shuffle(buffer_size=10 * batch_size, seed=seed)
+    # One stateless seed [2] per example, so the crops are reproducible for a given `seed` and
+    # differ between processes.
+    process_seed = None if seed is None else seed * process_count + process_index
+    example_seeds = tf.data.Dataset.random(seed=process_seed).batch(2)
+    ds = tf.data.Dataset.zip(ds, example_seeds)
+    preprocess = _pretrain_fn if preprocess_mode is PreprocessMode.PRETRAIN else _linear_train_fn
+    ds = ds.map(preprocess(image_size), num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    # The padding below assumes exactly `shard_size` examples.
+    ds = ds.take(shard_size).map(_eval_fn(image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    # Every process pads to the batch count of the largest shard, so that all of them take part
+    # in every (cross-process) evaluation step.
+    max_shard_size = math.ceil((end - start) / process_count)
+    padded_size = math.ceil(max_shard_size / batch_size) * batch_size
+    padding = tf.data.Dataset.from_tensors({
+        'images': tf.zeros([image_size, image_size, 3], tf.float32),
+        'labels': tf.constant(0, tf.int32),
+        'mask': tf.constant(0., tf.float32),
+    }).repeat(padded_size - shard_size)
+    ds = ds.concatenate(padding)
+
+  # Innermost first: [per_device] then [devices, per_device] for batch_dims [devices, per_device].
+  for size in reversed(batch_dims):
+    ds = ds.batch(size, drop_remainder=True)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
+  return iter(tfds.as_numpy(ds))
+
+
+def _hide_accelerators_from_tensorflow() -> None:
+  """Keeps TensorFlow on the CPU so that it takes no accelerator memory from JAX."""
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:
+    pass  # TensorFlow already initialised its devices; the setting can no longer change.
+
+
+def _builder(dataset_name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of `dataset_name`; every use of TensorFlow here starts with it."""
+  # Before TensorFlow's first op, which would initialise (and take memory on) the accelerators.
+  _hide_accelerators_from_tensorflow()
+  try:
+    return tfds.builder(dataset_name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DatasetNotFoundError(
+        f'TFDS has no dataset named {dataset_name!r}; check the name (e.g. imagenet2012).'
+    ) from None
+
+
+def _as_dataset(builder: tfds.core.DatasetBuilder, split_spec: str, *, shuffle_files: bool,
+                seed: int | None) -> tf.data.Dataset:
+  """The encoded examples of `split_spec`; the image stays JPEG (or PNG...) bytes."""
+  try:
+    return builder.as_dataset(
+        split=split_spec,
+        shuffle_files=shuffle_files,
+        # Decoding is left to the crops, which decode only the window they keep.
+        decoders={'image': tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True))
+  except AssertionError:
+    if builder.data_path.exists():
+      raise
+    raise DatasetNotFoundError(_not_found_message(builder)) from None
+
+
+def _not_found_message(builder: tfds.core.DatasetBuilder) -> str:
+  data_dir = builder.data_dir_root
+  message = f'Dataset {builder.name} was not found in the TFDS data folder {data_dir}. '
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    instructions = ' '.join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
+    message += (
+        f'It needs a manual download (TFDS: "{instructions}"): put the files in '
+        f'{data_dir}/downloads/manual/, then run '
+        f'`tfds build {builder.name} --data_dir={data_dir}`. ')
+  else:
+    message += f'Download and prepare it with `tfds build {builder.name} --data_dir={data_dir}`. '
+  return message + ('Point --data_dir (or the TFDS_DATA_DIR environment variable) at the folder '
+                    'that holds the prepared dataset.')
+
+
+def _split_range(builder: tfds.core.DatasetBuilder, split: Split) -> tuple[str, int, int]:
+  """The TFDS split holding `split`, and `split`'s [start, end) within it."""
+  if split is Split.TEST:
+    return 'validation', 0, _tfds_split_size(builder, 'validation')
+  train_size = _tfds_split_size(builder, 'train')
+  # A `train` split no larger than the hold-out (small datasets, TFDS mocks) keeps all of its
+  # examples for TRAIN and leaves VALID empty.
+  holdout = _VALID_HOLDOUT if train_size > _VALID_HOLDOUT else 0
+  return 'train', *{
+      Split.TRAIN_AND_VALID: (0, train_size),
+      Split.TRAIN: (holdout, train_size),
+      Split.VALID: (0, holdout),
+  }[split]
+
+
+def _tfds_split_size(builder: tfds.core.DatasetBuilder, tfds_split: str) -> int:
+  """Number of examples TFDS returns for its split `tfds_split`."""
+  # TFDS sets the cardinality from the split sizes recorded when the dataset was prepared. Asking
+  # the dataset rather than `builder.info` also gives the size that TFDS mocks actually yield
+  # (`tfds.testing.mock_data` records no sizes).
+  ds = _as_dataset(builder, tfds_split, shuffle_files=False, seed=None)
+  size = int(ds.cardinality())
+  if size < 0:
+    raise ValueError(f'TFDS does not know the size of {builder.name} {tfds_split}.')
+  return size
+
+
+def _shard_range(size: int, index: int, count: int) -> tuple[int, int]:
+  """[start, end) of shard `index` of `count` contiguous shards of `size` examples."""
+  # The first `size % count` shards take one example more, as in numpy.array_split.
+  quotient, remainder = divmod(size, count)
+  start = index * quotient + min(index, remainder)
+  return start, start + quotient + (index < remainder)
+
+
+def _center_crop_window(height: IntLike, width: IntLike, image_size: int) -> tf.Tensor:
+  """[offset_y, offset_x, side, side] of the square centre crop resized to `image_size`."""
+  # float64, so the side is exactly int(S / (S + 32) * min(h, w)) as in the spec's formula.
+  short_side = tf.cast(tf.minimum(height, width), tf.float64)
+  side = tf.cast(image_size / (image_size + _CENTER_CROP_PADDING) * short_side, tf.int32)
+  offset_y = (height - side + 1) // 2
+  offset_x = (width - side + 1) // 2
+  return tf.stack([offset_y, offset_x, side, side])
+
+
+def _distorted_crop_window(height: IntLike, width: IntLike, seed: tf.Tensor) -> tf.Tensor:
+  """[offset_y, offset_x, crop_height, crop_width] of a random resized crop (stateless `seed`).
+
+  Area fraction U(0.08, 1) and log-uniform aspect ratio in [3/4, 4/3], then the width and height
+  are clipped to the image (one draw, no rejection, as in the original), and the offset is
+  uniform over the positions where the window fits.
+  """
+  height = tf.cast(height, tf.int32)
+  width = tf.cast(width, tf.int32)
+  area_draw, ratio_draw, offset_y_draw, offset_x_draw = tf.unstack(
+      tf.random.stateless_uniform([4], seed))
+  area = tf.cast(height * width, tf.float32)
+  target_area = area * (_CROP_AREA_RANGE[0]
+                        + (_CROP_AREA_RANGE[1] - _CROP_AREA_RANGE[0]) * area_draw)
+  log_low, log_high = (math.log(ratio) for ratio in _CROP_ASPECT_RATIO_RANGE)
+  aspect_ratio = tf.exp(log_low + (log_high - log_low) * ratio_draw)
+  crop_width = tf.cast(tf.round(tf.sqrt(target_area * aspect_ratio)), tf.int32)
+  crop_height = tf.cast(tf.round(tf.sqrt(target_area / aspect_ratio)), tf.int32)
+  # At least one pixel, for images so small that the rounding reaches 0.
+  crop_width = tf.clip_by_value(crop_width, 1, width)
+  crop_height = tf.clip_by_value(crop_height, 1, height)
+
+  def uniform_offset(draw: tf.Tensor, slack: tf.Tensor) -> tf.Tensor:  # An integer in [0, slack].
+    offset = tf.cast(draw * tf.cast(slack + 1, tf.float32), tf.int32)
+    return tf.minimum(offset, slack)  # float32 rounding may reach slack + 1.
+
+  return tf.stack([uniform_offset(offset_y_draw, height - crop_height),
+                   uniform_offset(offset_x_draw, width - crop_width), crop_height, crop_width])
+
+
+def _decode_and_crop(image_bytes: tf.Tensor, crop_window_fn: CropWindowFn) -> tf.Tensor:
+  """Decodes the window `crop_window_fn(height, width)` of an encoded image; uint8 [h, w, 3]."""
+  def jpeg() -> tf.Tensor:
+    # Only the kept window is decoded, which makes JPEG crops much cheaper.
+    shape = tf.image.extract_jpeg_shape(image_bytes)
+    window = crop_window_fn(shape[0], shape[1])
+    return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+
+  def other_format() -> tf.Tensor:  # PNG, GIF, BMP: decode everything, then crop.
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    shape = tf.shape(image)
+    offset_y, offset_x, crop_height, crop_width = tf.unstack(crop_window_fn(shape[0], shape[1]))
+    return tf.slice(image, [offset_y, offset_x, 0], [crop_height, crop_width, 3])
+
+  image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other_format)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _resize_to_unit_range(image: tf.Tensor, image_size: int) -> tf.Tensor:
+  """Bicubic resize of a uint8 image to float32 [image_size, image_size, 3] in [0, 1]."""
+  # Bicubic interpolation overshoots (values below 0 and above 255 near edges), hence the clip.
+  image = tf.image.resize(image, [image_size, image_size], tf.image.ResizeMethod.BICUBIC)
+  return tf.clip_by_value(image / 255., 0., 1.)
+
+
+def _random_crop(image_bytes: tf.Tensor, image_size: int, seed: tf.Tensor) -> tf.Tensor:
+  window_fn = lambda height, width: _distorted_crop_window(height, width, seed)
+  return _resize_to_unit_range(_decode_and_crop(image_bytes, window_fn), image_size)
+
+
+def _pretrain_fn(image_size: int) -> Callable[[Example, tf.Tensor], Example]:
+  def preprocess(example: Example, seed: tf.Tensor) -> Example:
+    view1_seed, view2_seed = tf.unstack(tf.random.split(seed, 2))
+    return {
+        'view1': _random_crop(example['image'], image_size, view1_seed),
+        'view2': _random_crop(example['image'], image_size, view2_seed),
+        'labels': tf.cast(example['label'], tf.int32),
+    }
+  return preprocess
+
+
+def _linear_train_fn(image_size: int) -> Callable[[Example, tf.Tensor], Example]:
+  def preprocess(example: Example, seed: tf.Tensor) -> Example:
+    crop_seed, flip_seed = tf.unstack(tf.random.split(seed, 2))
+    image = _random_crop(example['image'], image_size, crop_seed)
+    return {
+        'images': tf.image.stateless_random_flip_left_right(image, flip_seed),
+        'labels': tf.cast(example['label'], tf.int32),
+    }
+  return preprocess
+
+
+def _eval_fn(image_size: int) -> Callable[[Example], Example]:
+  def preprocess(example: Example) -> Example:
+    window_fn = lambda height, width: _center_crop_window(height, width, image_size)
+    image = _decode_and_crop(example['image'], window_fn)
+    return {
+        'images': _resize_to_unit_range(image, image_size),
+        'labels': tf.cast(example['label'], tf.int32),
+        'mask': tf.constant(1., tf.float32),
+    }
+  return preprocess

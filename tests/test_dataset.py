@@ -1,0 +1,314 @@
+"""Tests of the tf.data input pipeline: crop windows, batch layout, exact evaluation, sharding."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from byol.utils import dataset
+
+IMAGE_SIZE = 32
+TINY_TRAIN_SIZE = 25
+TINY_TEST_SIZE = 7
+TEST_LABEL_OFFSET = 50  # Labels are unique: train examples 0..24, test examples 50..56.
+
+
+def tiny_image(label: int) -> np.ndarray:
+  """The image of the example with this label: random pixels, portrait or landscape."""
+  rng = np.random.default_rng(label)
+  return rng.integers(0, 256, size=(12 + label % 7, 15 + label % 4 * 3, 3), dtype=np.uint8)
+
+
+class DatasetTestTinyImages(tfds.core.GeneratorBasedBuilder):
+  """A real, prepared TFDS dataset of PNG images: unlike TFDS mocks, it honours split slices."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(None, None, 3), encoding_format='png'),
+        'label': tfds.features.ClassLabel(num_classes=100),
+    }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    return {
+        'train': self._generate_examples(range(TINY_TRAIN_SIZE)),
+        'validation': self._generate_examples(
+            range(TEST_LABEL_OFFSET, TEST_LABEL_OFFSET + TINY_TEST_SIZE)),
+    }
+
+  def _generate_examples(self, labels):
+    for label in labels:
+      yield label, {'image': tiny_image(label), 'label': label}
+
+
+@pytest.fixture(scope='module')
+def tiny_data_dir(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  DatasetTestTinyImages(data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def load_tiny(split, data_dir, **kwargs):
+  kwargs.setdefault('image_size', IMAGE_SIZE)
+  return dataset.load(split, dataset_name=DatasetTestTinyImages.name, data_dir=data_dir, **kwargs)
+
+
+def real_labels(batches):
+  return np.concatenate([batch['labels'][batch['mask'] == 1] for batch in batches])
+
+
+# ------------------------------------------------------------------------------- crop windows
+
+@pytest.mark.parametrize('height, width, image_size', [
+    (160, 213, 224), (500, 375, 224), (37, 41, 32), (160, 160, 128), (9, 300, 64)])
+def test_center_crop_window_follows_formula(height, width, image_size):
+  side = int(image_size / (image_size + 32) * min(height, width))
+  expected = [(height - side + 1) // 2, (width - side + 1) // 2, side, side]
+  window = dataset._center_crop_window(height, width, image_size).numpy()
+  np.testing.assert_array_equal(window, expected)
+
+
+def test_center_crop_window_of_224_keeps_seven_eighths_of_short_side():
+  # 0.875 * 160 = 140; offsets (160 - 140 + 1) // 2 = 10 and (213 - 140 + 1) // 2 = 37.
+  np.testing.assert_array_equal(dataset._center_crop_window(160, 213, 224).numpy(),
+                                [10, 37, 140, 140])
+
+
+def sample_windows(height, width, count=400):
+  return np.stack([dataset._distorted_crop_window(height, width, tf.constant([7, seed])).numpy()
+                   for seed in range(count)])
+
+
+@pytest.mark.parametrize('height, width', [(1000, 1000), (10, 1000), (1000, 10), (1, 1), (5, 7)])
+def test_distorted_crop_window_stays_inside_image(height, width):
+  offset_y, offset_x, crop_height, crop_width = sample_windows(height, width, count=200).T
+  assert np.all(offset_y >= 0) and np.all(offset_x >= 0)
+  assert np.all(crop_height >= 1) and np.all(crop_width >= 1)
+  assert np.all(offset_y + crop_height <= height) and np.all(offset_x + crop_width <= width)
+
+
+def test_distorted_crop_window_area_and_aspect_ratio_span_their_ranges():
+  # On a large square image the clipping to the image keeps the aspect ratio in range; rounding
+  # to whole pixels moves area and ratio by well under 1%.
+  _, _, crop_height, crop_width = sample_windows(1000, 1000).T
+  area_fraction = crop_height * crop_width / 1000**2
+  aspect_ratio = crop_width / crop_height
+  assert area_fraction.min() >= 0.08 * 0.99 and area_fraction.max() <= 1.
+  assert aspect_ratio.min() >= 3 / 4 * 0.99 and aspect_ratio.max() <= 4 / 3 * 1.01
+  # The draws cover the ranges rather than sitting at one value.
+  assert area_fraction.min() < 0.12 and area_fraction.max() > 0.9
+  assert aspect_ratio.min() < 0.78 and aspect_ratio.max() > 1.28
+
+
+def test_distorted_crop_window_offsets_are_uniform():
+  offset_y, offset_x, crop_height, crop_width = sample_windows(1000, 1000).T
+  # Relative position of the window in its free range: uniform on [0, 1] has mean 1/2.
+  relative_y = offset_y / np.maximum(1000 - crop_height, 1)
+  relative_x = offset_x / np.maximum(1000 - crop_width, 1)
+  assert abs(relative_y.mean() - 0.5) < 0.06 and abs(relative_x.mean() - 0.5) < 0.06
+
+
+def test_distorted_crop_window_depends_only_on_seed():
+  first = dataset._distorted_crop_window(100, 80, tf.constant([1, 2])).numpy()
+  again = dataset._distorted_crop_window(100, 80, tf.constant([1, 2])).numpy()
+  other = dataset._distorted_crop_window(100, 80, tf.constant([1, 3])).numpy()
+  np.testing.assert_array_equal(first, again)
+  assert not np.array_equal(first, other)
+
+
+def test_jpeg_and_png_images_are_cropped_to_the_same_window():
+  image = tiny_image(3)  # [12 + 3, 15 + 9, 3]
+  window = tf.constant([2, 5, 9, 11])
+  # Without chroma subsampling, decoding a window equals cropping the decoded image exactly.
+  jpeg_bytes = tf.io.encode_jpeg(image, chroma_downsampling=False)
+  decoded_jpeg = tf.io.decode_jpeg(jpeg_bytes).numpy()  # JPEG is lossy: compare to its decoding.
+  cropped_jpeg = dataset._decode_and_crop(jpeg_bytes, lambda height, width: window).numpy()
+  cropped_png = dataset._decode_and_crop(
+      tf.io.encode_png(image), lambda height, width: window).numpy()
+  np.testing.assert_array_equal(cropped_jpeg, decoded_jpeg[2:11, 5:16])
+  np.testing.assert_array_equal(cropped_png, image[2:11, 5:16])
+
+
+# ----------------------------------------------------------------------------- batch layout
+
+def test_pretrain_batches_hold_two_different_views_in_unit_range():
+  with tfds.testing.mock_data(num_examples=10):
+    batch = next(dataset.load(dataset.Split.TRAIN_AND_VALID,
+                              preprocess_mode=dataset.PreprocessMode.PRETRAIN, batch_dims=[2, 3],
+                              image_size=IMAGE_SIZE, seed=0))
+  assert set(batch) == {'view1', 'view2', 'labels'}
+  for view in (batch['view1'], batch['view2']):
+    assert view.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE, 3) and view.dtype == np.float32
+    assert view.min() >= 0. and view.max() <= 1.
+  assert batch['labels'].shape == (2, 3) and batch['labels'].dtype == np.int32
+  # Independent crops of the same image differ, image by image.
+  assert all(not np.allclose(view1, view2) for view1, view2 in zip(
+      batch['view1'].reshape(6, -1), batch['view2'].reshape(6, -1)))
+
+
+def test_linear_train_batches_hold_one_image_per_label():
+  with tfds.testing.mock_data(num_examples=10):
+    batch = next(dataset.load(dataset.Split.TRAIN,
+                              preprocess_mode=dataset.PreprocessMode.LINEAR_TRAIN, batch_dims=[4],
+                              image_size=IMAGE_SIZE))
+  assert set(batch) == {'images', 'labels'}
+  assert batch['images'].shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3)
+  assert batch['images'].dtype == np.float32
+  assert batch['images'].min() >= 0. and batch['images'].max() <= 1.
+  assert batch['labels'].shape == (4,) and batch['labels'].dtype == np.int32
+
+
+def test_training_batches_repeat_past_the_end_of_the_split(tiny_data_dir):
+  batches = load_tiny(dataset.Split.TRAIN_AND_VALID, tiny_data_dir,
+                      preprocess_mode=dataset.PreprocessMode.LINEAR_TRAIN, batch_dims=[10])
+  labels = np.concatenate([next(batches)['labels'] for _ in range(5)])  # 50 of 25 examples.
+  assert set(labels) <= set(range(TINY_TRAIN_SIZE)) and len(set(labels)) > 20
+
+
+def test_eval_batches_have_batch_dims_layout():
+  with tfds.testing.mock_data(num_examples=8):
+    batches = list(dataset.load(dataset.Split.TEST, preprocess_mode=dataset.PreprocessMode.EVAL,
+                                batch_dims=[2, 2], image_size=IMAGE_SIZE))
+  assert len(batches) == 2
+  for batch in batches:
+    assert batch['images'].shape == (2, 2, IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert batch['labels'].shape == (2, 2) and batch['mask'].shape == (2, 2)
+    assert batch['mask'].dtype == np.float32
+
+
+# -------------------------------------------------------------------------- exact evaluation
+
+def test_eval_counts_every_example_once_and_masks_zero_padding(tiny_data_dir):
+  batches = list(load_tiny(dataset.Split.TEST, tiny_data_dir,
+                           preprocess_mode=dataset.PreprocessMode.EVAL, batch_dims=[3]))
+  assert len(batches) == 3  # ceil(7 / 3)
+  masks = np.concatenate([batch['mask'] for batch in batches])
+  np.testing.assert_array_equal(masks, [1.] * TINY_TEST_SIZE + [0.] * 2)
+  np.testing.assert_array_equal(
+      np.sort(real_labels(batches)),
+      np.arange(TEST_LABEL_OFFSET, TEST_LABEL_OFFSET + TINY_TEST_SIZE))
+  last = batches[-1]
+  assert np.all(last['images'][1:] == 0.) and np.all(last['labels'][1:] == 0)
+
+
+def test_eval_images_are_resized_centre_crops(tiny_data_dir):
+  batch = next(load_tiny(dataset.Split.TEST, tiny_data_dir,
+                         preprocess_mode=dataset.PreprocessMode.EVAL, batch_dims=[TINY_TEST_SIZE]))
+  for image, label in zip(batch['images'], batch['labels']):
+    source = tiny_image(label)
+    height, width, _ = source.shape
+    side = int(IMAGE_SIZE / (IMAGE_SIZE + 32) * min(height, width))
+    top, left = (height - side + 1) // 2, (width - side + 1) // 2
+    crop = source[top:top + side, left:left + side].astype(np.float32)
+    expected = tf.image.resize(crop, [IMAGE_SIZE, IMAGE_SIZE], method='bicubic').numpy()
+    np.testing.assert_allclose(image, np.clip(expected / 255., 0., 1.), atol=1e-6)
+
+
+def test_eval_shards_of_two_processes_are_disjoint_and_equally_long(tiny_data_dir):
+  per_process = [
+      list(load_tiny(dataset.Split.TEST, tiny_data_dir,
+                     preprocess_mode=dataset.PreprocessMode.EVAL, batch_dims=[3],
+                     process_index=index, process_count=2))
+      for index in range(2)]
+  # Shards of 4 and 3 examples: both processes step through ceil(4 / 3) = 2 batches.
+  assert [len(batches) for batches in per_process] == [2, 2]
+  assert sum(batch['mask'].sum() for batches in per_process for batch in batches) == TINY_TEST_SIZE
+  labels0, labels1 = (real_labels(batches) for batches in per_process)
+  assert len(labels0) == 4 and len(labels1) == 3
+  assert not set(labels0) & set(labels1)
+  assert set(labels0) | set(labels1) == set(range(TEST_LABEL_OFFSET,
+                                                  TEST_LABEL_OFFSET + TINY_TEST_SIZE))
+
+
+def test_more_processes_than_examples_pad_with_fully_masked_batches(tiny_data_dir):
+  # 7 examples over 5 processes: shards of 2, 2, 1, 1, 1; everyone makes 2 batches of 1.
+  batches = list(load_tiny(dataset.Split.TEST, tiny_data_dir,
+                           preprocess_mode=dataset.PreprocessMode.EVAL, batch_dims=[1],
+                           process_index=4, process_count=5))
+  np.testing.assert_array_equal([batch['mask'][0] for batch in batches], [1., 0.])
+
+
+# ----------------------------------------------------------------------------------- splits
+
+def test_imagenet_split_sizes():
+  assert dataset.Split.TRAIN_AND_VALID.num_examples == 1_281_167
+  assert dataset.Split.TRAIN.num_examples == 1_271_167
+  assert dataset.Split.VALID.num_examples == 10_000
+  assert dataset.Split.TEST.num_examples == 50_000
+
+
+def test_split_from_string_accepts_any_case_and_validation():
+  assert dataset.Split.from_string('train_and_valid') is dataset.Split.TRAIN_AND_VALID
+  assert dataset.Split.from_string('Validation') is dataset.Split.VALID
+  with pytest.raises(ValueError, match='Unknown split'):
+    dataset.Split.from_string('dev')
+
+
+def test_valid_is_held_out_from_the_start_of_train(tiny_data_dir, monkeypatch):
+  monkeypatch.setattr(dataset, '_VALID_HOLDOUT', 10)  # ImageNet holds out 10,000 of 1,281,167.
+  sizes = {split: dataset.num_examples(split, DatasetTestTinyImages.name, tiny_data_dir)
+           for split in dataset.Split}
+  assert sizes == {dataset.Split.TRAIN_AND_VALID: 25, dataset.Split.TRAIN: 15,
+                   dataset.Split.VALID: 10, dataset.Split.TEST: 7}
+  labels = {split: set(real_labels(load_tiny(split, tiny_data_dir, batch_dims=[4],
+                                             preprocess_mode=dataset.PreprocessMode.EVAL)))
+            for split in (dataset.Split.TRAIN, dataset.Split.VALID)}
+  assert len(labels[dataset.Split.TRAIN]) == 15 and len(labels[dataset.Split.VALID]) == 10
+  assert labels[dataset.Split.TRAIN] | labels[dataset.Split.VALID] == set(range(25))
+
+
+def test_train_split_smaller_than_holdout_is_all_train(tiny_data_dir):
+  assert dataset.num_examples(
+      dataset.Split.TRAIN, DatasetTestTinyImages.name, tiny_data_dir) == TINY_TRAIN_SIZE
+  with pytest.raises(ValueError, match='no example of the VALID split'):
+    load_tiny(dataset.Split.VALID, tiny_data_dir, preprocess_mode=dataset.PreprocessMode.EVAL,
+              batch_dims=[4])
+
+
+def test_num_examples_under_tfds_mock_is_the_mock_size():
+  with tfds.testing.mock_data(num_examples=6):
+    assert dataset.num_examples(dataset.Split.TEST) == 6
+    assert dataset.num_examples(dataset.Split.TRAIN_AND_VALID) == 6
+
+
+# ----------------------------------------------------------------------------------- errors
+
+def test_missing_imagenet_raises_one_clear_error(tmp_path):
+  with pytest.raises(dataset.DatasetNotFoundError) as error:
+    dataset.load(dataset.Split.TEST, preprocess_mode=dataset.PreprocessMode.EVAL,
+                 batch_dims=[4], data_dir=str(tmp_path))
+  message = str(error.value)
+  for fragment in ('imagenet2012', 'manual', 'ILSVRC2012_img_train.tar', f'{tmp_path}/downloads',
+                   '--data_dir', 'TFDS_DATA_DIR'):
+    assert fragment in message
+
+
+def test_unknown_dataset_name_raises_dataset_not_found():
+  with pytest.raises(dataset.DatasetNotFoundError, match='not_a_dataset'):
+    dataset.num_examples(dataset.Split.TEST, dataset_name='not_a_dataset')
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(batch_dims=[0]), 'batch_dims'),
+    (dict(batch_dims=[]), 'batch_dims'),
+    (dict(image_size=0), 'image_size'),
+    (dict(process_index=2, process_count=2), 'process_index 2'),
+])
+def test_bad_arguments_raise_value_error(kwargs, match):
+  kwargs = dict(dict(batch_dims=[2], image_size=IMAGE_SIZE), **kwargs)
+  with tfds.testing.mock_data(num_examples=4), pytest.raises(ValueError, match=match):
+    dataset.load(dataset.Split.TEST, preprocess_mode=dataset.PreprocessMode.EVAL, **kwargs)
+
+
+# ------------------------------------------------------------------------------ normalisation
+
+@pytest.mark.parametrize('to_array', [np.asarray, jnp.asarray])
+def test_normalize_images_standardises_each_channel(to_array):
+  images = np.random.default_rng(0).uniform(size=(2, 4, 5, 3)).astype(np.float32)
+  expected = np.stack([(images[..., channel] - mean) / stddev for channel, (mean, stddev) in
+                       enumerate([(0.485, 0.229), (0.456, 0.224), (0.406, 0.225)])], axis=-1)
+  normalized = dataset.normalize_images(to_array(images))
+  assert normalized.dtype == np.float32
+  np.testing.assert_allclose(np.asarray(normalized), expected, rtol=1e-6, atol=1e-6)
