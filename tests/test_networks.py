@@ -16,383 +16,383 @@ ENCODER_NAMES = ('TinyResNet', 'ResNet18', 'ResNet34', 'ResNet50', 'ResNet101',
 
 
 def _shapes(tree):
-    """{module: {name: shape}} of a Haiku params/state dict."""
-    return {module: {name: tuple(value.shape) for name, value in leaves.items()}
-            for module, leaves in tree.items()}
+  """{module: {name: shape}} of a Haiku params/state dict."""
+  return {module: {name: tuple(value.shape) for name, value in leaves.items()}
+      for module, leaves in tree.items()}
 
 
 def _byol_init_shapes(encoder_class):
-    """Abstract params and state of the BYOL forward (SPEC 3) for an encoder."""
+  """Abstract params and state of the BYOL forward (SPEC 3) for an encoder."""
 
-    def forward(images):
-        net = encoder_class(bn_config=BN_CONFIG, width_multiplier=1)
-        projector = networks.MLP('projector', 4096, 256, BN_CONFIG)
-        predictor = networks.MLP('predictor', 4096, 256, BN_CONFIG)
-        classifier = hk.Linear(NUM_CLASSES, name='classifier')
-        embedding = net(images, is_training=True)
-        projection = projector(embedding, is_training=True)
-        prediction = predictor(projection, is_training=True)
-        logits = classifier(jax.lax.stop_gradient(embedding))
-        return prediction, logits
+  def forward(images):
+    net = encoder_class(bn_config=BN_CONFIG, width_multiplier=1)
+    projector = networks.MLP('projector', 4096, 256, BN_CONFIG)
+    predictor = networks.MLP('predictor', 4096, 256, BN_CONFIG)
+    classifier = hk.Linear(NUM_CLASSES, name='classifier')
+    embedding = net(images, is_training=True)
+    projection = projector(embedding, is_training=True)
+    prediction = predictor(projection, is_training=True)
+    logits = classifier(jax.lax.stop_gradient(embedding))
+    return prediction, logits
 
-    model = hk.transform_with_state(forward)
-    images = jnp.zeros((2, 32, 32, 3))
-    return jax.eval_shape(model.init, jax.random.key(0), images)
+  model = hk.transform_with_state(forward)
+  images = jnp.zeros((2, 32, 32, 3))
+  return jax.eval_shape(model.init, jax.random.key(0), images)
 
 
 @pytest.fixture(scope='module')
 def resnet50_byol():
-    return _byol_init_shapes(networks.ResNet50)
+  return _byol_init_shapes(networks.ResNet50)
 
 
 @pytest.fixture(scope='module')
 def resnet18_byol():
-    return _byol_init_shapes(networks.ResNet18)
+  return _byol_init_shapes(networks.ResNet18)
 
 
 def _expected_byol_shapes(prefix, blocks_per_group, channels_per_group,
                           bottleneck):
-    """Name -> shapes of the BYOL forward, written from the rules of SPEC 3."""
-    expected = {}
+  """Name -> shapes of the BYOL forward, written from the rules of SPEC 3."""
+  expected = {}
 
-    def conv(name, kernel, in_channels, out_channels):
-        expected[f'{prefix}/~/{name}'] = {
-            'w': (kernel, kernel, in_channels, out_channels)}
+  def conv(name, kernel, in_channels, out_channels):
+    expected[f'{prefix}/~/{name}'] = {
+      'w': (kernel, kernel, in_channels, out_channels)}
 
-    def batchnorm(name, channels):
-        expected[f'{prefix}/~/{name}'] = {
-            'scale': (1, 1, 1, channels), 'offset': (1, 1, 1, channels)}
+  def batchnorm(name, channels):
+    expected[f'{prefix}/~/{name}'] = {
+      'scale': (1, 1, 1, channels), 'offset': (1, 1, 1, channels)}
 
-    conv('initial_conv', 7, 3, 64)
-    batchnorm('initial_batchnorm', 64)
-    in_channels = 64
-    for group, (num_blocks, channels) in enumerate(
-            zip(blocks_per_group, channels_per_group)):
-        if bottleneck:
-            layers = [(1, channels // 4), (3, channels // 4), (1, channels)]
-        else:
-            layers = [(3, channels), (3, channels)]
-        for block in range(num_blocks):
-            path = f'block_group_{group}/~/block_{block}/~/'
-            if block == 0:
-                conv(path + 'shortcut_conv', 1, in_channels, channels)
-                batchnorm(path + 'shortcut_batchnorm', channels)
-            for i, (kernel, out_channels) in enumerate(layers):
-                conv(path + f'conv_{i}', kernel, in_channels, out_channels)
-                batchnorm(path + f'batchnorm_{i}', out_channels)
-                in_channels = out_channels
-    embedding_size = in_channels
-    for head, head_inputs in (('projector', embedding_size), ('predictor', 256)):
-        expected[f'{head}/linear'] = {'w': (head_inputs, 4096), 'b': (4096,)}
-        expected[f'{head}/batch_norm'] = {'scale': (1, 4096), 'offset': (1, 4096)}
-        expected[f'{head}/linear_1'] = {'w': (4096, 256)}
-    expected['classifier'] = {'w': (embedding_size, NUM_CLASSES),
-                              'b': (NUM_CLASSES,)}
-    return expected
+  conv('initial_conv', 7, 3, 64)
+  batchnorm('initial_batchnorm', 64)
+  in_channels = 64
+  for group, (num_blocks, channels) in enumerate(
+      zip(blocks_per_group, channels_per_group)):
+    if bottleneck:
+      layers = [(1, channels // 4), (3, channels // 4), (1, channels)]
+    else:
+      layers = [(3, channels), (3, channels)]
+    for block in range(num_blocks):
+      path = f'block_group_{group}/~/block_{block}/~/'
+      if block == 0:
+        conv(path + 'shortcut_conv', 1, in_channels, channels)
+        batchnorm(path + 'shortcut_batchnorm', channels)
+      for i, (kernel, out_channels) in enumerate(layers):
+        conv(path + f'conv_{i}', kernel, in_channels, out_channels)
+        batchnorm(path + f'batchnorm_{i}', out_channels)
+        in_channels = out_channels
+  embedding_size = in_channels
+  for head, head_inputs in (('projector', embedding_size), ('predictor', 256)):
+    expected[f'{head}/linear'] = {'w': (head_inputs, 4096), 'b': (4096,)}
+    expected[f'{head}/batch_norm'] = {'scale': (1, 4096), 'offset': (1, 4096)}
+    expected[f'{head}/linear_1'] = {'w': (4096, 256)}
+  expected['classifier'] = {'w': (embedding_size, NUM_CLASSES),
+                            'b': (NUM_CLASSES,)}
+  return expected
 
 
 def test_resnet18_byol_parameters_match_spec_rules_exactly(resnet18_byol):
-    params, _ = resnet18_byol
-    expected = _expected_byol_shapes('res_net18', (2, 2, 2, 2),
-                                     (64, 128, 256, 512), bottleneck=False)
-    assert _shapes(params) == expected
-    assert len(params) == 49
+  params, _ = resnet18_byol
+  expected = _expected_byol_shapes('res_net18', (2, 2, 2, 2),
+                                   (64, 128, 256, 512), bottleneck=False)
+  assert _shapes(params) == expected
+  assert len(params) == 49
 
 
 def test_resnet50_byol_parameters_match_spec_rules_exactly(resnet50_byol):
-    params, _ = resnet50_byol
-    expected = _expected_byol_shapes('res_net50', (3, 4, 6, 3),
-                                     (256, 512, 1024, 2048), bottleneck=True)
-    assert _shapes(params) == expected
-    assert len(params) == 113
+  params, _ = resnet50_byol
+  expected = _expected_byol_shapes('res_net50', (3, 4, 6, 3),
+                                   (256, 512, 1024, 2048), bottleneck=True)
+  assert _shapes(params) == expected
+  assert len(params) == 113
 
 
 def test_resnet50_byol_parameters_include_spec_examples(resnet50_byol):
-    shapes = _shapes(resnet50_byol[0])
-    block = 'res_net50/~/block_group_0/~/block_0/~/'
-    assert shapes['res_net50/~/initial_conv'] == {'w': (7, 7, 3, 64)}
-    assert shapes['res_net50/~/initial_batchnorm'] == {
-        'scale': (1, 1, 1, 64), 'offset': (1, 1, 1, 64)}
-    assert shapes[block + 'conv_0'] == {'w': (1, 1, 64, 64)}
-    assert shapes[block + 'conv_2'] == {'w': (1, 1, 64, 256)}
-    assert shapes[block + 'shortcut_conv'] == {'w': (1, 1, 64, 256)}
-    assert shapes[block + 'shortcut_batchnorm'] == {
-        'scale': (1, 1, 1, 256), 'offset': (1, 1, 1, 256)}
-    assert shapes['projector/linear'] == {'w': (2048, 4096), 'b': (4096,)}
-    assert shapes['projector/batch_norm'] == {'scale': (1, 4096),
-                                              'offset': (1, 4096)}
-    assert shapes['projector/linear_1'] == {'w': (4096, 256)}
-    assert shapes['predictor/linear'] == {'w': (256, 4096), 'b': (4096,)}
-    assert shapes['classifier'] == {'w': (2048, 1000), 'b': (1000,)}
+  shapes = _shapes(resnet50_byol[0])
+  block = 'res_net50/~/block_group_0/~/block_0/~/'
+  assert shapes['res_net50/~/initial_conv'] == {'w': (7, 7, 3, 64)}
+  assert shapes['res_net50/~/initial_batchnorm'] == {
+    'scale': (1, 1, 1, 64), 'offset': (1, 1, 1, 64)}
+  assert shapes[block + 'conv_0'] == {'w': (1, 1, 64, 64)}
+  assert shapes[block + 'conv_2'] == {'w': (1, 1, 64, 256)}
+  assert shapes[block + 'shortcut_conv'] == {'w': (1, 1, 64, 256)}
+  assert shapes[block + 'shortcut_batchnorm'] == {
+    'scale': (1, 1, 1, 256), 'offset': (1, 1, 1, 256)}
+  assert shapes['projector/linear'] == {'w': (2048, 4096), 'b': (4096,)}
+  assert shapes['projector/batch_norm'] == {'scale': (1, 4096),
+                                            'offset': (1, 4096)}
+  assert shapes['projector/linear_1'] == {'w': (4096, 256)}
+  assert shapes['predictor/linear'] == {'w': (256, 4096), 'b': (4096,)}
+  assert shapes['classifier'] == {'w': (2048, 1000), 'b': (1000,)}
 
 
 def test_every_batchnorm_has_mean_and_var_ema_state(resnet50_byol):
-    params, state = resnet50_byol
-    batchnorms = [m for m in params if 'scale' in params[m]]
-    assert len(batchnorms) == 53 + 2  # 53 in the torso, one per MLP.
-    expected = {}
-    for module in batchnorms:
-        channels = params[module]['scale'].shape
-        for ema in ('mean_ema', 'var_ema'):
-            expected[f'{module}/~/{ema}'] = {
-                'average': channels, 'hidden': channels, 'counter': ()}
-    assert _shapes(state) == expected
+  params, state = resnet50_byol
+  batchnorms = [m for m in params if 'scale' in params[m]]
+  assert len(batchnorms) == 53 + 2  # 53 in the torso, one per MLP.
+  expected = {}
+  for module in batchnorms:
+    channels = params[module]['scale'].shape
+    for ema in ('mean_ema', 'var_ema'):
+      expected[f'{module}/~/{ema}'] = {
+        'average': channels, 'hidden': channels, 'counter': ()}
+  assert _shapes(state) == expected
 
 
 def _torso_parameter_count(blocks_per_group, channels_per_group, bottleneck,
                            width_multiplier=1):
-    """Closed-form parameter count of a v1 torso (projection in every group)."""
-    stem_channels = 64 * width_multiplier
-    count = 7 * 7 * 3 * stem_channels + 2 * stem_channels
-    in_channels = stem_channels
-    for num_blocks, channels in zip(blocks_per_group, channels_per_group):
-        channels *= width_multiplier
-        for block in range(num_blocks):
-            block_inputs = in_channels if block == 0 else channels
-            if bottleneck:
-                inner = channels // 4
-                count += (block_inputs * inner + 9 * inner * inner
-                          + inner * channels + 2 * (inner + inner + channels))
-            else:
-                count += (9 * block_inputs * channels + 9 * channels * channels
-                          + 2 * (channels + channels))
-            if block == 0:
-                count += block_inputs * channels + 2 * channels
-        in_channels = channels
-    return count
+  """Closed-form parameter count of a v1 torso (projection in every group)."""
+  stem_channels = 64 * width_multiplier
+  count = 7 * 7 * 3 * stem_channels + 2 * stem_channels
+  in_channels = stem_channels
+  for num_blocks, channels in zip(blocks_per_group, channels_per_group):
+    channels *= width_multiplier
+    for block in range(num_blocks):
+      block_inputs = in_channels if block == 0 else channels
+      if bottleneck:
+        inner = channels // 4
+        count += (block_inputs * inner + 9 * inner * inner
+                  + inner * channels + 2 * (inner + inner + channels))
+      else:
+        count += (9 * block_inputs * channels + 9 * channels * channels
+                  + 2 * (channels + channels))
+      if block == 0:
+        count += block_inputs * channels + 2 * channels
+    in_channels = channels
+  return count
 
 
 def _parameter_count(encoder_class, width_multiplier=1):
-    model = hk.transform_with_state(
-        lambda x: encoder_class(width_multiplier=width_multiplier)(x, True))
-    params, _ = jax.eval_shape(model.init, jax.random.key(0),
-                               jnp.zeros((1, 32, 32, 3)))
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+  model = hk.transform_with_state(
+    lambda x: encoder_class(width_multiplier=width_multiplier)(x, True))
+  params, _ = jax.eval_shape(model.init, jax.random.key(0),
+                             jnp.zeros((1, 32, 32, 3)))
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
 
 
 def test_resnet50_torso_parameter_count_matches_published_figure():
-    # Published ResNet-50: 25,557,032 parameters with a 2048 x 1000 fc layer.
-    published_torso = 25_557_032 - (2048 * 1000 + 1000)
-    formula = _torso_parameter_count((3, 4, 6, 3), (256, 512, 1024, 2048), True)
-    assert formula == published_torso == 23_508_032
-    assert _parameter_count(networks.ResNet50) == formula
+  # Published ResNet-50: 25,557,032 parameters with a 2048 x 1000 fc layer.
+  published_torso = 25_557_032 - (2048 * 1000 + 1000)
+  formula = _torso_parameter_count((3, 4, 6, 3), (256, 512, 1024, 2048), True)
+  assert formula == published_torso == 23_508_032
+  assert _parameter_count(networks.ResNet50) == formula
 
 
 def test_resnet18_torso_parameter_count_matches_published_figure():
-    # Published ResNet-18: 11,689,512 with a 512 x 1000 fc layer and no
-    # projection shortcut in group 0; BYOL's has one (1x1 conv 64->64 + BN).
-    published_torso = 11_689_512 - (512 * 1000 + 1000) + (64 * 64 + 2 * 64)
-    formula = _torso_parameter_count((2, 2, 2, 2), (64, 128, 256, 512), False)
-    assert formula == published_torso == 11_180_736
-    assert _parameter_count(networks.ResNet18) == formula
+  # Published ResNet-18: 11,689,512 with a 512 x 1000 fc layer and no
+  # projection shortcut in group 0; BYOL's has one (1x1 conv 64->64 + BN).
+  published_torso = 11_689_512 - (512 * 1000 + 1000) + (64 * 64 + 2 * 64)
+  formula = _torso_parameter_count((2, 2, 2, 2), (64, 128, 256, 512), False)
+  assert formula == published_torso == 11_180_736
+  assert _parameter_count(networks.ResNet18) == formula
 
 
 def test_resnet50x2_parameter_count_matches_formula():
-    formula = _torso_parameter_count((3, 4, 6, 3), (256, 512, 1024, 2048), True,
-                                     width_multiplier=2)
-    assert _parameter_count(networks.ResNet50, width_multiplier=2) == formula
+  formula = _torso_parameter_count((3, 4, 6, 3), (256, 512, 1024, 2048), True,
+                                   width_multiplier=2)
+  assert _parameter_count(networks.ResNet50, width_multiplier=2) == formula
 
 
 def test_width_multiplier_2_doubles_channels():
-    model = hk.transform_with_state(
-        lambda x: networks.ResNet50(width_multiplier=2)(x, is_training=True))
-    images = jnp.zeros((2, 32, 32, 3))
-    params, state = jax.eval_shape(model.init, jax.random.key(0), images)
-    embedding, _ = jax.eval_shape(model.apply, params, state, None, images)
-    assert embedding.shape == (2, 4096)
-    assert params['res_net50/~/initial_conv']['w'].shape == (7, 7, 3, 128)
-    block = 'res_net50/~/block_group_0/~/block_0/~/'
-    assert params[block + 'conv_0']['w'].shape == (1, 1, 128, 128)
-    assert params[block + 'conv_2']['w'].shape == (1, 1, 128, 512)
+  model = hk.transform_with_state(
+    lambda x: networks.ResNet50(width_multiplier=2)(x, is_training=True))
+  images = jnp.zeros((2, 32, 32, 3))
+  params, state = jax.eval_shape(model.init, jax.random.key(0), images)
+  embedding, _ = jax.eval_shape(model.apply, params, state, None, images)
+  assert embedding.shape == (2, 4096)
+  assert params['res_net50/~/initial_conv']['w'].shape == (7, 7, 3, 128)
+  block = 'res_net50/~/block_group_0/~/block_0/~/'
+  assert params[block + 'conv_0']['w'].shape == (1, 1, 128, 128)
+  assert params[block + 'conv_2']['w'].shape == (1, 1, 128, 512)
 
 
 def _tiny_torso(bottleneck, resnet_v2):
-    """A small ResNetTorso with two blocks in the first group."""
-    return hk.transform_with_state(
-        lambda x: networks.ResNetTorso(
-            blocks_per_group=(2, 1, 1, 1),
-            bn_config=BN_CONFIG, resnet_v2=resnet_v2, bottleneck=bottleneck,
-            channels_per_group=(8, 8, 12, 16))(x, is_training=True))
+  """A small ResNetTorso with two blocks in the first group."""
+  return hk.transform_with_state(
+    lambda x: networks.ResNetTorso(
+      blocks_per_group=(2, 1, 1, 1),
+      bn_config=BN_CONFIG, resnet_v2=resnet_v2, bottleneck=bottleneck,
+      channels_per_group=(8, 8, 12, 16))(x, is_training=True))
 
 
 def test_v2_torso_has_final_batchnorm_and_no_v1_batchnorms():
-    params, _ = jax.eval_shape(
-        _tiny_torso(bottleneck=True, resnet_v2=True).init, jax.random.key(0),
-        jnp.zeros((2, 16, 16, 3)))
-    assert 'res_net_torso/~/final_batchnorm' in params
-    assert 'res_net_torso/~/initial_batchnorm' not in params
-    assert not [m for m in params if 'shortcut_batchnorm' in m]
-    assert len([m for m in params if 'shortcut_conv' in m]) == 4
+  params, _ = jax.eval_shape(
+    _tiny_torso(bottleneck=True, resnet_v2=True).init, jax.random.key(0),
+    jnp.zeros((2, 16, 16, 3)))
+  assert 'res_net_torso/~/final_batchnorm' in params
+  assert 'res_net_torso/~/initial_batchnorm' not in params
+  assert not [m for m in params if 'shortcut_batchnorm' in m]
+  assert len([m for m in params if 'shortcut_conv' in m]) == 4
 
 
 @pytest.mark.parametrize('resnet_v2', [False, True])
 @pytest.mark.parametrize('bottleneck', [False, True])
 def test_torso_outputs_embedding_of_last_group_channels(bottleneck, resnet_v2):
-    model = _tiny_torso(bottleneck, resnet_v2)
-    images = jnp.zeros((3, 16, 16, 3))
-    params, state = jax.eval_shape(model.init, jax.random.key(0), images)
-    embedding, _ = jax.eval_shape(model.apply, params, state, None, images)
-    assert embedding.shape == (3, 16)
+  model = _tiny_torso(bottleneck, resnet_v2)
+  images = jnp.zeros((3, 16, 16, 3))
+  params, state = jax.eval_shape(model.init, jax.random.key(0), images)
+  embedding, _ = jax.eval_shape(model.apply, params, state, None, images)
+  assert embedding.shape == (3, 16)
 
 
 def test_torso_with_num_classes_has_zero_initialised_logits():
-    model = hk.transform_with_state(
-        lambda x: networks.TinyResNet(num_classes=5)(x, is_training=True))
-    images = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
-    params, state = model.init(jax.random.key(0), images)
-    logits, _ = model.apply(params, state, None, images)
-    assert params['tiny_res_net/~/logits']['w'].shape == (8, 5)
-    np.testing.assert_array_equal(logits, np.zeros((3, 5)))
+  model = hk.transform_with_state(
+    lambda x: networks.TinyResNet(num_classes=5)(x, is_training=True))
+  images = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
+  params, state = model.init(jax.random.key(0), images)
+  logits, _ = model.apply(params, state, None, images)
+  assert params['tiny_res_net/~/logits']['w'].shape == (8, 5)
+  np.testing.assert_array_equal(logits, np.zeros((3, 5)))
 
 
 def test_all_batchnorm_scales_initialise_to_one():
-    def forward(images):
-        embedding = networks.ResNetTorso(
-            (1, 1, 1, 1), channels_per_group=(8, 8, 8, 8),
-            bottleneck=True)(images, is_training=True)
-        return networks.MLP('projector', 8, 4, BN_CONFIG)(embedding, True)
+  def forward(images):
+    embedding = networks.ResNetTorso(
+      (1, 1, 1, 1), channels_per_group=(8, 8, 8, 8),
+      bottleneck=True)(images, is_training=True)
+    return networks.MLP('projector', 8, 4, BN_CONFIG)(embedding, True)
 
-    params, _ = hk.transform_with_state(forward).init(
-        jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
-    batchnorms = {m: p for m, p in params.items() if 'scale' in p}
-    # Includes batchnorm_2, which Haiku's own bottleneck block zero-initialises.
-    assert len(batchnorms) == 18  # 17 in the torso, 1 in the MLP.
-    for module, leaves in batchnorms.items():
-        np.testing.assert_array_equal(leaves['scale'], 1.0, err_msg=module)
-        np.testing.assert_array_equal(leaves['offset'], 0.0, err_msg=module)
+  params, _ = hk.transform_with_state(forward).init(
+    jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
+  batchnorms = {m: p for m, p in params.items() if 'scale' in p}
+  # Includes batchnorm_2, which Haiku's own bottleneck block zero-initialises.
+  assert len(batchnorms) == 18  # 17 in the torso, 1 in the MLP.
+  for module, leaves in batchnorms.items():
+    np.testing.assert_array_equal(leaves['scale'], 1.0, err_msg=module)
+    np.testing.assert_array_equal(leaves['offset'], 0.0, err_msg=module)
 
 
 def test_preset_default_names_are_snake_cased_class_names():
-    def construct():
-        return [networks.get_encoder(name)().module_name
-                for name in ENCODER_NAMES]
+  def construct():
+    return [networks.get_encoder(name)().module_name
+        for name in ENCODER_NAMES]
 
-    names = hk.transform(construct).apply({}, None)
-    assert names == ['tiny_res_net', 'res_net18', 'res_net34', 'res_net50',
-                     'res_net101', 'res_net152', 'res_net200']
+  names = hk.transform(construct).apply({}, None)
+  assert names == ['tiny_res_net', 'res_net18', 'res_net34', 'res_net50',
+                   'res_net101', 'res_net152', 'res_net200']
 
 
 def test_get_encoder_returns_the_named_class():
-    assert networks.get_encoder('ResNet50') is networks.ResNet50
-    assert networks.get_encoder('TinyResNet') is networks.TinyResNet
+  assert networks.get_encoder('ResNet50') is networks.ResNet50
+  assert networks.get_encoder('TinyResNet') is networks.TinyResNet
 
 
 def test_get_encoder_lists_valid_names_for_unknown_name():
-    with pytest.raises(ValueError, match='ResNet51') as error:
-        networks.get_encoder('ResNet51')
-    for name in ENCODER_NAMES:
-        assert name in str(error.value)
+  with pytest.raises(ValueError, match='ResNet51') as error:
+    networks.get_encoder('ResNet51')
+  for name in ENCODER_NAMES:
+    assert name in str(error.value)
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    ({'blocks_per_group': (1, 1, 1)}, 'blocks_per_group.*4 entries'),
-    ({'channels_per_group': (8,) * 5}, 'channels_per_group.*4 entries'),
-    ({'use_projection': (True,) * 3}, 'use_projection.*4 entries'),
-    ({'blocks_per_group': (1, 0, 1, 1)}, 'blocks_per_group.*positive'),
-    ({'channels_per_group': (8, 8, 8, 10)}, 'multiples of 4'),
-    ({'width_multiplier': 0}, 'width_multiplier.*positive int'),
-    ({'width_multiplier': 1.5}, 'width_multiplier.*positive int'),
-    ({'num_classes': 0}, 'num_classes'),
+  ({'blocks_per_group': (1, 1, 1)}, 'blocks_per_group.*4 entries'),
+  ({'channels_per_group': (8,) * 5}, 'channels_per_group.*4 entries'),
+  ({'use_projection': (True,) * 3}, 'use_projection.*4 entries'),
+  ({'blocks_per_group': (1, 0, 1, 1)}, 'blocks_per_group.*positive'),
+  ({'channels_per_group': (8, 8, 8, 10)}, 'multiples of 4'),
+  ({'width_multiplier': 0}, 'width_multiplier.*positive int'),
+  ({'width_multiplier': 1.5}, 'width_multiplier.*positive int'),
+  ({'num_classes': 0}, 'num_classes'),
 ])
 def test_bad_torso_arguments_raise_value_error(kwargs, message):
-    config = {'blocks_per_group': (1, 1, 1, 1), 'channels_per_group': (8,) * 4,
-              **kwargs}
-    model = hk.transform_with_state(
-        lambda x: networks.ResNetTorso(**config)(x, is_training=True))
-    with pytest.raises(ValueError, match=message):
-        model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  config = {'blocks_per_group': (1, 1, 1, 1), 'channels_per_group': (8,) * 4,
+            **kwargs}
+  model = hk.transform_with_state(
+    lambda x: networks.ResNetTorso(**config)(x, is_training=True))
+  with pytest.raises(ValueError, match=message):
+    model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
 
 
 def test_every_convolution_is_built_by_conv(monkeypatch):
-    built = []
+  built = []
 
-    def recording_conv(*args, **kwargs):
-        conv = build_conv(*args, **kwargs)
-        built.append(conv.module_name)
-        return conv
+  def recording_conv(*args, **kwargs):
+    conv = build_conv(*args, **kwargs)
+    built.append(conv.module_name)
+    return conv
 
-    build_conv = networks._conv
-    monkeypatch.setattr(networks, '_conv', recording_conv)
-    for resnet_v2 in (False, True):
-        params, _ = jax.eval_shape(
-            _tiny_torso(bottleneck=True, resnet_v2=resnet_v2).init,
-            jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-        convs = [m for m, leaves in params.items() if 'w' in leaves
-                 and leaves['w'].ndim == 4]
-        assert sorted(built) == sorted(convs)
-        built.clear()
+  build_conv = networks._conv
+  monkeypatch.setattr(networks, '_conv', recording_conv)
+  for resnet_v2 in (False, True):
+    params, _ = jax.eval_shape(
+      _tiny_torso(bottleneck=True, resnet_v2=resnet_v2).init,
+      jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    convs = [m for m, leaves in params.items() if 'w' in leaves
+             and leaves['w'].ndim == 4]
+    assert sorted(built) == sorted(convs)
+    built.clear()
 
 
 def _numpy_conv_same(x, w, stride):
-    """SAME-padded convolution, x [B, H, W, Cin], w [k, k, Cin, Cout]."""
-    kernel = w.shape[0]
-    _, height, width, _ = x.shape
-    out_h, out_w = -(-height // stride), -(-width // stride)
-    pad_h = max((out_h - 1) * stride + kernel - height, 0)
-    pad_w = max((out_w - 1) * stride + kernel - width, 0)
-    # TensorFlow/XLA SAME puts the odd padding pixel at the end.
-    x = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                   (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
-    out = np.zeros(x.shape[:1] + (out_h, out_w, w.shape[-1]))
-    for i in range(kernel):
-        for j in range(kernel):
-            window = x[:, i:i + stride * out_h:stride, j:j + stride * out_w:stride]
-            out += window @ w[i, j]
-    return out
+  """SAME-padded convolution, x [B, H, W, Cin], w [k, k, Cin, Cout]."""
+  kernel = w.shape[0]
+  _, height, width, _ = x.shape
+  out_h, out_w = -(-height // stride), -(-width // stride)
+  pad_h = max((out_h - 1) * stride + kernel - height, 0)
+  pad_w = max((out_w - 1) * stride + kernel - width, 0)
+  # TensorFlow/XLA SAME puts the odd padding pixel at the end.
+  x = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                 (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+  out = np.zeros(x.shape[:1] + (out_h, out_w, w.shape[-1]))
+  for i in range(kernel):
+    for j in range(kernel):
+      window = x[:, i:i + stride * out_h:stride, j:j + stride * out_w:stride]
+      out += window @ w[i, j]
+  return out
 
 
 def _numpy_batchnorm(x, params):
-    """Training-mode BatchNorm: statistics over batch and space."""
-    mean = x.mean(axis=(0, 1, 2))
-    variance = x.var(axis=(0, 1, 2))
-    return ((x - mean) / np.sqrt(variance + BN_CONFIG['eps'])
-            * params['scale'] + params['offset'])
+  """Training-mode BatchNorm: statistics over batch and space."""
+  mean = x.mean(axis=(0, 1, 2))
+  variance = x.var(axis=(0, 1, 2))
+  return ((x - mean) / np.sqrt(variance + BN_CONFIG['eps'])
+      * params['scale'] + params['offset'])
 
 
 def _random_block_run(block_class):
-    """Runs a basic block (4 channels, stride 2, projection) with random params.
+  """Runs a basic block (4 channels, stride 2, projection) with random params.
 
-    Returns (numpy params by local module name, input, output), all float64.
-    """
-    model = hk.transform_with_state(
-        lambda x: block_class(channels=4, stride=2, use_projection=True,
-                              bn_config=BN_CONFIG, bottleneck=False,
-                              name='block')(x, is_training=True))
-    images = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
-    params, state = model.init(jax.random.key(1), images)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(2), len(leaves))
-    # Random scales around 1 and random offsets/weights exercise every term.
-    leaves = [leaf + 0.5 * jax.random.normal(k, leaf.shape)
-              for leaf, k in zip(leaves, keys)]
-    params = jax.tree.unflatten(treedef, leaves)
-    out, _ = model.apply(params, state, None, images)
-    local = {m.removeprefix('block/~/'): jax.tree.map(
-        lambda a: np.asarray(a, np.float64), p) for m, p in params.items()}
-    return local, np.asarray(images, np.float64), np.asarray(out)
+  Returns (numpy params by local module name, input, output), all float64.
+  """
+  model = hk.transform_with_state(
+    lambda x: block_class(channels=4, stride=2, use_projection=True,
+                          bn_config=BN_CONFIG, bottleneck=False,
+                          name='block')(x, is_training=True))
+  images = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  params, state = model.init(jax.random.key(1), images)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  # Random scales around 1 and random offsets/weights exercise every term.
+  leaves = [leaf + 0.5 * jax.random.normal(k, leaf.shape)
+            for leaf, k in zip(leaves, keys)]
+  params = jax.tree.unflatten(treedef, leaves)
+  out, _ = model.apply(params, state, None, images)
+  local = {m.removeprefix('block/~/'): jax.tree.map(
+    lambda a: np.asarray(a, np.float64), p) for m, p in params.items()}
+  return local, np.asarray(images, np.float64), np.asarray(out)
 
 
 def test_block_v1_matches_numpy_in_training_mode():
-    p, x, out = _random_block_run(networks.BlockV1)
-    relu = lambda v: np.maximum(v, 0.0)
-    shortcut = _numpy_batchnorm(
-        _numpy_conv_same(x, p['shortcut_conv']['w'], 2), p['shortcut_batchnorm'])
-    h = relu(_numpy_batchnorm(_numpy_conv_same(x, p['conv_0']['w'], 2),
-                              p['batchnorm_0']))
-    h = _numpy_batchnorm(_numpy_conv_same(h, p['conv_1']['w'], 1),
-                         p['batchnorm_1'])
-    expected = relu(h + shortcut)
-    assert out.shape == (2, 3, 3, 4)
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+  p, x, out = _random_block_run(networks.BlockV1)
+  relu = lambda v: np.maximum(v, 0.0)
+  shortcut = _numpy_batchnorm(
+    _numpy_conv_same(x, p['shortcut_conv']['w'], 2), p['shortcut_batchnorm'])
+  h = relu(_numpy_batchnorm(_numpy_conv_same(x, p['conv_0']['w'], 2),
+                            p['batchnorm_0']))
+  h = _numpy_batchnorm(_numpy_conv_same(h, p['conv_1']['w'], 1),
+                       p['batchnorm_1'])
+  expected = relu(h + shortcut)
+  assert out.shape == (2, 3, 3, 4)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_block_v2_matches_numpy_in_training_mode():
-    p, x, out = _random_block_run(networks.BlockV2)
-    relu = lambda v: np.maximum(v, 0.0)
-    h = relu(_numpy_batchnorm(x, p['batchnorm_0']))
-    shortcut = _numpy_conv_same(h, p['shortcut_conv']['w'], 2)
-    h = _numpy_conv_same(h, p['conv_0']['w'], 2)
-    h = relu(_numpy_batchnorm(h, p['batchnorm_1']))
-    expected = _numpy_conv_same(h, p['conv_1']['w'], 1) + shortcut
-    assert out.shape == (2, 3, 3, 4)
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+  p, x, out = _random_block_run(networks.BlockV2)
+  relu = lambda v: np.maximum(v, 0.0)
+  h = relu(_numpy_batchnorm(x, p['batchnorm_0']))
+  shortcut = _numpy_conv_same(h, p['shortcut_conv']['w'], 2)
+  h = _numpy_conv_same(h, p['conv_0']['w'], 2)
+  h = relu(_numpy_batchnorm(h, p['batchnorm_1']))
+  expected = _numpy_conv_same(h, p['conv_1']['w'], 1) + shortcut
+  assert out.shape == (2, 3, 3, 4)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)

@@ -18,435 +18,435 @@ _GROUP_STRIDES = (1, 2, 2, 2)
 
 
 def _conv(channels: int, kernel: int, stride: int, name: str) -> hk.Conv2D:
-    """Builds every convolution of the ResNets: no bias, SAME padding.
+  """Builds every convolution of the ResNets: no bias, SAME padding.
 
-    The only place a convolution is constructed, so that its implementation
-    can be swapped for all networks at once.
-    """
-    return hk.Conv2D(
-        output_channels=channels,
-        kernel_shape=kernel,
-        stride=stride,
-        with_bias=False,
-        padding='SAME',
-        name=name,
-    )
+  The only place a convolution is constructed, so that its implementation
+  can be swapped for all networks at once.
+  """
+  return hk.Conv2D(
+    output_channels=channels,
+    kernel_shape=kernel,
+    stride=stride,
+    with_bias=False,
+    padding='SAME',
+    name=name,
+  )
 
 
 def _with_bn_defaults(bn_config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Returns a copy of `bn_config` with BYOL's BatchNorm defaults filled in."""
-    bn_config = dict(bn_config or {})
-    bn_config.setdefault('decay_rate', 0.9)
-    bn_config.setdefault('eps', 1e-5)
-    bn_config.setdefault('create_scale', True)
-    bn_config.setdefault('create_offset', True)
-    return bn_config
+  """Returns a copy of `bn_config` with BYOL's BatchNorm defaults filled in."""
+  bn_config = dict(bn_config or {})
+  bn_config.setdefault('decay_rate', 0.9)
+  bn_config.setdefault('eps', 1e-5)
+  bn_config.setdefault('create_scale', True)
+  bn_config.setdefault('create_offset', True)
+  return bn_config
 
 
 def _conv_specs(
-    channels: int, stride: int, bottleneck: bool
+  channels: int, stride: int, bottleneck: bool
 ) -> list[tuple[int, int, int]]:
-    """(channels, kernel, stride) of the residual branch's convolutions."""
-    if bottleneck:
-        # 1x1 reduce, 3x3 (strided), 1x1 expand.
-        return [
-            (channels // 4, 1, 1),
-            (channels // 4, 3, stride),
-            (channels, 1, 1),
-        ]
-    return [(channels, 3, stride), (channels, 3, 1)]
+  """(channels, kernel, stride) of the residual branch's convolutions."""
+  if bottleneck:
+    # 1x1 reduce, 3x3 (strided), 1x1 expand.
+    return [
+      (channels // 4, 1, 1),
+      (channels // 4, 3, stride),
+      (channels, 1, 1),
+    ]
+  return [(channels, 3, stride), (channels, 3, 1)]
 
 
 class _Block(hk.Module):
-    """Convolutions and BatchNorms shared by the v1 and v2 residual blocks."""
+  """Convolutions and BatchNorms shared by the v1 and v2 residual blocks."""
 
-    # v1 normalises its projection shortcut; v2 projects the input of conv_0,
-    # which is already normalised.
-    normalise_shortcut: bool
+  # v1 normalises its projection shortcut; v2 projects the input of conv_0,
+  # which is already normalised.
+  normalise_shortcut: bool
 
-    def __init__(
-        self,
-        channels: int,
-        stride: int,
-        use_projection: bool,
-        bn_config: Mapping[str, Any],
-        bottleneck: bool,
-        name: str | None = None,
-    ):
-        """Creates the `conv_i`/`batchnorm_i` pairs and the shortcut modules.
+  def __init__(
+    self,
+    channels: int,
+    stride: int,
+    use_projection: bool,
+    bn_config: Mapping[str, Any],
+    bottleneck: bool,
+    name: str | None = None,
+  ):
+    """Creates the `conv_i`/`batchnorm_i` pairs and the shortcut modules.
 
-        Args:
-          channels: output channels of the block.
-          stride: spatial stride of the block (of its 3x3 convolution).
-          use_projection: whether the shortcut is a strided 1x1 convolution.
-          bn_config: keyword arguments of every `hk.BatchNorm`.
-          bottleneck: 1x1-3x3-1x1 bottleneck (True) or two 3x3 convs (False).
-          name: module name.
-        """
-        super().__init__(name=name)
-        self.use_projection = use_projection
-        if use_projection:
-            self.shortcut_conv = _conv(channels, 1, stride, 'shortcut_conv')
-            if self.normalise_shortcut:
-                self.shortcut_batchnorm = hk.BatchNorm(
-                    name='shortcut_batchnorm', **bn_config)
-        # Every BatchNorm scale starts at 1: unlike Haiku's bottleneck block,
-        # the last BatchNorm is not zero-initialised.
-        self.layers = [
-            (_conv(out_channels, kernel, conv_stride, f'conv_{i}'),
-             hk.BatchNorm(name=f'batchnorm_{i}', **bn_config))
-            for i, (out_channels, kernel, conv_stride) in enumerate(
-                _conv_specs(channels, stride, bottleneck))
-        ]
+    Args:
+      channels: output channels of the block.
+      stride: spatial stride of the block (of its 3x3 convolution).
+      use_projection: whether the shortcut is a strided 1x1 convolution.
+      bn_config: keyword arguments of every `hk.BatchNorm`.
+      bottleneck: 1x1-3x3-1x1 bottleneck (True) or two 3x3 convs (False).
+      name: module name.
+    """
+    super().__init__(name=name)
+    self.use_projection = use_projection
+    if use_projection:
+      self.shortcut_conv = _conv(channels, 1, stride, 'shortcut_conv')
+      if self.normalise_shortcut:
+        self.shortcut_batchnorm = hk.BatchNorm(
+          name='shortcut_batchnorm', **bn_config)
+    # Every BatchNorm scale starts at 1: unlike Haiku's bottleneck block,
+    # the last BatchNorm is not zero-initialised.
+    self.layers = [
+      (_conv(out_channels, kernel, conv_stride, f'conv_{i}'),
+       hk.BatchNorm(name=f'batchnorm_{i}', **bn_config))
+      for i, (out_channels, kernel, conv_stride) in enumerate(
+        _conv_specs(channels, stride, bottleneck))
+    ]
 
 
 class BlockV1(_Block):
-    """Post-activation ResNet block (He et al. 2015), basic or bottleneck."""
+  """Post-activation ResNet block (He et al. 2015), basic or bottleneck."""
 
-    normalise_shortcut = True
+  normalise_shortcut = True
 
-    def __call__(
-        self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False
-    ) -> jax.Array:
-        """Maps `[B, H, W, C_in]` to `[B, H / stride, W / stride, channels]`."""
-        shortcut = inputs
-        if self.use_projection:
-            shortcut = self.shortcut_conv(inputs)
-            shortcut = self.shortcut_batchnorm(
-                shortcut, is_training, test_local_stats)
-        out = inputs
-        for i, (conv, batchnorm) in enumerate(self.layers):
-            out = batchnorm(conv(out), is_training, test_local_stats)
-            # The last BatchNorm's output is summed with the shortcut first.
-            if i < len(self.layers) - 1:
-                out = jax.nn.relu(out)
-        return jax.nn.relu(out + shortcut)
+  def __call__(
+    self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False
+  ) -> jax.Array:
+    """Maps `[B, H, W, C_in]` to `[B, H / stride, W / stride, channels]`."""
+    shortcut = inputs
+    if self.use_projection:
+      shortcut = self.shortcut_conv(inputs)
+      shortcut = self.shortcut_batchnorm(
+        shortcut, is_training, test_local_stats)
+    out = inputs
+    for i, (conv, batchnorm) in enumerate(self.layers):
+      out = batchnorm(conv(out), is_training, test_local_stats)
+      # The last BatchNorm's output is summed with the shortcut first.
+      if i < len(self.layers) - 1:
+        out = jax.nn.relu(out)
+    return jax.nn.relu(out + shortcut)
 
 
 class BlockV2(_Block):
-    """Pre-activation ResNet block (He et al. 2016), basic or bottleneck."""
+  """Pre-activation ResNet block (He et al. 2016), basic or bottleneck."""
 
-    normalise_shortcut = False
+  normalise_shortcut = False
 
-    def __call__(
-        self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False
-    ) -> jax.Array:
-        """Maps `[B, H, W, C_in]` to `[B, H / stride, W / stride, channels]`."""
-        out = shortcut = inputs
-        for i, (conv, batchnorm) in enumerate(self.layers):
-            out = jax.nn.relu(batchnorm(out, is_training, test_local_stats))
-            if i == 0 and self.use_projection:
-                shortcut = self.shortcut_conv(out)
-            out = conv(out)
-        return out + shortcut
+  def __call__(
+    self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False
+  ) -> jax.Array:
+    """Maps `[B, H, W, C_in]` to `[B, H / stride, W / stride, channels]`."""
+    out = shortcut = inputs
+    for i, (conv, batchnorm) in enumerate(self.layers):
+      out = jax.nn.relu(batchnorm(out, is_training, test_local_stats))
+      if i == 0 and self.use_projection:
+        shortcut = self.shortcut_conv(out)
+      out = conv(out)
+    return out + shortcut
 
 
 class BlockGroup(hk.Module):
-    """A stack of residual blocks; only the first one strides and projects."""
+  """A stack of residual blocks; only the first one strides and projects."""
 
-    def __init__(
-        self,
-        channels: int,
-        num_blocks: int,
-        stride: int,
-        bn_config: Mapping[str, Any],
-        resnet_v2: bool,
-        bottleneck: bool,
-        use_projection: bool,
-        name: str | None = None,
-    ):
-        """Creates `num_blocks` blocks named `block_0`, `block_1`, ...
+  def __init__(
+    self,
+    channels: int,
+    num_blocks: int,
+    stride: int,
+    bn_config: Mapping[str, Any],
+    resnet_v2: bool,
+    bottleneck: bool,
+    use_projection: bool,
+    name: str | None = None,
+  ):
+    """Creates `num_blocks` blocks named `block_0`, `block_1`, ...
 
-        Args:
-          channels: output channels of every block.
-          num_blocks: number of blocks.
-          stride: stride of the first block.
-          bn_config: keyword arguments of every `hk.BatchNorm`.
-          resnet_v2: pre-activation blocks (`BlockV2`) instead of `BlockV1`.
-          bottleneck: bottleneck blocks instead of basic ones.
-          use_projection: whether the first block has a projection shortcut.
-          name: module name.
-        """
-        super().__init__(name=name)
-        block_class = BlockV2 if resnet_v2 else BlockV1
-        self.blocks = [
-            block_class(
-                channels=channels,
-                stride=stride if i == 0 else 1,
-                use_projection=use_projection and i == 0,
-                bn_config=bn_config,
-                bottleneck=bottleneck,
-                name=f'block_{i}',
-            )
-            for i in range(num_blocks)
-        ]
+    Args:
+      channels: output channels of every block.
+      num_blocks: number of blocks.
+      stride: stride of the first block.
+      bn_config: keyword arguments of every `hk.BatchNorm`.
+      resnet_v2: pre-activation blocks (`BlockV2`) instead of `BlockV1`.
+      bottleneck: bottleneck blocks instead of basic ones.
+      use_projection: whether the first block has a projection shortcut.
+      name: module name.
+    """
+    super().__init__(name=name)
+    block_class = BlockV2 if resnet_v2 else BlockV1
+    self.blocks = [
+      block_class(
+        channels=channels,
+        stride=stride if i == 0 else 1,
+        use_projection=use_projection and i == 0,
+        bn_config=bn_config,
+        bottleneck=bottleneck,
+        name=f'block_{i}',
+      )
+      for i in range(num_blocks)
+    ]
 
-    def __call__(
-        self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False
-    ) -> jax.Array:
-        """Applies the blocks in order: `[B, H, W, C_in]` -> `[B, H', W', channels]`."""
-        out = inputs
-        for block in self.blocks:
-            out = block(out, is_training, test_local_stats)
-        return out
+  def __call__(
+    self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False
+  ) -> jax.Array:
+    """Applies the blocks in order: `[B, H, W, C_in]` -> `[B, H', W', channels]`."""
+    out = inputs
+    for block in self.blocks:
+      out = block(out, is_training, test_local_stats)
+    return out
 
 
 def _check_per_group(name: str, values: Sequence[Any]) -> None:
-    """Raises unless `values` has one entry per block group (four)."""
-    if len(values) != len(_GROUP_STRIDES):
-        raise ValueError(
-            f'`{name}` must have {len(_GROUP_STRIDES)} entries (one per block '
-            f'group), got {len(values)}: {values!r}.')
+  """Raises unless `values` has one entry per block group (four)."""
+  if len(values) != len(_GROUP_STRIDES):
+    raise ValueError(
+      f'`{name}` must have {len(_GROUP_STRIDES)} entries (one per block '
+      f'group), got {len(values)}: {values!r}.')
 
 
 def _is_positive_int(value: Any) -> bool:
-    """True for ints > 0; bools are rejected although they are ints."""
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+  """True for ints > 0; bools are rejected although they are ints."""
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 class ResNetTorso(hk.Module):
-    """ResNet encoder: stem, four block groups, global average pool.
+  """ResNet encoder: stem, four block groups, global average pool.
 
-    With `num_classes=None` (BYOL) it returns the embedding `[B, D]` with
-    `D = channels_per_group[-1] * width_multiplier`; otherwise a zero-initialised
-    `logits` layer maps the embedding to `[B, num_classes]`.
+  With `num_classes=None` (BYOL) it returns the embedding `[B, D]` with
+  `D = channels_per_group[-1] * width_multiplier`; otherwise a zero-initialised
+  `logits` layer maps the embedding to `[B, num_classes]`.
+  """
+
+  def __init__(
+    self,
+    blocks_per_group: Sequence[int],
+    num_classes: int | None = None,
+    bn_config: Mapping[str, Any] | None = None,
+    resnet_v2: bool = False,
+    bottleneck: bool = True,
+    channels_per_group: Sequence[int] = (256, 512, 1024, 2048),
+    use_projection: Sequence[bool] = (True, True, True, True),
+    width_multiplier: int = 1,
+    name: str | None = None,
+  ):
+    """Creates the stem, the block groups and (optionally) the logits layer.
+
+    Args:
+      blocks_per_group: number of blocks in each of the four groups.
+      num_classes: size of the logits layer; None for no logits layer.
+      bn_config: keyword arguments of `hk.BatchNorm`; missing entries
+      default to decay_rate 0.9, eps 1e-5, with scale and offset.
+    resnet_v2: pre-activation (v2) blocks instead of v1 blocks.
+    bottleneck: bottleneck blocks (ResNet-50 and deeper) or basic ones.
+    channels_per_group: output channels of each group before widening.
+    use_projection: whether each group's first block projects its shortcut.
+    width_multiplier: integer factor applied to every channel count.
+    name: module name; defaults to the snake-cased class name.
+
+    Raises:
+      ValueError: on malformed per-group sequences, channel counts or widths.
     """
+    super().__init__(name=name)
+    for arg_name, values in (('blocks_per_group', blocks_per_group),
+                             ('channels_per_group', channels_per_group),
+                             ('use_projection', use_projection)):
+      _check_per_group(arg_name, values)
+    if not all(_is_positive_int(n) for n in blocks_per_group):
+      raise ValueError('`blocks_per_group` entries must be positive ints, '
+                       f'got {blocks_per_group!r}.')
+    if not all(_is_positive_int(c) for c in channels_per_group):
+      raise ValueError('`channels_per_group` entries must be positive '
+                       f'ints, got {channels_per_group!r}.')
+    if bottleneck and any(c % 4 for c in channels_per_group):
+      raise ValueError(
+        'Bottleneck blocks reduce to a quarter of their channels, so '
+        '`channels_per_group` entries must be multiples of 4, got '
+        f'{channels_per_group!r}.')
+    if not _is_positive_int(width_multiplier):
+      raise ValueError('`width_multiplier` must be a positive int (1, 2, '
+                       f'4, ...), got {width_multiplier!r}.')
+    if num_classes is not None and not _is_positive_int(num_classes):
+      raise ValueError('`num_classes` must be None (no logits layer) or '
+                       f'a positive int, got {num_classes!r}.')
 
-    def __init__(
-        self,
-        blocks_per_group: Sequence[int],
-        num_classes: int | None = None,
-        bn_config: Mapping[str, Any] | None = None,
-        resnet_v2: bool = False,
-        bottleneck: bool = True,
-        channels_per_group: Sequence[int] = (256, 512, 1024, 2048),
-        use_projection: Sequence[bool] = (True, True, True, True),
-        width_multiplier: int = 1,
-        name: str | None = None,
-    ):
-        """Creates the stem, the block groups and (optionally) the logits layer.
+    bn_config = _with_bn_defaults(bn_config)
+    self.resnet_v2 = resnet_v2
+    self.initial_conv = _conv(64 * width_multiplier, 7, 2, 'initial_conv')
+    if not resnet_v2:
+      self.initial_batchnorm = hk.BatchNorm(
+        name='initial_batchnorm', **bn_config)
+    self.block_groups = [
+      BlockGroup(
+        channels=channels_per_group[i] * width_multiplier,
+        num_blocks=blocks_per_group[i],
+        stride=_GROUP_STRIDES[i],
+        bn_config=bn_config,
+        resnet_v2=resnet_v2,
+        bottleneck=bottleneck,
+        use_projection=use_projection[i],
+        name=f'block_group_{i}',
+      )
+      for i in range(len(_GROUP_STRIDES))
+    ]
+    if resnet_v2:
+      # Pre-activation blocks leave their sum un-normalised.
+      self.final_batchnorm = hk.BatchNorm(
+        name='final_batchnorm', **bn_config)
+    self.logits = None
+    if num_classes is not None:
+      self.logits = hk.Linear(num_classes, w_init=jnp.zeros, name='logits')
 
-        Args:
-          blocks_per_group: number of blocks in each of the four groups.
-          num_classes: size of the logits layer; None for no logits layer.
-          bn_config: keyword arguments of `hk.BatchNorm`; missing entries
-            default to decay_rate 0.9, eps 1e-5, with scale and offset.
-          resnet_v2: pre-activation (v2) blocks instead of v1 blocks.
-          bottleneck: bottleneck blocks (ResNet-50 and deeper) or basic ones.
-          channels_per_group: output channels of each group before widening.
-          use_projection: whether each group's first block projects its shortcut.
-          width_multiplier: integer factor applied to every channel count.
-          name: module name; defaults to the snake-cased class name.
+  def __call__(
+    self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False
+  ) -> jax.Array:
+    """Maps images `[B, H, W, 3]` to `[B, D]` (or `[B, num_classes]`).
 
-        Raises:
-          ValueError: on malformed per-group sequences, channel counts or widths.
-        """
-        super().__init__(name=name)
-        for arg_name, values in (('blocks_per_group', blocks_per_group),
-                                 ('channels_per_group', channels_per_group),
-                                 ('use_projection', use_projection)):
-            _check_per_group(arg_name, values)
-        if not all(_is_positive_int(n) for n in blocks_per_group):
-            raise ValueError('`blocks_per_group` entries must be positive ints, '
-                             f'got {blocks_per_group!r}.')
-        if not all(_is_positive_int(c) for c in channels_per_group):
-            raise ValueError('`channels_per_group` entries must be positive '
-                             f'ints, got {channels_per_group!r}.')
-        if bottleneck and any(c % 4 for c in channels_per_group):
-            raise ValueError(
-                'Bottleneck blocks reduce to a quarter of their channels, so '
-                '`channels_per_group` entries must be multiples of 4, got '
-                f'{channels_per_group!r}.')
-        if not _is_positive_int(width_multiplier):
-            raise ValueError('`width_multiplier` must be a positive int (1, 2, '
-                             f'4, ...), got {width_multiplier!r}.')
-        if num_classes is not None and not _is_positive_int(num_classes):
-            raise ValueError('`num_classes` must be None (no logits layer) or '
-                             f'a positive int, got {num_classes!r}.')
-
-        bn_config = _with_bn_defaults(bn_config)
-        self.resnet_v2 = resnet_v2
-        self.initial_conv = _conv(64 * width_multiplier, 7, 2, 'initial_conv')
-        if not resnet_v2:
-            self.initial_batchnorm = hk.BatchNorm(
-                name='initial_batchnorm', **bn_config)
-        self.block_groups = [
-            BlockGroup(
-                channels=channels_per_group[i] * width_multiplier,
-                num_blocks=blocks_per_group[i],
-                stride=_GROUP_STRIDES[i],
-                bn_config=bn_config,
-                resnet_v2=resnet_v2,
-                bottleneck=bottleneck,
-                use_projection=use_projection[i],
-                name=f'block_group_{i}',
-            )
-            for i in range(len(_GROUP_STRIDES))
-        ]
-        if resnet_v2:
-            # Pre-activation blocks leave their sum un-normalised.
-            self.final_batchnorm = hk.BatchNorm(
-                name='final_batchnorm', **bn_config)
-        self.logits = None
-        if num_classes is not None:
-            self.logits = hk.Linear(num_classes, w_init=jnp.zeros, name='logits')
-
-    def __call__(
-        self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False
-    ) -> jax.Array:
-        """Maps images `[B, H, W, 3]` to `[B, D]` (or `[B, num_classes]`).
-
-        Args:
-          inputs: normalised images, `[B, H, W, C]`.
-          is_training: use batch statistics and update the BatchNorm averages.
-          test_local_stats: in inference mode, use batch statistics anyway.
-        """
-        out = self.initial_conv(inputs)  # [B, H/2, W/2, 64 * width]
-        if not self.resnet_v2:
-            out = self.initial_batchnorm(out, is_training, test_local_stats)
-            out = jax.nn.relu(out)
-        out = hk.max_pool(
-            out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
-        for block_group in self.block_groups:
-            out = block_group(out, is_training, test_local_stats)
-        if self.resnet_v2:
-            out = self.final_batchnorm(out, is_training, test_local_stats)
-            out = jax.nn.relu(out)
-        out = jnp.mean(out, axis=(1, 2))  # [B, D]
-        if self.logits is not None:
-            out = self.logits(out)  # [B, num_classes]
-        return out
+    Args:
+      inputs: normalised images, `[B, H, W, C]`.
+      is_training: use batch statistics and update the BatchNorm averages.
+      test_local_stats: in inference mode, use batch statistics anyway.
+    """
+    out = self.initial_conv(inputs)  # [B, H/2, W/2, 64 * width]
+    if not self.resnet_v2:
+      out = self.initial_batchnorm(out, is_training, test_local_stats)
+      out = jax.nn.relu(out)
+    out = hk.max_pool(
+      out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
+    for block_group in self.block_groups:
+      out = block_group(out, is_training, test_local_stats)
+    if self.resnet_v2:
+      out = self.final_batchnorm(out, is_training, test_local_stats)
+      out = jax.nn.relu(out)
+    out = jnp.mean(out, axis=(1, 2))  # [B, D]
+    if self.logits is not None:
+      out = self.logits(out)  # [B, num_classes]
+    return out
 
 
 class _ResNetPreset(ResNetTorso):
-    """A ResNetTorso whose depth and channels come from class attributes."""
+  """A ResNetTorso whose depth and channels come from class attributes."""
 
-    blocks_per_group: tuple[int, int, int, int]
-    bottleneck: bool = True
-    channels_per_group: tuple[int, int, int, int] = (256, 512, 1024, 2048)
+  blocks_per_group: tuple[int, int, int, int]
+  bottleneck: bool = True
+  channels_per_group: tuple[int, int, int, int] = (256, 512, 1024, 2048)
 
-    def __init__(
-        self,
-        num_classes: int | None = None,
-        bn_config: Mapping[str, Any] | None = None,
-        resnet_v2: bool = False,
-        width_multiplier: int = 1,
-        name: str | None = None,
-    ):
-        """Creates the preset; arguments as in `ResNetTorso`.
+  def __init__(
+    self,
+    num_classes: int | None = None,
+    bn_config: Mapping[str, Any] | None = None,
+    resnet_v2: bool = False,
+    width_multiplier: int = 1,
+    name: str | None = None,
+  ):
+    """Creates the preset; arguments as in `ResNetTorso`.
 
-        The default name is the snake-cased class name (`res_net50` for
-        `ResNet50`), which prefixes every parameter of the checkpoints.
-        """
-        super().__init__(
-            blocks_per_group=self.blocks_per_group,
-            num_classes=num_classes,
-            bn_config=bn_config,
-            resnet_v2=resnet_v2,
-            bottleneck=self.bottleneck,
-            channels_per_group=self.channels_per_group,
-            width_multiplier=width_multiplier,
-            name=name,
-        )
+    The default name is the snake-cased class name (`res_net50` for
+    `ResNet50`), which prefixes every parameter of the checkpoints.
+    """
+    super().__init__(
+      blocks_per_group=self.blocks_per_group,
+      num_classes=num_classes,
+      bn_config=bn_config,
+      resnet_v2=resnet_v2,
+      bottleneck=self.bottleneck,
+      channels_per_group=self.channels_per_group,
+      width_multiplier=width_multiplier,
+      name=name,
+    )
 
 
 class TinyResNet(_ResNetPreset):
-    """One basic block of 8 channels per group: for tests and quick runs."""
+  """One basic block of 8 channels per group: for tests and quick runs."""
 
-    blocks_per_group = (1, 1, 1, 1)
-    bottleneck = False
-    channels_per_group = (8, 8, 8, 8)
+  blocks_per_group = (1, 1, 1, 1)
+  bottleneck = False
+  channels_per_group = (8, 8, 8, 8)
 
 
 class ResNet18(_ResNetPreset):
-    """ResNet-18: basic blocks (2, 2, 2, 2), 512-d embedding."""
+  """ResNet-18: basic blocks (2, 2, 2, 2), 512-d embedding."""
 
-    blocks_per_group = (2, 2, 2, 2)
-    bottleneck = False
-    channels_per_group = (64, 128, 256, 512)
+  blocks_per_group = (2, 2, 2, 2)
+  bottleneck = False
+  channels_per_group = (64, 128, 256, 512)
 
 
 class ResNet34(_ResNetPreset):
-    """ResNet-34: basic blocks (3, 4, 6, 3), 512-d embedding."""
+  """ResNet-34: basic blocks (3, 4, 6, 3), 512-d embedding."""
 
-    blocks_per_group = (3, 4, 6, 3)
-    bottleneck = False
-    channels_per_group = (64, 128, 256, 512)
+  blocks_per_group = (3, 4, 6, 3)
+  bottleneck = False
+  channels_per_group = (64, 128, 256, 512)
 
 
 class ResNet50(_ResNetPreset):
-    """ResNet-50: bottleneck blocks (3, 4, 6, 3), 2048-d embedding."""
+  """ResNet-50: bottleneck blocks (3, 4, 6, 3), 2048-d embedding."""
 
-    blocks_per_group = (3, 4, 6, 3)
+  blocks_per_group = (3, 4, 6, 3)
 
 
 class ResNet101(_ResNetPreset):
-    """ResNet-101: bottleneck blocks (3, 4, 23, 3), 2048-d embedding."""
+  """ResNet-101: bottleneck blocks (3, 4, 23, 3), 2048-d embedding."""
 
-    blocks_per_group = (3, 4, 23, 3)
+  blocks_per_group = (3, 4, 23, 3)
 
 
 class ResNet152(_ResNetPreset):
-    """ResNet-152: bottleneck blocks (3, 8, 36, 3), 2048-d embedding."""
+  """ResNet-152: bottleneck blocks (3, 8, 36, 3), 2048-d embedding."""
 
-    blocks_per_group = (3, 8, 36, 3)
+  blocks_per_group = (3, 8, 36, 3)
 
 
 class ResNet200(_ResNetPreset):
-    """ResNet-200: bottleneck blocks (3, 24, 36, 3), 2048-d embedding."""
+  """ResNet-200: bottleneck blocks (3, 24, 36, 3), 2048-d embedding."""
 
-    blocks_per_group = (3, 24, 36, 3)
+  blocks_per_group = (3, 24, 36, 3)
 
 
 ENCODERS: dict[str, type[ResNetTorso]] = {
-    encoder.__name__: encoder
-    for encoder in (TinyResNet, ResNet18, ResNet34, ResNet50, ResNet101,
-                    ResNet152, ResNet200)
+  encoder.__name__: encoder
+  for encoder in (TinyResNet, ResNet18, ResNet34, ResNet50, ResNet101,
+          ResNet152, ResNet200)
 }
 
 
 def get_encoder(name: str) -> type[ResNetTorso]:
-    """Returns the encoder class called `name` (e.g. 'ResNet50').
+  """Returns the encoder class called `name` (e.g. 'ResNet50').
 
-    Raises:
-      ValueError: if no encoder has that name; the message lists the valid ones.
-    """
-    if name not in ENCODERS:
-        raise ValueError(
-            f'Unknown encoder {name!r}; valid names are {", ".join(ENCODERS)}.')
-    return ENCODERS[name]
+  Raises:
+    ValueError: if no encoder has that name; the message lists the valid ones.
+  """
+  if name not in ENCODERS:
+    raise ValueError(
+      f'Unknown encoder {name!r}; valid names are {", ".join(ENCODERS)}.')
+  return ENCODERS[name]
 
 
 class MLP(hk.Module):
-    """Projector/predictor head: Linear -> BatchNorm -> ReLU -> Linear."""
+  """Projector/predictor head: Linear -> BatchNorm -> ReLU -> Linear."""
 
-    def __init__(
-        self,
-        name: str,
-        hidden_size: int,
-        output_size: int,
-        bn_config: Mapping[str, Any] | None = None,
-    ):
-        """Stores the sizes; the layers are created when the module is called.
+  def __init__(
+    self,
+    name: str,
+    hidden_size: int,
+    output_size: int,
+    bn_config: Mapping[str, Any] | None = None,
+  ):
+    """Stores the sizes; the layers are created when the module is called.
 
-        Args:
-          name: module name ('projector' or 'predictor' in BYOL).
-          hidden_size: width of the hidden layer (4096 in BYOL).
-          output_size: width of the output (256 in BYOL).
-          bn_config: keyword arguments of the `hk.BatchNorm`; defaults as in
-            `ResNetTorso`.
-        """
-        super().__init__(name=name)
-        self.hidden_size = hidden_size
-        self.output_size = output_size
-        self.bn_config = _with_bn_defaults(bn_config)
+    Args:
+      name: module name ('projector' or 'predictor' in BYOL).
+      hidden_size: width of the hidden layer (4096 in BYOL).
+      output_size: width of the output (256 in BYOL).
+      bn_config: keyword arguments of the `hk.BatchNorm`; defaults as in
+      `ResNetTorso`.
+    """
+    super().__init__(name=name)
+    self.hidden_size = hidden_size
+    self.output_size = output_size
+    self.bn_config = _with_bn_defaults(bn_config)
 
-    def __call__(self, inputs: jax.Array, is_training: bool) -> jax.Array:
-        """Maps `[B, D_in]` to `[B, output_size]`."""
-        # Layers built here (not in __init__) are named `<name>/linear`,
-        # `<name>/batch_norm`, `<name>/linear_1`, as in the released checkpoints.
-        out = hk.Linear(self.hidden_size, with_bias=True)(inputs)  # [B, hidden]
-        out = hk.BatchNorm(**self.bn_config)(out, is_training=is_training)
-        out = jax.nn.relu(out)
-        # The output layer has no bias in the original (and its checkpoints).
-        return hk.Linear(self.output_size, with_bias=False)(out)  # [B, output]
+  def __call__(self, inputs: jax.Array, is_training: bool) -> jax.Array:
+    """Maps `[B, D_in]` to `[B, output_size]`."""
+    # Layers built here (not in __init__) are named `<name>/linear`,
+    # `<name>/batch_norm`, `<name>/linear_1`, as in the released checkpoints.
+    out = hk.Linear(self.hidden_size, with_bias=True)(inputs)  # [B, hidden]
+    out = hk.BatchNorm(**self.bn_config)(out, is_training=is_training)
+    out = jax.nn.relu(out)
+    # The output layer has no bias in the original (and its checkpoints).
+    return hk.Linear(self.output_size, with_bias=False)(out)  # [B, output]
