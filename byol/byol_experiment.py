@@ -80,8 +80,9 @@ class ByolExperiment:
     self._replicated = helpers.replicated(self._mesh)
     self._batch_sharding = helpers.batch_sharded(self._mesh)
     # The state is donated: its buffers are reused for the new state, halving peak memory.
-    self._update = jax.jit(
+    self.update = jax.jit(
         self._update_fn, out_shardings=self._replicated, donate_argnums=(0,))
+    """`update(state, inputs, rng, global_step) -> (state, scalars)`, jitted; donates `state`."""
     self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._replicated)
 
     self._state: _ByolExperimentState | None = None
@@ -236,6 +237,11 @@ class ByolExperiment:
     return self._state
 
   @property
+  def batch_sharding(self) -> jax.sharding.NamedSharding:
+    """How input batches are laid out over the devices (split along the batch axis)."""
+    return self._batch_sharding
+
+  @property
   def checkpoint_path(self) -> str:
     """Where `save_checkpoint` writes and `load_checkpoint` reads."""
     return self._checkpointer.path
@@ -251,7 +257,7 @@ class ByolExperiment:
     if self._train_input is None:
       self._train_input = self._build_train_input()
     inputs = next(self._train_input)
-    self._state, logs = self._update(self._state, inputs, rng, np.int32(global_step))
+    self._state, logs = self.update(self._state, inputs, rng, np.int32(global_step))
     return logs
 
   def evaluate(self, *, global_step: int) -> dict[str, float]:
