@@ -1,0 +1,132 @@
+"""The pretraining experiment itself: its parameter tree, one update, and checkpoint checks."""
+
+import jax
+import numpy as np
+import pytest
+
+from byol import byol_experiment
+from byol.configs import byol as byol_config
+from byol.utils import checkpointing
+from byol.utils import helpers
+from byol.utils import schedules
+
+
+def tiny_config(tmp_path, encoder='TinyResNet', **overrides):
+  config = byol_config.get_config(100, 8, train_images=80, num_classes=5)
+  config['network_config'].update(
+      encoder_class=encoder, projector_hidden_size=32, projector_output_size=16,
+      predictor_hidden_size=32)
+  config['dataset_config']['image_size'] = 16
+  config['evaluation_config']['batch_size'] = 8
+  config['checkpointing_config']['checkpoint_dir'] = str(tmp_path)
+  config.update(overrides)
+  return config
+
+
+def random_batch(experiment, batch_size=8, image_size=16, num_classes=5, seed=0):
+  rng = np.random.default_rng(seed)
+  images = rng.uniform(size=(2, batch_size, image_size, image_size, 3)).astype(np.float32)
+  batch = dict(view1=images[0], view2=images[1],
+               labels=rng.integers(0, num_classes, batch_size).astype(np.int32))
+  return helpers.to_global_batch(batch, experiment.batch_sharding)
+
+
+def test_resnet50_experiment_state_has_the_released_parameter_tree(tmp_path):
+  config = byol_config.get_config(1000, 4096)
+  config['checkpointing_config']['checkpoint_dir'] = str(tmp_path)
+  experiment = byol_experiment.ByolExperiment(**config)
+  state = jax.eval_shape(experiment._init_fn, jax.random.key(0))
+  assert len(state.online_params) == 113
+  assert jax.tree.map(lambda x: x.shape, state.online_params) == jax.tree.map(
+      lambda x: x.shape, state.target_params)
+  shapes = {module: {name: value.shape for name, value in params.items()}
+            for module, params in state.online_params.items()}
+  assert shapes['res_net50/~/initial_conv'] == {'w': (7, 7, 3, 64)}
+  assert shapes['res_net50/~/block_group_3/~/block_0/~/shortcut_conv'] == {
+      'w': (1, 1, 1024, 2048)}
+  assert shapes['projector/linear'] == {'w': (2048, 4096), 'b': (4096,)}
+  assert shapes['projector/batch_norm'] == {'scale': (1, 4096), 'offset': (1, 4096)}
+  assert shapes['predictor/linear_1'] == {'w': (4096, 256)}
+  assert shapes['classifier'] == {'w': (2048, 1000), 'b': (1000,)}
+  assert set(state.online_state['res_net50/~/initial_batchnorm/~/mean_ema']) == {
+      'average', 'counter', 'hidden'}
+
+
+def test_online_and_target_networks_start_from_different_keys(tmp_path):
+  experiment = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  experiment.initialize(jax.random.key(0))
+  online = experiment.state.online_params['tiny_res_net/~/initial_conv']['w']
+  target = experiment.state.target_params['tiny_res_net/~/initial_conv']['w']
+  assert not np.allclose(online, target)
+
+
+def test_update_moves_target_by_ema_of_new_online_params_and_logs_schedules(tmp_path):
+  config = tiny_config(tmp_path)
+  experiment = byol_experiment.ByolExperiment(**config)
+  experiment.initialize(jax.random.key(0))
+  before = helpers.to_host(experiment.state)
+  step = 7
+  state, logs = experiment.update(
+      experiment.state, random_batch(experiment), jax.random.key(1), np.int32(step))
+  after, logs = helpers.to_host((state, logs))
+
+  tau = 1 - (1 - config['base_target_ema']) * (np.cos(np.pi * step / config['max_steps']) + 1) / 2
+  np.testing.assert_allclose(logs['tau'], tau, rtol=1e-6)
+  expected_lr = schedules.learning_schedule(
+      step, 8, config['lr_schedule_config']['base_learning_rate'], config['max_steps'],
+      config['lr_schedule_config']['warmup_steps'])
+  np.testing.assert_allclose(logs['learning_rate'], expected_lr, rtol=1e-6)
+  jax.tree.map(
+      lambda target, old_target, online: np.testing.assert_allclose(
+          target, tau * old_target + (1 - tau) * online, rtol=1e-5, atol=1e-6),
+      after.target_params, before.target_params, after.online_params)
+  assert not np.allclose(after.online_params['classifier']['w'],
+                         before.online_params['classifier']['w'])
+  # Both networks update their BatchNorm statistics (training mode on both views).
+  for state_name in ('online_state', 'target_state'):
+    counter = getattr(after, state_name)['tiny_res_net/~/initial_batchnorm/~/mean_ema']['counter']
+    assert int(counter) == 2
+  np.testing.assert_allclose(logs['loss'], logs['repr_loss'] + logs['classif_loss'], rtol=1e-6)
+  assert 0 <= logs['repr_loss'] <= 8
+
+
+def test_classifier_loss_does_not_reach_the_encoder(tmp_path):
+  experiment = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  experiment.initialize(jax.random.key(0))
+  state = experiment.state
+  inputs = random_batch(experiment)
+  target_outputs, _ = experiment._forward.apply(
+      state.target_params, state.target_state, inputs, is_training=True)
+
+  def classif_loss(params):
+    _, (_, logs) = experiment._loss_fn(params, state.online_state, target_outputs, inputs)
+    return logs['classif_loss']
+
+  grads = jax.grad(classif_loss)(state.online_params)
+  for module, params in grads.items():
+    norm = sum(float(np.sum(np.square(value))) for value in params.values())
+    if module == 'classifier':
+      assert norm > 0
+    else:
+      assert norm == 0, module
+
+
+def test_checkpoint_of_another_encoder_is_refused_with_both_names(tmp_path):
+  writer = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  writer.initialize(jax.random.key(0))
+  writer.save_checkpoint(global_step=3, rng=jax.random.key(1))
+  reader = byol_experiment.ByolExperiment(**tiny_config(tmp_path, encoder='ResNet18'))
+  with pytest.raises(checkpointing.CheckpointError, match='ResNet18.*--encoder'):
+    reader.load_checkpoint()
+
+
+def test_checkpoint_round_trip_restores_state_and_step(tmp_path):
+  experiment = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  experiment.initialize(jax.random.key(0))
+  experiment.save_checkpoint(global_step=5, rng=jax.random.key(9))
+  restored = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  step, rng = restored.load_checkpoint()
+  assert step == 5
+  np.testing.assert_array_equal(jax.random.key_data(rng), jax.random.key_data(jax.random.key(9)))
+  jax.tree.map(np.testing.assert_array_equal, helpers.to_host(restored.state),
+               helpers.to_host(experiment.state))
