@@ -265,7 +265,7 @@ class ByolExperiment:
     if self._state is None:
       raise RuntimeError('Call initialize(rng) or load_checkpoint() before evaluate().')
     start = time.time()
-    split = dataset.Split[self._evaluation_config['subset'].upper()]
+    split = dataset.Split.from_string(self._evaluation_config['subset'])
     batches = dataset.load(
         split,
         preprocess_mode=dataset.PreprocessMode.EVAL,
