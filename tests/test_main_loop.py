@@ -52,11 +52,13 @@ def checkpoint_step(root):
 def test_train_worker_checkpoints_and_eval_worker_evaluates_final_step(tmp_path):
   flags = [f'--checkpoint_root={tmp_path}', '--max_steps=3', *TINY_RUN]
   evaluator = start('--worker_mode=eval', *flags)
-  trainer = start('--worker_mode=train', *flags)
-  train_code, train_output = finish(trainer)
-  assert train_code == 0, train_output
-  eval_code, eval_output = finish(evaluator)
-  assert eval_code == 0, eval_output
+  try:
+    train_code, train_output = finish(start('--worker_mode=train', *flags))
+    assert train_code == 0, train_output
+    eval_code, eval_output = finish(evaluator)
+    assert eval_code == 0, eval_output
+  finally:
+    evaluator.kill()  # Left polling forever if the train worker failed.
 
   assert checkpoint_step(tmp_path) == 3
   assert 'step 3/3' in train_output and 'images/s' in train_output and 'ETA' in train_output
@@ -75,13 +77,15 @@ def test_train_worker_checkpoints_and_eval_worker_evaluates_final_step(tmp_path)
 def test_killed_train_worker_resumes_from_saved_step(tmp_path):
   flags = [f'--checkpoint_root={tmp_path}', '--save_checkpoint_interval=0', *TINY_RUN]
   trainer = start('--worker_mode=train', '--max_steps=1000', *flags)
-  deadline = time.time() + 240
-  while not (tmp_path / 'pretrain.pkl').exists() or checkpoint_step(tmp_path) < 2:
-    assert trainer.poll() is None, trainer.communicate()[0]
-    assert time.time() < deadline, 'no checkpoint written in time'
-    time.sleep(0.2)
-  trainer.send_signal(signal.SIGKILL)
-  trainer.communicate()
+  try:
+    deadline = time.time() + 240
+    while not (tmp_path / 'pretrain.pkl').exists() or checkpoint_step(tmp_path) < 2:
+      assert trainer.poll() is None, trainer.communicate()[0]
+      assert time.time() < deadline, 'no checkpoint written in time'
+      time.sleep(0.2)
+  finally:
+    trainer.send_signal(signal.SIGKILL)
+    trainer.communicate()
   saved_step = checkpoint_step(tmp_path)  # The checkpoint survives the kill, whenever it came.
 
   code, output = run('--worker_mode=train', f'--max_steps={saved_step + 2}', *flags)
