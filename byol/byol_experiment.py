@@ -6,10 +6,8 @@ computation over the global batch, it averages gradients and takes BatchNorm sta
 devices without any explicit collective; XLA inserts the all-reduces.
 """
 
-import time
 from typing import Any, Iterator, Mapping, NamedTuple
 
-from absl import logging
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -19,6 +17,7 @@ import optax
 from byol.utils import augmentations
 from byol.utils import checkpointing
 from byol.utils import dataset
+from byol.utils import evaluation
 from byol.utils import helpers
 from byol.utils import networks
 from byol.utils import optimizers
@@ -218,16 +217,8 @@ class ByolExperiment:
       self, params: hk.Params, state: hk.State, batch: Batch) -> Scalars:
     """Sums over the real (unmasked) examples of a batch: counts, correct top-1/5 and loss."""
     outputs, _ = self._forward.apply(params, state, batch, is_training=False)
-    logits = outputs['logits']
-    labels = batch['labels']
-    mask = batch['mask']  # [B]: 0 on the padding that completes the last batch.
-    one_hot = jax.nn.one_hot(labels, self._num_classes)
-    return dict(
-        num_examples=jnp.sum(mask),
-        top1_correct=jnp.sum(mask * helpers.topk_accuracy(logits, labels, topk=1)),
-        top5_correct=jnp.sum(mask * helpers.topk_accuracy(logits, labels, topk=5)),
-        loss_sum=jnp.sum(mask * helpers.softmax_cross_entropy(logits, one_hot)),
-    )
+    return evaluation.masked_classification_sums(
+        outputs['logits'], batch['labels'], batch['mask'], self._num_classes)
 
   # ------------------------------------------------------------------------------- worker API
 
@@ -264,31 +255,13 @@ class ByolExperiment:
     """Top-1, top-5 and loss of the online classifier over the whole evaluation split."""
     if self._state is None:
       raise RuntimeError('Call initialize(rng) or load_checkpoint() before evaluate().')
-    start = time.time()
-    split = dataset.Split.from_string(self._evaluation_config['subset'])
-    batches = dataset.load(
-        split,
-        preprocess_mode=dataset.PreprocessMode.EVAL,
-        batch_dims=[self._evaluation_config['batch_size'] // jax.process_count()],
-        image_size=self._dataset_config['image_size'],
-        dataset_name=self._dataset_config['name'],
-        data_dir=self._dataset_config['data_dir'])
-    totals = None
-    for batch in helpers.prefetch_to_device(batches, self._batch_sharding):
-      sums = self._eval_batch(self._state.online_params, self._state.online_state, batch)
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    if totals is None:
-      raise ValueError(f'The {split.name} split of {self._dataset_config["name"]} is empty.')
-    totals = helpers.to_host(totals)
-    count = float(totals['num_examples'])
-    logging.info('Evaluated %d examples at step %d in %.1f s.', count, global_step,
-                 time.time() - start)
-    return dict(
-        top1_accuracy=float(totals['top1_correct']) / count,
-        top5_accuracy=float(totals['top5_correct']) / count,
-        loss=float(totals['loss_sum']) / count,
-        num_examples=count,
-    )
+    state = self._state
+    return evaluation.evaluate_split(
+        lambda batch: self._eval_batch(state.online_params, state.online_state, batch),
+        dataset_config=self._dataset_config,
+        evaluation_config=self._evaluation_config,
+        sharding=self._batch_sharding,
+        global_step=global_step)
 
   def save_checkpoint(self, *, global_step: int, rng: jax.Array) -> None:
     """Writes the state, step and loop key (process 0 only, atomically)."""
@@ -306,7 +279,10 @@ class ByolExperiment:
           f'{self._checkpointer.path} is not a BYOL pretraining checkpoint (its state has fields '
           f'{getattr(state, "_fields", type(state).__name__)}).')
     expected = jax.eval_shape(self._init_fn, jax.random.key(0))
-    self._check_compatible(state, expected)
+    checkpointing.check_parameter_shapes(
+        state[0], expected.online_params, path=self._checkpointer.path,
+        wanted_networks=(f'{self._network_config["encoder_class"]} '
+                         f'{self._network_config["encoder_config"]}, {self._num_classes} classes'))
     self._state = jax.device_put(_ByolExperimentState(*state), self._replicated)
     return checkpoint['step'], checkpoint['rng']
 
@@ -315,24 +291,6 @@ class ByolExperiment:
     self._checkpointer.check_writable()
 
   # ------------------------------------------------------------------------------- internals
-
-  def _check_compatible(self, state: tuple, expected: _ByolExperimentState) -> None:
-    """Refuses a checkpoint whose parameters do not fit this config's networks."""
-    def signature(params: Any) -> dict[str, tuple[int, ...]]:
-      return {
-          jax.tree_util.keystr(path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-      }
-    found = signature(state[0])
-    wanted = signature(expected.online_params)
-    if found != wanted:
-      differing = sorted(set(found.items()) ^ set(wanted.items()))[:4]
-      raise checkpointing.CheckpointError(
-          f'{self._checkpointer.path} was written for other networks than this config builds '
-          f'({self._network_config["encoder_class"]}, '
-          f'{self._network_config["encoder_config"]}, {self._num_classes} classes); first '
-          f'differences (path, shape): {differing}. Use the same --encoder and dataset as the run '
-          'that wrote it, or another --checkpoint_root.')
 
   def _build_train_input(self) -> Iterator[Batch]:
     batches = dataset.load(

@@ -178,3 +178,24 @@ class Checkpointer:
     checkpoint = load_checkpoint(self._path)
     checkpoint['rng'] = jax.random.wrap_key_data(checkpoint['rng'])
     return checkpoint
+
+
+def check_parameter_shapes(found: Any, wanted: Any, *, path: str, wanted_networks: str) -> None:
+  """Refuses parameters from `path` whose names or shapes differ from those this config builds.
+
+  `wanted_networks` describes the config's networks for the message (encoder, width, classes).
+  """
+  def signature(params: Any) -> dict[str, tuple[int, ...]]:
+    return {
+        jax.tree_util.keystr(key_path): tuple(np.shape(leaf))
+        for key_path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
+  found_signature, wanted_signature = signature(found), signature(wanted)
+  if found_signature != wanted_signature:
+    # Haiku params are {module path: {name: array}}; the first path component names the network.
+    networks = sorted({module.split('/')[0] for module in found}) if isinstance(found, dict) else []
+    differing = sorted(set(found_signature.items()) ^ set(wanted_signature.items()))[:4]
+    raise CheckpointError(
+        f'{path} holds other networks ({", ".join(networks)}) than this config builds '
+        f'({wanted_networks}); first differences (path, shape): {differing}. Use the same '
+        '--encoder and dataset as the run that wrote it, or another --checkpoint_root.')
