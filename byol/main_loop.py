@@ -1,4 +1,4 @@
-r"""Entry point: a train worker or an eval worker of BYOL pretraining (SPEC section 2).
+r"""Entry point: a train or eval worker of BYOL pretraining or linear evaluation (SPEC section 2).
 
   python -m byol.main_loop --experiment_mode=pretrain --worker_mode=train \
       --checkpoint_root=/tmp/byol --pretrain_epochs=300 --batch_size=4096
@@ -7,7 +7,9 @@ r"""Entry point: a train worker or an eval worker of BYOL pretraining (SPEC sect
 
 The train worker resumes from `<checkpoint_root>/pretrain.pkl` when it exists and saves it every
 `--save_checkpoint_interval` seconds and at the end. The eval worker, started with the same flags,
-evaluates every new checkpoint once and exits after the final step's.
+evaluates every new checkpoint once and exits after the final step's. With
+`--experiment_mode=linear-eval` the same workers train and evaluate a linear classifier on the
+encoder of `<checkpoint_root>/pretrain.pkl`, checkpointing to `linear-eval.pkl`.
 """
 
 import json
@@ -24,7 +26,9 @@ import jax
 import numpy as np
 
 from byol import byol_experiment
+from byol import eval_experiment
 from byol.configs import byol as byol_config
+from byol.configs import eval as eval_config
 from byol.utils import checkpointing
 from byol.utils import dataset
 from byol.utils import helpers
@@ -67,14 +71,28 @@ _USER_ERRORS = (dataset.DatasetNotFoundError, checkpointing.CheckpointError,
                 helpers.BatchSizeError, FloatingPointError)
 
 
-def get_pretrain_config() -> dict[str, Any]:
-  """The pretraining config of the preset named by the flags, with the flags' overrides."""
+# The experiment class of each --experiment_mode.
+_EXPERIMENTS = {
+    'pretrain': byol_experiment.ByolExperiment,
+    'linear-eval': eval_experiment.EvalExperiment,
+}
+
+
+def get_config() -> dict[str, Any]:
+  """The config of `--experiment_mode` for the preset named by the flags, with their overrides."""
   dataset_name = 'imagenet2012'
   train_images = dataset.num_examples(
       dataset.Split.TRAIN_AND_VALID, dataset_name=dataset_name, data_dir=FLAGS.data_dir)
-  config = byol_config.get_config(
-      FLAGS.pretrain_epochs, FLAGS.batch_size, train_images=train_images,
-      num_classes=dataset.num_classes(dataset_name, data_dir=FLAGS.data_dir))
+  num_classes = dataset.num_classes(dataset_name, data_dir=FLAGS.data_dir)
+  if FLAGS.experiment_mode == 'pretrain':
+    config = byol_config.get_config(
+        FLAGS.pretrain_epochs, FLAGS.batch_size, train_images=train_images,
+        num_classes=num_classes)
+  else:
+    pretrain_checkpoint = os.path.join(FLAGS.checkpoint_root, 'pretrain.pkl')
+    config = eval_config.get_config(
+        pretrain_checkpoint if os.path.exists(pretrain_checkpoint) else None, FLAGS.batch_size,
+        train_images=train_images, num_classes=num_classes)
   config['dataset_config'].update(name=dataset_name, data_dir=FLAGS.data_dir)
   if FLAGS.max_steps is not None:
     # Keep the warm-up's share of the run, so a shortened run has the preset's schedule shape.
@@ -111,20 +129,23 @@ def _format_scalars(scalars: Mapping[str, float]) -> str:
 
 
 def train_loop(config: Mapping[str, Any]) -> None:
-  """Trains until `max_steps`, resuming from the checkpoint, saving periodically and at the end."""
-  experiment = byol_experiment.ByolExperiment(**config)
+  """Trains until `max_steps`, resuming from the checkpoint, saving periodically and at the end.
+
+  With `--experiment_mode=linear-eval`, a fresh run starts from `<checkpoint_root>/pretrain.pkl`.
+  """
+  experiment = _EXPERIMENTS[FLAGS.experiment_mode](**config)
   experiment.check_writable()
   max_steps = config['max_steps']
   save_interval = config['checkpointing_config']['save_checkpoint_interval']
-  scalar_log = _ScalarLog(os.path.join(FLAGS.checkpoint_root, 'pretrain_train.jsonl'))
+  scalar_log = _ScalarLog(os.path.join(FLAGS.checkpoint_root, f'{FLAGS.experiment_mode}_train.jsonl'))
 
   restored = experiment.load_checkpoint()
   if restored is None:
     init_rng, loop_rng = jax.random.split(jax.random.key(config['random_seed']))
     experiment.initialize(init_rng)
     step = 0
-    logging.info('Starting pretraining from scratch: %d steps of batch %d.', max_steps,
-                 config['batch_size'])
+    logging.info('Starting %s from scratch: %d steps of batch %d.', FLAGS.experiment_mode,
+                 max_steps, config['batch_size'])
   else:
     step, loop_rng = restored
     logging.info('Resumed from %s at step %d of %d.', experiment.checkpoint_path, step, max_steps)
@@ -152,14 +173,14 @@ def train_loop(config: Mapping[str, Any]) -> None:
       experiment.save_checkpoint(global_step=step, rng=loop_rng)
       last_save_time = time.time()
   experiment.save_checkpoint(global_step=step, rng=loop_rng)
-  logging.info('Pretraining done at step %d; checkpoint %s.', step, experiment.checkpoint_path)
+  logging.info('Training done at step %d; checkpoint %s.', step, experiment.checkpoint_path)
 
 
 def eval_loop(config: Mapping[str, Any]) -> None:
   """Evaluates each new checkpoint once; returns after evaluating the one of the final step."""
-  experiment = byol_experiment.ByolExperiment(**config)
+  experiment = _EXPERIMENTS[FLAGS.experiment_mode](**config)
   max_steps = config['max_steps']
-  scalar_log = _ScalarLog(os.path.join(FLAGS.checkpoint_root, 'pretrain_eval.jsonl'))
+  scalar_log = _ScalarLog(os.path.join(FLAGS.checkpoint_root, f'{FLAGS.experiment_mode}_eval.jsonl'))
   path = experiment.checkpoint_path
   last_seen_version = last_evaluated_step = None
   logging.info('Waiting for checkpoints at %s.', path)
@@ -197,10 +218,8 @@ def _format_duration(seconds: float) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
-  if FLAGS.experiment_mode != 'pretrain':
-    sys.exit('error: --experiment_mode=linear-eval is not available yet in this version.')
   try:
-    config = get_pretrain_config()
+    config = get_config()
     if FLAGS.worker_mode == 'train':
       train_loop(config)
     else:

@@ -133,3 +133,26 @@ def test_unwritable_checkpoint_root_is_a_clear_error(tmp_path):
   code, output = run('--worker_mode=train', f'--checkpoint_root={blocker / "sub"}',
                      '--max_steps=1', *TINY_RUN)
   assert_one_clear_error(code, output, 'Cannot write checkpoints', '--checkpoint_root')
+
+
+def test_linear_eval_trains_from_pretrain_checkpoint_and_eval_worker_reports_accuracy(tmp_path):
+  flags = [f'--checkpoint_root={tmp_path}', '--max_steps=2', *TINY_RUN]
+  code, output = run('--experiment_mode=pretrain', '--worker_mode=train', *flags)
+  assert code == 0, output
+  code, output = run('--experiment_mode=linear-eval', '--worker_mode=train', *flags)
+  assert code == 0, output
+  assert 'Loaded the pretrained encoder' in output
+  assert checkpointing.load_checkpoint(str(tmp_path / 'linear-eval.pkl'))['step'] == 2
+
+  code, output = run('--experiment_mode=linear-eval', '--worker_mode=eval', *flags)
+  assert code == 0, output
+  assert 'eval step 2' in output and 'top1_accuracy=' in output and 'top5_accuracy=' in output
+  eval_log = [json.loads(line) for line in open(tmp_path / 'linear-eval_eval.jsonl')]
+  assert eval_log[-1]['num_examples'] == MOCK_NUM_EXAMPLES
+
+
+def test_linear_eval_without_pretrain_checkpoint_is_a_clear_error(tmp_path):
+  code, output = run('--experiment_mode=linear-eval', '--worker_mode=train',
+                     f'--checkpoint_root={tmp_path}', '--max_steps=1', *TINY_RUN)
+  assert_one_clear_error(code, output, 'No pretraining checkpoint', 'Pretrain first')
+  assert not (tmp_path / 'linear-eval.pkl').exists()

@@ -1,0 +1,320 @@
+"""Linear evaluation and fine-tuning of a pretrained encoder (SPEC section 9).
+
+The encoder's parameters and BatchNorm state come from the online network of a pretraining
+checkpoint; a fresh linear classifier is trained on its embedding with SGD and Nesterov momentum.
+With `freeze_backbone` (linear evaluation) the encoder runs in inference mode and never changes;
+without it (fine-tuning) the encoder is trained too and its BatchNorm statistics are updated.
+"""
+
+from typing import Any, Iterator, Mapping, NamedTuple
+
+from absl import logging
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from byol.utils import checkpointing
+from byol.utils import dataset
+from byol.utils import evaluation
+from byol.utils import helpers
+from byol.utils import networks
+from byol.utils import schedules
+
+Batch = Mapping[str, jax.Array]
+Scalars = dict[str, jax.Array]
+
+# Modules of the pretraining network that linear evaluation does not use.
+_PRETRAINING_HEADS = ('projector', 'predictor', 'classifier')
+
+
+class _EvalExperimentState(NamedTuple):
+  """Everything that changes during linear evaluation (and is checkpointed)."""
+  backbone_params: hk.Params
+  classif_params: hk.Params
+  backbone_state: hk.State
+  backbone_opt_state: optax.OptState  # Empty-like while the backbone is frozen.
+  classif_opt_state: optax.OptState
+
+
+class EvalExperiment:
+  """Trains a linear classifier on a pretrained encoder; `evaluate` scores it."""
+
+  def __init__(
+      self,
+      random_seed: int,
+      num_classes: int,
+      batch_size: int,
+      max_steps: int,
+      checkpoint_to_evaluate: str | None,
+      allow_train_from_scratch: bool,
+      freeze_backbone: bool,
+      network_config: Mapping[str, Any],
+      optimizer_config: Mapping[str, Any],
+      lr_schedule_config: Mapping[str, Any],
+      dataset_config: Mapping[str, Any],
+      evaluation_config: Mapping[str, Any],
+      checkpointing_config: Mapping[str, Any],
+  ):
+    helpers.check_batch_size(batch_size)
+    helpers.check_batch_size(evaluation_config['batch_size'], 'evaluation batch_size')
+    if max_steps <= 0:
+      raise ValueError(f'max_steps must be positive, got {max_steps}.')
+    self._random_seed = random_seed
+    self._num_classes = num_classes
+    self._batch_size = batch_size
+    self._max_steps = max_steps
+    self._checkpoint_to_evaluate = checkpoint_to_evaluate
+    self._allow_train_from_scratch = allow_train_from_scratch
+    self._freeze_backbone = freeze_backbone
+    self._network_config = dict(network_config)
+    self._encoder_class = networks.get_encoder(network_config['encoder_class'])
+    self._optimizer_config = dict(optimizer_config)
+    self._lr_schedule_config = dict(lr_schedule_config)
+    self._dataset_config = dict(dataset_config)
+    self._evaluation_config = dict(evaluation_config)
+    self._learning_rate(0)  # Validates the schedule now rather than at the first step.
+
+    self._checkpointer = checkpointing.Checkpointer(
+        checkpointing_config['checkpoint_dir'], checkpointing_config['filename'])
+    self._backbone = hk.without_apply_rng(hk.transform_with_state(self._backbone_fn))
+    self._classifier = hk.without_apply_rng(hk.transform(self._classifier_fn))
+
+    self._mesh = helpers.make_mesh()
+    self._replicated = helpers.replicated(self._mesh)
+    self._batch_sharding = helpers.batch_sharded(self._mesh)
+    self.update = jax.jit(
+        self._update_fn, out_shardings=self._replicated, donate_argnums=(0,))
+    """`update(state, inputs, global_step) -> (state, scalars)`, jitted; donates `state`."""
+    self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._replicated)
+
+    self._state: _EvalExperimentState | None = None
+    self._train_input: Iterator[Batch] | None = None
+
+  # ------------------------------------------------------------------------------- networks
+
+  def _backbone_fn(self, images: jax.Array, is_training: bool) -> jax.Array:
+    """The pretrained encoder, under the same module name as in pretraining: [B,H,W,3] -> [B,D]."""
+    config = self._network_config
+    encoder = self._encoder_class(bn_config=config['bn_config'], **config['encoder_config'])
+    return encoder(dataset.normalize_images(images), is_training=is_training)
+
+  def _classifier_fn(self, embedding: jax.Array) -> jax.Array:
+    return hk.Linear(output_size=self._num_classes)(embedding)  # [B, num_classes]
+
+  # ------------------------------------------------------------------------------- optimiser
+
+  def _learning_rate(self, global_step: jax.typing.ArrayLike) -> jax.Array:
+    return schedules.learning_schedule(
+        global_step,
+        batch_size=self._batch_size,
+        base_learning_rate=self._lr_schedule_config['base_learning_rate'],
+        total_steps=self._max_steps,
+        warmup_steps=self._lr_schedule_config['warmup_steps'])
+
+  def _optimizer(self, learning_rate: jax.typing.ArrayLike) -> optax.GradientTransformation:
+    # Momentum first, then the step's learning rate, as in the original.
+    return optax.sgd(
+        learning_rate,
+        momentum=self._optimizer_config['momentum'],
+        nesterov=self._optimizer_config['nesterov'])
+
+  # ------------------------------------------------------------------------------- pure functions
+
+  def _init_fn(self, rng: jax.Array) -> _EvalExperimentState:
+    """Random encoder and classifier (the encoder is replaced by the pretrained one if given)."""
+    backbone_rng, classif_rng = jax.random.split(rng)
+    image_size = self._dataset_config['image_size']
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    backbone_params, backbone_state = self._backbone.init(backbone_rng, images, is_training=True)
+    embedding = jax.eval_shape(
+        lambda: self._backbone.apply(backbone_params, backbone_state, images, is_training=False))
+    classif_params = self._classifier.init(
+        classif_rng, jnp.zeros(embedding[0].shape, jnp.float32))
+    return self._state_with_optimisers(backbone_params, classif_params, backbone_state)
+
+  def _state_with_optimisers(
+      self, backbone_params: hk.Params, classif_params: hk.Params,
+      backbone_state: hk.State) -> _EvalExperimentState:
+    optimizer = self._optimizer(0.)  # The optimiser state does not depend on the rate.
+    backbone_opt_state = optimizer.init({} if self._freeze_backbone else backbone_params)
+    return _EvalExperimentState(
+        backbone_params, classif_params, backbone_state, backbone_opt_state,
+        optimizer.init(classif_params))
+
+  def _loss_fn(
+      self,
+      backbone_params: hk.Params,
+      classif_params: hk.Params,
+      backbone_state: hk.State,
+      inputs: Batch,
+  ) -> tuple[jax.Array, tuple[hk.State, Scalars]]:
+    """Mean softmax cross-entropy of the classifier on the (frozen or trained) embedding."""
+    embedding, new_backbone_state = self._backbone.apply(
+        backbone_params, backbone_state, inputs['images'],
+        is_training=not self._freeze_backbone)
+    if self._freeze_backbone:
+      # Inference-mode BatchNorm keeps its statistics; no gradient reaches the encoder.
+      embedding = jax.lax.stop_gradient(embedding)
+      new_backbone_state = backbone_state
+    logits = self._classifier.apply(classif_params, embedding)
+    labels = inputs['labels']
+    loss = jnp.mean(helpers.softmax_cross_entropy(
+        logits, jax.nn.one_hot(labels, self._num_classes)))
+    logs = dict(
+        loss=loss,
+        top1_accuracy=jnp.mean(helpers.topk_accuracy(logits, labels, topk=1)),
+        top5_accuracy=jnp.mean(helpers.topk_accuracy(logits, labels, topk=5)),
+    )
+    return loss, (new_backbone_state, logs)
+
+  def _update_fn(
+      self, state: _EvalExperimentState, inputs: Batch, global_step: jax.Array,
+  ) -> tuple[_EvalExperimentState, Scalars]:
+    """One SGD step on the classifier (and the encoder when fine-tuning)."""
+    grad_fn = jax.grad(self._loss_fn, argnums=(0, 1), has_aux=True)
+    (backbone_grads, classif_grads), (backbone_state, logs) = grad_fn(
+        state.backbone_params, state.classif_params, state.backbone_state, inputs)
+    learning_rate = self._learning_rate(global_step)
+    optimizer = self._optimizer(learning_rate)
+
+    classif_updates, classif_opt_state = optimizer.update(
+        classif_grads, state.classif_opt_state, state.classif_params)
+    classif_params = optax.apply_updates(state.classif_params, classif_updates)
+    if self._freeze_backbone:
+      backbone_params, backbone_opt_state = state.backbone_params, state.backbone_opt_state
+    else:
+      backbone_updates, backbone_opt_state = optimizer.update(
+          backbone_grads, state.backbone_opt_state, state.backbone_params)
+      backbone_params = optax.apply_updates(state.backbone_params, backbone_updates)
+
+    logs.update(learning_rate=learning_rate)
+    new_state = _EvalExperimentState(
+        backbone_params, classif_params, backbone_state, backbone_opt_state, classif_opt_state)
+    return new_state, logs
+
+  def _eval_batch_fn(self, state: _EvalExperimentState, batch: Batch) -> Scalars:
+    embedding, _ = self._backbone.apply(
+        state.backbone_params, state.backbone_state, batch['images'], is_training=False)
+    logits = self._classifier.apply(state.classif_params, embedding)
+    return evaluation.masked_classification_sums(
+        logits, batch['labels'], batch['mask'], self._num_classes)
+
+  # ------------------------------------------------------------------------------- worker API
+
+  @property
+  def state(self) -> _EvalExperimentState | None:
+    """The current experiment state (None before `initialize` or `load_checkpoint`)."""
+    return self._state
+
+  @property
+  def batch_sharding(self) -> jax.sharding.NamedSharding:
+    """How input batches are laid out over the devices (split along the batch axis)."""
+    return self._batch_sharding
+
+  @property
+  def checkpoint_path(self) -> str:
+    """Where `save_checkpoint` writes and `load_checkpoint` reads."""
+    return self._checkpointer.path
+
+  def initialize(self, rng: jax.Array) -> None:
+    """A fresh classifier on the pretrained encoder (or a random one, if allowed)."""
+    state = jax.jit(self._init_fn)(rng)
+    if self._checkpoint_to_evaluate is None:
+      if not self._allow_train_from_scratch:
+        raise checkpointing.CheckpointError(
+            'No pretraining checkpoint to evaluate. Pretrain first (--experiment_mode=pretrain '
+            'with the same --checkpoint_root), or allow a random encoder.')
+      logging.warning('Training a linear classifier on a RANDOM encoder (a baseline).')
+    else:
+      backbone_params, backbone_state = self._pretrained_backbone(state)
+      state = self._state_with_optimisers(
+          backbone_params, state.classif_params, backbone_state)
+    self._state = jax.device_put(state, self._replicated)
+
+  def step(self, *, global_step: int, rng: jax.Array) -> Scalars:
+    """Trains on the next batch; returns the step's scalars as device arrays (no host sync)."""
+    del rng  # The input pipeline draws the crops and flips.
+    if self._state is None:
+      raise RuntimeError('Call initialize(rng) or load_checkpoint() before step().')
+    if self._train_input is None:
+      self._train_input = self._build_train_input()
+    self._state, logs = self.update(self._state, next(self._train_input), np.int32(global_step))
+    return logs
+
+  def evaluate(self, *, global_step: int) -> dict[str, float]:
+    """Top-1, top-5 and loss of the classifier over the whole evaluation split."""
+    if self._state is None:
+      raise RuntimeError('Call initialize(rng) or load_checkpoint() before evaluate().')
+    state = self._state
+    return evaluation.evaluate_split(
+        lambda batch: self._eval_batch(state, batch),
+        dataset_config=self._dataset_config,
+        evaluation_config=self._evaluation_config,
+        sharding=self._batch_sharding,
+        global_step=global_step)
+
+  def save_checkpoint(self, *, global_step: int, rng: jax.Array) -> None:
+    """Writes the state, step and loop key (process 0 only, atomically)."""
+    self._checkpointer.save(self._state, global_step, rng)
+
+  def load_checkpoint(self) -> tuple[int, jax.Array] | None:
+    """Restores a linear-evaluation checkpoint; returns (step, loop key), or None if none."""
+    checkpoint = self._checkpointer.restore()
+    if checkpoint is None:
+      return None
+    state = checkpoint['experiment_state']
+    if tuple(getattr(state, '_fields', ())) != _EvalExperimentState._fields:
+      raise checkpointing.CheckpointError(
+          f'{self._checkpointer.path} is not a linear-evaluation checkpoint.')
+    expected = jax.eval_shape(self._init_fn, jax.random.key(0))
+    checkpointing.check_parameter_shapes(
+        (state[0], state[1]), (expected.backbone_params, expected.classif_params),
+        path=self._checkpointer.path, wanted_networks=self._describe_networks())
+    self._state = jax.device_put(_EvalExperimentState(*state), self._replicated)
+    return checkpoint['step'], checkpoint['rng']
+
+  def check_writable(self) -> None:
+    """Fails early, with the folder in the message, if checkpoints cannot be written."""
+    self._checkpointer.check_writable()
+
+  # ------------------------------------------------------------------------------- internals
+
+  def _describe_networks(self) -> str:
+    return (f'{self._network_config["encoder_class"]} {self._network_config["encoder_config"]}, '
+            f'{self._num_classes} classes')
+
+  def _pretrained_backbone(
+      self, fresh_state: _EvalExperimentState) -> tuple[hk.Params, hk.State]:
+    """The encoder's parameters and BatchNorm state from the pretraining checkpoint."""
+    path = self._checkpoint_to_evaluate
+    pretrain_state = checkpointing.load_checkpoint(path)['experiment_state']
+    online_params = getattr(pretrain_state, 'online_params', None)
+    online_state = getattr(pretrain_state, 'online_state', None)
+    if online_params is None or online_state is None:
+      raise checkpointing.CheckpointError(
+          f'{path} holds no online network (online_params, online_state): is it a pretraining '
+          'checkpoint?')
+    # Keep only the encoder's modules: the projector, predictor and classifier are not needed.
+    def encoder_part(tree: Mapping[str, Any]) -> dict[str, Any]:
+      return {module: value for module, value in tree.items()
+              if module.split('/')[0] not in _PRETRAINING_HEADS}
+    params, state = encoder_part(online_params), encoder_part(online_state)
+    checkpointing.check_parameter_shapes(
+        params, fresh_state.backbone_params, path=path, wanted_networks=self._describe_networks())
+    if set(state) != set(fresh_state.backbone_state):
+      raise checkpointing.CheckpointError(f'{path} lacks BatchNorm statistics of the encoder.')
+    logging.info('Loaded the pretrained encoder from %s.', path)
+    return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, state)
+
+  def _build_train_input(self) -> Iterator[Batch]:
+    batches = dataset.load(
+        dataset.Split.TRAIN_AND_VALID,
+        preprocess_mode=dataset.PreprocessMode.LINEAR_TRAIN,
+        batch_dims=[self._batch_size // jax.process_count()],
+        image_size=self._dataset_config['image_size'],
+        dataset_name=self._dataset_config['name'],
+        data_dir=self._dataset_config['data_dir'],
+        seed=self._random_seed)
+    return helpers.prefetch_to_device(batches, self._batch_sharding)

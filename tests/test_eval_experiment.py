@@ -1,0 +1,107 @@
+"""Linear evaluation and fine-tuning on a pretrained encoder."""
+
+import jax
+import numpy as np
+import pytest
+
+from byol import byol_experiment
+from byol import eval_experiment
+from byol.configs import byol as byol_config
+from byol.configs import eval as eval_config
+from byol.utils import checkpointing
+from byol.utils import helpers
+
+NUM_CLASSES = 5
+IMAGE_SIZE = 16
+
+
+def write_pretrain_checkpoint(folder, encoder='TinyResNet'):
+  config = byol_config.get_config(100, 8, train_images=80, num_classes=NUM_CLASSES)
+  config['network_config'].update(encoder_class=encoder, projector_hidden_size=32,
+                                  projector_output_size=16, predictor_hidden_size=32)
+  config['dataset_config']['image_size'] = IMAGE_SIZE
+  config['evaluation_config']['batch_size'] = 8
+  config['checkpointing_config']['checkpoint_dir'] = str(folder)
+  experiment = byol_experiment.ByolExperiment(**config)
+  experiment.initialize(jax.random.key(0))
+  experiment.save_checkpoint(global_step=10, rng=jax.random.key(1))
+  return experiment.checkpoint_path, helpers.to_host(experiment.state)
+
+
+def make_experiment(folder, checkpoint, *, freeze_backbone=True, encoder='TinyResNet',
+                    allow_train_from_scratch=False):
+  config = eval_config.get_config(checkpoint, 8, train_images=80, num_classes=NUM_CLASSES)
+  config['network_config']['encoder_class'] = encoder
+  config['dataset_config']['image_size'] = IMAGE_SIZE
+  config['evaluation_config']['batch_size'] = 8
+  config['checkpointing_config']['checkpoint_dir'] = str(folder)
+  config.update(freeze_backbone=freeze_backbone, allow_train_from_scratch=allow_train_from_scratch)
+  return eval_experiment.EvalExperiment(**config)
+
+
+def train_steps(experiment, steps=2):
+  rng = np.random.default_rng(0)
+  state = experiment.state
+  for step in range(steps):
+    batch = dict(
+        images=rng.uniform(size=(8, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
+        labels=rng.integers(0, NUM_CLASSES, 8).astype(np.int32))
+    state, logs = experiment.update(
+        state, helpers.to_global_batch(batch, experiment.batch_sharding), np.int32(step))
+  return helpers.to_host(state), helpers.to_host(logs)
+
+
+def test_encoder_is_loaded_from_the_online_network(tmp_path):
+  checkpoint, pretrain_state = write_pretrain_checkpoint(tmp_path)
+  experiment = make_experiment(tmp_path, checkpoint)
+  experiment.initialize(jax.random.key(5))
+  state = helpers.to_host(experiment.state)
+  assert set(state.backbone_params) == {
+      module for module in pretrain_state.online_params if module.startswith('tiny_res_net/')}
+  jax.tree.map(np.testing.assert_array_equal, state.backbone_params,
+               {m: pretrain_state.online_params[m] for m in state.backbone_params})
+  jax.tree.map(np.testing.assert_array_equal, state.backbone_state,
+               {m: pretrain_state.online_state[m] for m in state.backbone_state})
+
+
+def test_frozen_backbone_leaves_every_encoder_array_unchanged(tmp_path):
+  checkpoint, _ = write_pretrain_checkpoint(tmp_path)
+  experiment = make_experiment(tmp_path, checkpoint, freeze_backbone=True)
+  experiment.initialize(jax.random.key(5))
+  before = helpers.to_host(experiment.state)
+  after, logs = train_steps(experiment)
+  jax.tree.map(np.testing.assert_array_equal, after.backbone_params, before.backbone_params)
+  jax.tree.map(np.testing.assert_array_equal, after.backbone_state, before.backbone_state)
+  assert not np.allclose(after.classif_params['linear']['w'], before.classif_params['linear']['w'])
+  assert np.isfinite(logs['loss'])
+
+
+def test_fine_tuning_trains_encoder_and_its_batchnorm_statistics(tmp_path):
+  checkpoint, _ = write_pretrain_checkpoint(tmp_path)
+  experiment = make_experiment(tmp_path, checkpoint, freeze_backbone=False)
+  experiment.initialize(jax.random.key(5))
+  before = helpers.to_host(experiment.state)
+  after, _ = train_steps(experiment)
+  conv = 'tiny_res_net/~/initial_conv'
+  assert not np.allclose(after.backbone_params[conv]['w'], before.backbone_params[conv]['w'])
+  bn = 'tiny_res_net/~/initial_batchnorm/~/mean_ema'
+  assert int(after.backbone_state[bn]['counter']) == int(before.backbone_state[bn]['counter']) + 2
+
+
+def test_missing_pretrain_checkpoint_is_a_clear_error(tmp_path):
+  experiment = make_experiment(tmp_path, None)
+  with pytest.raises(checkpointing.CheckpointError, match='Pretrain first'):
+    experiment.initialize(jax.random.key(0))
+
+
+def test_random_encoder_baseline_when_allowed(tmp_path):
+  experiment = make_experiment(tmp_path, None, allow_train_from_scratch=True)
+  experiment.initialize(jax.random.key(0))
+  assert experiment.state is not None
+
+
+def test_encoder_mismatch_names_both_networks(tmp_path):
+  checkpoint, _ = write_pretrain_checkpoint(tmp_path, encoder='TinyResNet')
+  experiment = make_experiment(tmp_path, checkpoint, encoder='ResNet18')
+  with pytest.raises(checkpointing.CheckpointError, match=r'tiny_res_net.*ResNet18'):
+    experiment.initialize(jax.random.key(0))
