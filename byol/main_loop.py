@@ -144,8 +144,9 @@ def train_loop(config: Mapping[str, Any]) -> None:
     init_rng, loop_rng = jax.random.split(jax.random.key(config['random_seed']))
     experiment.initialize(init_rng)
     step = 0
-    logging.info('Starting %s from scratch: %d steps of batch %d.', FLAGS.experiment_mode,
-                 max_steps, config['batch_size'])
+    logging.info('No checkpoint to resume from at %s; starting %s: %d steps of batch %d.',
+                 experiment.checkpoint_path, FLAGS.experiment_mode, max_steps,
+                 config['batch_size'])
   else:
     step, loop_rng = restored
     logging.info('Resumed from %s at step %d of %d.', experiment.checkpoint_path, step, max_steps)

@@ -62,6 +62,7 @@ def test_train_worker_checkpoints_and_eval_worker_evaluates_final_step(tmp_path)
 
   assert checkpoint_step(tmp_path) == 3
   assert 'step 3/3' in train_output and 'images/s' in train_output and 'ETA' in train_output
+  assert 'No checkpoint to resume from' in train_output
   train_log = [json.loads(line) for line in open(tmp_path / 'pretrain_train.jsonl')]
   assert [entry['step'] for entry in train_log] == [1, 2, 3]
   assert {'loss', 'repr_loss', 'classif_loss', 'top1_accuracy', 'top5_accuracy',
@@ -91,7 +92,7 @@ def test_killed_train_worker_resumes_from_saved_step(tmp_path):
   code, output = run('--worker_mode=train', f'--max_steps={saved_step + 2}', *flags)
   assert code == 0, output
   assert f'at step {saved_step} of {saved_step + 2}' in output
-  assert 'from scratch' not in output
+  assert 'No checkpoint to resume from' not in output
   assert checkpoint_step(tmp_path) == saved_step + 2
   # The resumed run logs only the steps it trained.
   steps = [json.loads(line)['step'] for line in open(tmp_path / 'pretrain_train.jsonl')]
