@@ -6,7 +6,7 @@ computation over the global batch, it averages gradients and takes BatchNorm sta
 devices without any explicit collective; XLA inserts the all-reduces.
 """
 
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import haiku as hk
 import jax
@@ -15,9 +15,9 @@ import numpy as np
 import optax
 
 from byol.utils import augmentations
-from byol.utils import checkpointing
 from byol.utils import dataset
 from byol.utils import evaluation
+from byol.utils import experiment
 from byol.utils import helpers
 from byol.utils import networks
 from byol.utils import optimizers
@@ -36,8 +36,12 @@ class _ByolExperimentState(NamedTuple):
   opt_state: optax.OptState  # LARS state of the online parameters.
 
 
-class ByolExperiment:
+class ByolExperiment(experiment.Experiment):
   """BYOL pretraining: `step` trains on the next batch, `evaluate` scores the online classifier."""
+
+  _state_class = _ByolExperimentState
+  _train_preprocess_mode = dataset.PreprocessMode.PRETRAIN
+  _checkpoint_kind = 'BYOL pretraining'
 
   def __init__(
       self,
@@ -53,39 +57,19 @@ class ByolExperiment:
       evaluation_config: Mapping[str, Any],
       checkpointing_config: Mapping[str, Any],
   ):
-    helpers.check_batch_size(batch_size)
-    helpers.check_batch_size(evaluation_config['batch_size'], 'evaluation batch_size')
-    if max_steps <= 0:
-      raise ValueError(f'max_steps must be positive, got {max_steps}.')
-    self._random_seed = random_seed
-    self._num_classes = num_classes
-    self._batch_size = batch_size
-    self._max_steps = max_steps
+    super().__init__(
+        random_seed=random_seed, num_classes=num_classes, batch_size=batch_size,
+        max_steps=max_steps, network_config=network_config,
+        lr_schedule_config=lr_schedule_config, dataset_config=dataset_config,
+        evaluation_config=evaluation_config, checkpointing_config=checkpointing_config)
     self._base_target_ema = base_target_ema
     self._optimizer_config = dict(optimizer_config)
-    self._lr_schedule_config = dict(lr_schedule_config)
-    self._dataset_config = dict(dataset_config)
-    self._evaluation_config = dict(evaluation_config)
-    self._encoder_class = networks.get_encoder(network_config['encoder_class'])
-    self._network_config = dict(network_config)
-    # Validates the warm-up against the run length now rather than at the first step.
-    self._learning_rate(0)
-
-    self._checkpointer = checkpointing.Checkpointer(
-        checkpointing_config['checkpoint_dir'], checkpointing_config['filename'])
     self._forward = hk.without_apply_rng(hk.transform_with_state(self._forward_fn))
-
-    self._mesh = helpers.make_mesh()
-    self._replicated = helpers.replicated(self._mesh)
-    self._batch_sharding = helpers.batch_sharded(self._mesh)
     # The state is donated: its buffers are reused for the new state, halving peak memory.
     self.update = jax.jit(
         self._update_fn, out_shardings=self._replicated, donate_argnums=(0,))
     """`update(state, inputs, rng, global_step) -> (state, scalars)`, jitted; donates `state`."""
     self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._replicated)
-
-    self._state: _ByolExperimentState | None = None
-    self._train_input: Iterator[Batch] | None = None
 
   # ------------------------------------------------------------------------------- network
 
@@ -119,14 +103,6 @@ class ByolExperiment:
     return apply_once(inputs['images'])
 
   # ------------------------------------------------------------------------------- optimiser
-
-  def _learning_rate(self, global_step: jax.typing.ArrayLike) -> jax.Array:
-    return schedules.learning_schedule(
-        global_step,
-        batch_size=self._batch_size,
-        base_learning_rate=self._lr_schedule_config['base_learning_rate'],
-        total_steps=self._max_steps,
-        warmup_steps=self._lr_schedule_config['warmup_steps'])
 
   def _optimizer(self, learning_rate: jax.typing.ArrayLike) -> optax.GradientTransformation:
     config = self._optimizer_config
@@ -222,20 +198,8 @@ class ByolExperiment:
 
   # ------------------------------------------------------------------------------- worker API
 
-  @property
-  def state(self) -> _ByolExperimentState | None:
-    """The current experiment state (None before `initialize` or `load_checkpoint`)."""
-    return self._state
-
-  @property
-  def batch_sharding(self) -> jax.sharding.NamedSharding:
-    """How input batches are laid out over the devices (split along the batch axis)."""
-    return self._batch_sharding
-
-  @property
-  def checkpoint_path(self) -> str:
-    """Where `save_checkpoint` writes and `load_checkpoint` reads."""
-    return self._checkpointer.path
+  def _checked_params(self, state: tuple) -> hk.Params:
+    return state[0]  # online_params
 
   def initialize(self, rng: jax.Array) -> None:
     """Fresh parameters and optimiser state from `rng` (the same key on every host)."""
@@ -243,62 +207,13 @@ class ByolExperiment:
 
   def step(self, *, global_step: int, rng: jax.Array) -> Scalars:
     """Trains on the next batch; returns the step's scalars as device arrays (no host sync)."""
-    if self._state is None:
-      raise RuntimeError('Call initialize(rng) or load_checkpoint() before step().')
-    if self._train_input is None:
-      self._train_input = self._build_train_input()
-    inputs = next(self._train_input)
-    self._state, logs = self.update(self._state, inputs, rng, np.int32(global_step))
+    state = self._current_state('step')
+    self._state, logs = self.update(state, self._next_train_batch(), rng, np.int32(global_step))
     return logs
 
   def evaluate(self, *, global_step: int) -> dict[str, float]:
     """Top-1, top-5 and loss of the online classifier over the whole evaluation split."""
-    if self._state is None:
-      raise RuntimeError('Call initialize(rng) or load_checkpoint() before evaluate().')
-    state = self._state
-    return evaluation.evaluate_split(
+    state = self._current_state('evaluate')
+    return self._evaluate_with(
         lambda batch: self._eval_batch(state.online_params, state.online_state, batch),
-        dataset_config=self._dataset_config,
-        evaluation_config=self._evaluation_config,
-        sharding=self._batch_sharding,
-        global_step=global_step)
-
-  def save_checkpoint(self, *, global_step: int, rng: jax.Array) -> None:
-    """Writes the state, step and loop key (process 0 only, atomically)."""
-    self._checkpointer.save(self._state, global_step, rng)
-
-  def load_checkpoint(self) -> tuple[int, jax.Array] | None:
-    """Restores the state from the checkpoint; returns (step, loop key), or None if there is none."""
-    checkpoint = self._checkpointer.restore()
-    if checkpoint is None:
-      return None
-    state = checkpoint['experiment_state']
-    if not isinstance(state, tuple) or tuple(getattr(state, '_fields', ())) != (
-        _ByolExperimentState._fields):
-      raise checkpointing.CheckpointError(
-          f'{self._checkpointer.path} is not a BYOL pretraining checkpoint (its state has fields '
-          f'{getattr(state, "_fields", type(state).__name__)}).')
-    expected = jax.eval_shape(self._init_fn, jax.random.key(0))
-    checkpointing.check_parameter_shapes(
-        state[0], expected.online_params, path=self._checkpointer.path,
-        wanted_networks=(f'{self._network_config["encoder_class"]} '
-                         f'{self._network_config["encoder_config"]}, {self._num_classes} classes'))
-    self._state = jax.device_put(_ByolExperimentState(*state), self._replicated)
-    return checkpoint['step'], checkpoint['rng']
-
-  def check_writable(self) -> None:
-    """Fails early, with the folder in the message, if checkpoints cannot be written."""
-    self._checkpointer.check_writable()
-
-  # ------------------------------------------------------------------------------- internals
-
-  def _build_train_input(self) -> Iterator[Batch]:
-    batches = dataset.load(
-        dataset.Split.TRAIN_AND_VALID,
-        preprocess_mode=dataset.PreprocessMode.PRETRAIN,
-        batch_dims=[self._batch_size // jax.process_count()],
-        image_size=self._dataset_config['image_size'],
-        dataset_name=self._dataset_config['name'],
-        data_dir=self._dataset_config['data_dir'],
-        seed=self._random_seed)
-    return helpers.prefetch_to_device(batches, self._batch_sharding)
+        global_step)

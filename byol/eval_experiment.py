@@ -6,7 +6,7 @@ With `freeze_backbone` (linear evaluation) the encoder runs in inference mode an
 without it (fine-tuning) the encoder is trained too and its BatchNorm statistics are updated.
 """
 
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 from absl import logging
 import haiku as hk
@@ -18,9 +18,8 @@ import optax
 from byol.utils import checkpointing
 from byol.utils import dataset
 from byol.utils import evaluation
+from byol.utils import experiment
 from byol.utils import helpers
-from byol.utils import networks
-from byol.utils import schedules
 
 Batch = Mapping[str, jax.Array]
 Scalars = dict[str, jax.Array]
@@ -38,8 +37,12 @@ class _EvalExperimentState(NamedTuple):
   classif_opt_state: optax.OptState
 
 
-class EvalExperiment:
+class EvalExperiment(experiment.Experiment):
   """Trains a linear classifier on a pretrained encoder; `evaluate` scores it."""
+
+  _state_class = _EvalExperimentState
+  _train_preprocess_mode = dataset.PreprocessMode.LINEAR_TRAIN
+  _checkpoint_kind = 'linear-evaluation'
 
   def __init__(
       self,
@@ -57,40 +60,21 @@ class EvalExperiment:
       evaluation_config: Mapping[str, Any],
       checkpointing_config: Mapping[str, Any],
   ):
-    helpers.check_batch_size(batch_size)
-    helpers.check_batch_size(evaluation_config['batch_size'], 'evaluation batch_size')
-    if max_steps <= 0:
-      raise ValueError(f'max_steps must be positive, got {max_steps}.')
-    self._random_seed = random_seed
-    self._num_classes = num_classes
-    self._batch_size = batch_size
-    self._max_steps = max_steps
+    super().__init__(
+        random_seed=random_seed, num_classes=num_classes, batch_size=batch_size,
+        max_steps=max_steps, network_config=network_config,
+        lr_schedule_config=lr_schedule_config, dataset_config=dataset_config,
+        evaluation_config=evaluation_config, checkpointing_config=checkpointing_config)
     self._checkpoint_to_evaluate = checkpoint_to_evaluate
     self._allow_train_from_scratch = allow_train_from_scratch
     self._freeze_backbone = freeze_backbone
-    self._network_config = dict(network_config)
-    self._encoder_class = networks.get_encoder(network_config['encoder_class'])
     self._optimizer_config = dict(optimizer_config)
-    self._lr_schedule_config = dict(lr_schedule_config)
-    self._dataset_config = dict(dataset_config)
-    self._evaluation_config = dict(evaluation_config)
-    self._learning_rate(0)  # Validates the schedule now rather than at the first step.
-
-    self._checkpointer = checkpointing.Checkpointer(
-        checkpointing_config['checkpoint_dir'], checkpointing_config['filename'])
     self._backbone = hk.without_apply_rng(hk.transform_with_state(self._backbone_fn))
     self._classifier = hk.without_apply_rng(hk.transform(self._classifier_fn))
-
-    self._mesh = helpers.make_mesh()
-    self._replicated = helpers.replicated(self._mesh)
-    self._batch_sharding = helpers.batch_sharded(self._mesh)
     self.update = jax.jit(
         self._update_fn, out_shardings=self._replicated, donate_argnums=(0,))
     """`update(state, inputs, global_step) -> (state, scalars)`, jitted; donates `state`."""
     self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._replicated)
-
-    self._state: _EvalExperimentState | None = None
-    self._train_input: Iterator[Batch] | None = None
 
   # ------------------------------------------------------------------------------- networks
 
@@ -104,14 +88,6 @@ class EvalExperiment:
     return hk.Linear(output_size=self._num_classes)(embedding)  # [B, num_classes]
 
   # ------------------------------------------------------------------------------- optimiser
-
-  def _learning_rate(self, global_step: jax.typing.ArrayLike) -> jax.Array:
-    return schedules.learning_schedule(
-        global_step,
-        batch_size=self._batch_size,
-        base_learning_rate=self._lr_schedule_config['base_learning_rate'],
-        total_steps=self._max_steps,
-        warmup_steps=self._lr_schedule_config['warmup_steps'])
 
   def _optimizer(self, learning_rate: jax.typing.ArrayLike) -> optax.GradientTransformation:
     # Momentum first, then the step's learning rate, as in the original.
@@ -203,20 +179,8 @@ class EvalExperiment:
 
   # ------------------------------------------------------------------------------- worker API
 
-  @property
-  def state(self) -> _EvalExperimentState | None:
-    """The current experiment state (None before `initialize` or `load_checkpoint`)."""
-    return self._state
-
-  @property
-  def batch_sharding(self) -> jax.sharding.NamedSharding:
-    """How input batches are laid out over the devices (split along the batch axis)."""
-    return self._batch_sharding
-
-  @property
-  def checkpoint_path(self) -> str:
-    """Where `save_checkpoint` writes and `load_checkpoint` reads."""
-    return self._checkpointer.path
+  def _checked_params(self, state: tuple) -> tuple[hk.Params, hk.Params]:
+    return state[0], state[1]  # backbone_params, classif_params
 
   def initialize(self, rng: jax.Array) -> None:
     """A fresh classifier on the pretrained encoder (or a random one, if allowed)."""
@@ -236,54 +200,16 @@ class EvalExperiment:
   def step(self, *, global_step: int, rng: jax.Array) -> Scalars:
     """Trains on the next batch; returns the step's scalars as device arrays (no host sync)."""
     del rng  # The input pipeline draws the crops and flips.
-    if self._state is None:
-      raise RuntimeError('Call initialize(rng) or load_checkpoint() before step().')
-    if self._train_input is None:
-      self._train_input = self._build_train_input()
-    self._state, logs = self.update(self._state, next(self._train_input), np.int32(global_step))
+    state = self._current_state('step')
+    self._state, logs = self.update(state, self._next_train_batch(), np.int32(global_step))
     return logs
 
   def evaluate(self, *, global_step: int) -> dict[str, float]:
     """Top-1, top-5 and loss of the classifier over the whole evaluation split."""
-    if self._state is None:
-      raise RuntimeError('Call initialize(rng) or load_checkpoint() before evaluate().')
-    state = self._state
-    return evaluation.evaluate_split(
-        lambda batch: self._eval_batch(state, batch),
-        dataset_config=self._dataset_config,
-        evaluation_config=self._evaluation_config,
-        sharding=self._batch_sharding,
-        global_step=global_step)
-
-  def save_checkpoint(self, *, global_step: int, rng: jax.Array) -> None:
-    """Writes the state, step and loop key (process 0 only, atomically)."""
-    self._checkpointer.save(self._state, global_step, rng)
-
-  def load_checkpoint(self) -> tuple[int, jax.Array] | None:
-    """Restores a linear-evaluation checkpoint; returns (step, loop key), or None if none."""
-    checkpoint = self._checkpointer.restore()
-    if checkpoint is None:
-      return None
-    state = checkpoint['experiment_state']
-    if tuple(getattr(state, '_fields', ())) != _EvalExperimentState._fields:
-      raise checkpointing.CheckpointError(
-          f'{self._checkpointer.path} is not a linear-evaluation checkpoint.')
-    expected = jax.eval_shape(self._init_fn, jax.random.key(0))
-    checkpointing.check_parameter_shapes(
-        (state[0], state[1]), (expected.backbone_params, expected.classif_params),
-        path=self._checkpointer.path, wanted_networks=self._describe_networks())
-    self._state = jax.device_put(_EvalExperimentState(*state), self._replicated)
-    return checkpoint['step'], checkpoint['rng']
-
-  def check_writable(self) -> None:
-    """Fails early, with the folder in the message, if checkpoints cannot be written."""
-    self._checkpointer.check_writable()
+    state = self._current_state('evaluate')
+    return self._evaluate_with(lambda batch: self._eval_batch(state, batch), global_step)
 
   # ------------------------------------------------------------------------------- internals
-
-  def _describe_networks(self) -> str:
-    return (f'{self._network_config["encoder_class"]} {self._network_config["encoder_config"]}, '
-            f'{self._num_classes} classes')
 
   def _pretrained_backbone(
       self, fresh_state: _EvalExperimentState) -> tuple[hk.Params, hk.State]:
@@ -307,14 +233,3 @@ class EvalExperiment:
       raise checkpointing.CheckpointError(f'{path} lacks BatchNorm statistics of the encoder.')
     logging.info('Loaded the pretrained encoder from %s.', path)
     return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, state)
-
-  def _build_train_input(self) -> Iterator[Batch]:
-    batches = dataset.load(
-        dataset.Split.TRAIN_AND_VALID,
-        preprocess_mode=dataset.PreprocessMode.LINEAR_TRAIN,
-        batch_dims=[self._batch_size // jax.process_count()],
-        image_size=self._dataset_config['image_size'],
-        dataset_name=self._dataset_config['name'],
-        data_dir=self._dataset_config['data_dir'],
-        seed=self._random_seed)
-    return helpers.prefetch_to_device(batches, self._batch_sharding)

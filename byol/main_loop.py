@@ -23,7 +23,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import numpy as np
 
 from byol import byol_experiment
 from byol import eval_experiment

@@ -1,0 +1,165 @@
+"""Worker plumbing shared by pretraining and linear evaluation.
+
+An experiment subclass supplies its pure functions (`_init_fn`, `_update_fn`, `_eval_batch_fn`),
+its state NamedTuple and which parameters a checkpoint must match; this base class holds what the
+train and eval workers need around them: devices and shardings, the learning rate, the training
+input, evaluation over a split, and checkpoints that are checked before they are used.
+"""
+
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+
+from byol.utils import checkpointing
+from byol.utils import dataset
+from byol.utils import evaluation
+from byol.utils import helpers
+from byol.utils import networks
+from byol.utils import schedules
+
+Batch = Mapping[str, jax.Array]
+Scalars = dict[str, jax.Array]
+
+
+class Experiment:
+  """Base of `ByolExperiment` and `EvalExperiment`: everything but the model's own functions."""
+
+  # Set by subclasses: the state NamedTuple, the preprocessing of training batches, and what the
+  # checkpoint is called in messages.
+  _state_class: type[tuple]
+  _train_preprocess_mode: dataset.PreprocessMode
+  _checkpoint_kind: str
+
+  def __init__(
+      self,
+      *,
+      random_seed: int,
+      num_classes: int,
+      batch_size: int,
+      max_steps: int,
+      network_config: Mapping[str, Any],
+      lr_schedule_config: Mapping[str, Any],
+      dataset_config: Mapping[str, Any],
+      evaluation_config: Mapping[str, Any],
+      checkpointing_config: Mapping[str, Any],
+  ):
+    helpers.check_batch_size(batch_size)
+    helpers.check_batch_size(evaluation_config['batch_size'], 'evaluation batch_size')
+    if max_steps <= 0:
+      raise ValueError(f'max_steps must be positive, got {max_steps}.')
+    self._random_seed = random_seed
+    self._num_classes = num_classes
+    self._batch_size = batch_size
+    self._max_steps = max_steps
+    self._network_config = dict(network_config)
+    self._encoder_class = networks.get_encoder(network_config['encoder_class'])
+    self._lr_schedule_config = dict(lr_schedule_config)
+    self._dataset_config = dict(dataset_config)
+    self._evaluation_config = dict(evaluation_config)
+    # Validates the warm-up against the run length now rather than at the first step.
+    self._learning_rate(0)
+
+    self._checkpointer = checkpointing.Checkpointer(
+        checkpointing_config['checkpoint_dir'], checkpointing_config['filename'])
+    mesh = helpers.make_mesh()
+    self._replicated = helpers.replicated(mesh)
+    self._batch_sharding = helpers.batch_sharded(mesh)
+    self._state: tuple | None = None
+    self._train_input: Iterator[Batch] | None = None
+
+  # ------------------------------------------------------------------------------- subclass hooks
+
+  def _init_fn(self, rng: jax.Array) -> tuple:
+    raise NotImplementedError
+
+  def _checked_params(self, state: tuple) -> Any:
+    """The parts of a state whose names and shapes a checkpoint must match."""
+    raise NotImplementedError
+
+  # ------------------------------------------------------------------------------- shared
+
+  def _learning_rate(self, global_step: jax.typing.ArrayLike) -> jax.Array:
+    return schedules.learning_schedule(
+        global_step,
+        batch_size=self._batch_size,
+        base_learning_rate=self._lr_schedule_config['base_learning_rate'],
+        total_steps=self._max_steps,
+        warmup_steps=self._lr_schedule_config['warmup_steps'])
+
+  def _describe_networks(self) -> str:
+    return (f'{self._network_config["encoder_class"]} {self._network_config["encoder_config"]}, '
+            f'{self._num_classes} classes')
+
+  def _current_state(self, method: str) -> tuple:
+    if self._state is None:
+      raise RuntimeError(f'Call initialize(rng) or load_checkpoint() before {method}().')
+    return self._state
+
+  def _next_train_batch(self) -> Batch:
+    """The next training batch on the devices; the input pipeline starts on the first call."""
+    if self._train_input is None:
+      batches = dataset.load(
+          dataset.Split.TRAIN_AND_VALID,
+          preprocess_mode=self._train_preprocess_mode,
+          batch_dims=[self._batch_size // jax.process_count()],
+          image_size=self._dataset_config['image_size'],
+          dataset_name=self._dataset_config['name'],
+          data_dir=self._dataset_config['data_dir'],
+          seed=self._random_seed)
+      self._train_input = helpers.prefetch_to_device(batches, self._batch_sharding)
+    return next(self._train_input)
+
+  def _evaluate_with(
+      self, batch_sums_fn: Callable[[Batch], Scalars], global_step: int) -> dict[str, float]:
+    return evaluation.evaluate_split(
+        batch_sums_fn,
+        dataset_config=self._dataset_config,
+        evaluation_config=self._evaluation_config,
+        sharding=self._batch_sharding,
+        global_step=global_step)
+
+  # ------------------------------------------------------------------------------- worker API
+
+  @property
+  def state(self) -> tuple | None:
+    """The current experiment state (None before `initialize` or `load_checkpoint`)."""
+    return self._state
+
+  @property
+  def batch_sharding(self) -> jax.sharding.NamedSharding:
+    """How input batches are laid out over the devices (split along the batch axis)."""
+    return self._batch_sharding
+
+  @property
+  def checkpoint_path(self) -> str:
+    """Where `save_checkpoint` writes and `load_checkpoint` reads."""
+    return self._checkpointer.path
+
+  def save_checkpoint(self, *, global_step: int, rng: jax.Array) -> None:
+    """Writes the state, step and loop key (process 0 only, atomically)."""
+    self._checkpointer.save(self._state, global_step, rng)
+
+  def load_checkpoint(self) -> tuple[int, jax.Array] | None:
+    """Restores the state from the checkpoint; returns (step, loop key), or None if there is none.
+
+    A checkpoint of another kind, or for other networks than the config builds, is refused.
+    """
+    checkpoint = self._checkpointer.restore()
+    if checkpoint is None:
+      return None
+    state = checkpoint['experiment_state']
+    fields = tuple(getattr(state, '_fields', ()))
+    if fields != self._state_class._fields:
+      raise checkpointing.CheckpointError(
+          f'{self._checkpointer.path} is not a {self._checkpoint_kind} checkpoint (its state has '
+          f'fields {fields or type(state).__name__}).')
+    expected = jax.eval_shape(self._init_fn, jax.random.key(0))
+    checkpointing.check_parameter_shapes(
+        self._checked_params(state), self._checked_params(expected),
+        path=self._checkpointer.path, wanted_networks=self._describe_networks())
+    self._state = jax.device_put(self._state_class(*state), self._replicated)
+    return checkpoint['step'], checkpoint['rng']
+
+  def check_writable(self) -> None:
+    """Fails early, with the folder in the message, if checkpoints cannot be written."""
+    self._checkpointer.check_writable()
