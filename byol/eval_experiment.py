@@ -24,9 +24,6 @@ from byol.utils import helpers
 Batch = Mapping[str, jax.Array]
 Scalars = dict[str, jax.Array]
 
-# Modules of the pretraining network that linear evaluation does not use.
-_PRETRAINING_HEADS = ('projector', 'predictor', 'classifier')
-
 
 class _EvalExperimentState(NamedTuple):
   """Everything that changes during linear evaluation (and is checkpointed)."""
@@ -225,7 +222,7 @@ class EvalExperiment(experiment.Experiment):
     # Keep only the encoder's modules: the projector, predictor and classifier are not needed.
     def encoder_part(tree: Mapping[str, Any]) -> dict[str, Any]:
       return {module: value for module, value in tree.items()
-              if module.split('/')[0] not in _PRETRAINING_HEADS}
+              if module.split('/')[0] not in checkpointing.HEAD_MODULES}
     params, state = encoder_part(online_params), encoder_part(online_state)
     checkpointing.check_parameter_shapes(
         params, fresh_state.backbone_params, path=path, wanted_networks=self._describe_networks())

@@ -116,7 +116,8 @@ def test_checkpoint_of_another_encoder_is_refused_with_both_names(tmp_path):
   writer.initialize(jax.random.key(0))
   writer.save_checkpoint(global_step=3, rng=jax.random.key(1))
   reader = byol_experiment.ByolExperiment(**tiny_config(tmp_path, encoder='ResNet18'))
-  with pytest.raises(checkpointing.CheckpointError, match='ResNet18.*--encoder'):
+  with pytest.raises(checkpointing.CheckpointError, match=r'holds tiny_res_net width 1, classifier of 5 classes, but '
+                     r'the config asks for ResNet18 1x, 5 classes.*--encoder'):
     reader.load_checkpoint()
 
 

@@ -15,10 +15,11 @@ NUM_CLASSES = 5
 IMAGE_SIZE = 16
 
 
-def write_pretrain_checkpoint(folder, encoder='TinyResNet'):
+def write_pretrain_checkpoint(folder, encoder='TinyResNet', width=1):
   config = byol_config.get_config(100, 8, train_images=80, num_classes=NUM_CLASSES)
   config['network_config'].update(encoder_class=encoder, projector_hidden_size=32,
                                   projector_output_size=16, predictor_hidden_size=32)
+  config['network_config']['encoder_config']['width_multiplier'] = width
   config['dataset_config']['image_size'] = IMAGE_SIZE
   config['evaluation_config']['batch_size'] = 8
   config['checkpointing_config']['checkpoint_dir'] = str(folder)
@@ -103,5 +104,14 @@ def test_random_encoder_baseline_when_allowed(tmp_path):
 def test_encoder_mismatch_names_both_networks(tmp_path):
   checkpoint, _ = write_pretrain_checkpoint(tmp_path, encoder='TinyResNet')
   experiment = make_experiment(tmp_path, checkpoint, encoder='ResNet18')
-  with pytest.raises(checkpointing.CheckpointError, match=r'tiny_res_net.*ResNet18'):
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'holds tiny_res_net width 1, but the config asks for ResNet18 1x'):
+    experiment.initialize(jax.random.key(0))
+
+
+def test_width_mismatch_names_both_widths(tmp_path):
+  checkpoint, _ = write_pretrain_checkpoint(tmp_path, width=2)
+  experiment = make_experiment(tmp_path, checkpoint)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'holds tiny_res_net width 2, but the config asks for TinyResNet 1x'):
     experiment.initialize(jax.random.key(0))

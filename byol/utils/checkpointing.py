@@ -7,15 +7,21 @@ Loading uses an allow-list unpickler: a pickle can name any callable (`os.system
 `pickle.load` would call it, while checkpoints are downloaded and shared between people. Only numpy
 arrays and dtypes, builtin containers and scalars, and experiment/optimiser state NamedTuples may be
 named; anything else is refused with an error that names it.
+
+DeepMind's 2020 release files (dill protocol 2, numpy 1.x) name state classes that today's byol and
+optax no longer define (`byol.utils.optimizers.ScaleByLarsState`, `optax._src.transform.ScaleState`,
+...): those load as plain stand-in tuples that keep their values, so that `online_params` and
+`online_state` can be used whatever became of the optimiser's classes.
 """
 
 import collections
+import functools
 import importlib
 import io
 import os
 import pickle
 import tempfile
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import dill
 import jax
@@ -61,6 +67,45 @@ def _state_class(module: str, name: str) -> type | None:
   return cls if _is_namedtuple_class(cls) else None
 
 
+class _StandIn(tuple):
+  """Base of the stand-ins for state classes that no longer exist: a tuple of the saved values."""
+  __slots__ = ()
+
+  def __new__(cls, *values: Any) -> '_StandIn':
+    return super().__new__(cls, values)
+
+  def __repr__(self) -> str:
+    return f'{type(self).__name__}{tuple.__repr__(self)}'
+
+
+@functools.cache
+def _stand_in_class(module: str, name: str) -> type[_StandIn]:
+  """A `_StandIn` subclass named after `module.name`, registered as a pytree of its values."""
+  cls = type(name, (_StandIn,), {'__slots__': (), '__module__': module, '__qualname__': name})
+  jax.tree_util.register_pytree_node(
+      cls, lambda stand_in: (tuple(stand_in), None), lambda _, values: cls(*values))
+  return cls
+
+
+@functools.cache
+def _state_factory(module: str, name: str) -> type:
+  """What a pickle gets for the global `module.name` of an allowed module (see `find_class`).
+
+  Pickles rebuild NamedTuples as `cls.__new__(cls, *values)`: this class builds the real state
+  class when it still exists with that many fields, and a stand-in otherwise (a 2020 class that
+  was removed or has other fields today).
+  """
+  real_class = _state_class(module, name)
+
+  def build(cls: type, *values: Any) -> tuple:
+    del cls
+    if real_class is not None and len(values) == len(real_class._fields):
+      return real_class(*values)
+    return _stand_in_class(module, name)(*values)
+
+  return type(name, (), {'__new__': build, '__module__': module})
+
+
 def _namedtuple_class(
     name: str, fieldnames: tuple[str, ...], modulename: str, defaults: Any = None) -> type:
   """Stands in for dill's `_create_namedtuple`, which would import any module the file names.
@@ -89,13 +134,21 @@ class _SafeUnpickler(pickle.Unpickler):
       return _namedtuple_class
     if qualified_name in _ALLOWED_GLOBALS:
       return super().find_class(module, name)
-    cls = _state_class(module, name)
-    if cls is not None:
-      return cls
+    if module.startswith(_STATE_MODULE_PREFIXES) and not _exists_as_non_state(module, name):
+      return _state_factory(module, name)
     raise CheckpointError(
         f'Refusing to load `{qualified_name}`: a checkpoint may only hold arrays, builtin '
         'containers and experiment state, and this file names something else. Do not load files '
         'from sources you do not trust.')
+
+
+def _exists_as_non_state(module: str, name: str) -> bool:
+  """Whether `module.name` exists but is not a state NamedTuple (a function, say): refused."""
+  try:
+    value = getattr(importlib.import_module(module), name)
+  except (ImportError, AttributeError):
+    return False  # Removed since the file was written: a stand-in will hold its values.
+  return not _is_namedtuple_class(value)
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
@@ -180,10 +233,35 @@ class Checkpointer:
     return checkpoint
 
 
+# Haiku modules of our networks that are not part of the encoder, with their output layer.
+_CLASSIFIER_MODULES = ('classifier', 'linear')
+HEAD_MODULES = ('projector', 'predictor', *_CLASSIFIER_MODULES)
+
+
+def describe_networks(params: Any) -> str:
+  """What a Haiku parameter tree of ours holds, e.g. 'res_net50 width 2, classifier of 1000 classes'.
+
+  The encoder is named by its top-level module; its width multiplier is read from the initial
+  convolution, which has 64 x width output channels in every encoder of `byol.utils.networks`.
+  """
+  if not isinstance(params, Mapping):
+    return f'no Haiku parameters (a {type(params).__name__})'
+  parts = []
+  for network in sorted({module.split('/')[0] for module in params} - set(HEAD_MODULES)):
+    conv = params.get(f'{network}/~/initial_conv', {}).get('w')
+    parts.append(network if conv is None else f'{network} width {np.shape(conv)[-1] // 64}')
+  for module in _CLASSIFIER_MODULES:
+    weights = params.get(module, {}).get('w')
+    if weights is not None:
+      parts.append(f'{module} of {np.shape(weights)[-1]} classes')
+  return ', '.join(parts) or 'no network'
+
+
 def check_parameter_shapes(found: Any, wanted: Any, *, path: str, wanted_networks: str) -> None:
   """Refuses parameters from `path` whose names or shapes differ from those this config builds.
 
-  `wanted_networks` describes the config's networks for the message (encoder, width, classes).
+  `wanted_networks` describes the config's networks for the message (e.g. 'ResNet50 1x, 1000
+  classes'); the checkpoint's are described from its parameters (`describe_networks`).
   """
   def signature(params: Any) -> dict[str, tuple[int, ...]]:
     return {
@@ -192,10 +270,8 @@ def check_parameter_shapes(found: Any, wanted: Any, *, path: str, wanted_network
     }
   found_signature, wanted_signature = signature(found), signature(wanted)
   if found_signature != wanted_signature:
-    # Haiku params are {module path: {name: array}}; the first path component names the network.
-    networks = sorted({module.split('/')[0] for module in found}) if isinstance(found, dict) else []
     differing = sorted(set(found_signature.items()) ^ set(wanted_signature.items()))[:4]
     raise CheckpointError(
-        f'{path} holds other networks ({", ".join(networks)}) than this config builds '
-        f'({wanted_networks}); first differences (path, shape): {differing}. Use the same '
-        '--encoder and dataset as the run that wrote it, or another --checkpoint_root.')
+        f'{path} holds {describe_networks(found)}, but the config asks for {wanted_networks}; '
+        f'first differences (path, shape): {differing}. Use the same --encoder, width and '
+        'dataset as the run that wrote it, or another --checkpoint_root.')

@@ -87,8 +87,11 @@ class Experiment:
         warmup_steps=self._lr_schedule_config['warmup_steps'])
 
   def _describe_networks(self) -> str:
-    return (f'{self._network_config["encoder_class"]} {self._network_config["encoder_config"]}, '
-            f'{self._num_classes} classes')
+    """The config's networks as in checkpoint errors, e.g. 'ResNet50 1x, 1000 classes'."""
+    encoder_config = self._network_config['encoder_config']
+    version = ' v2' if encoder_config.get('resnet_v2') else ''
+    return (f'{self._network_config["encoder_class"]} {encoder_config["width_multiplier"]}x'
+            f'{version}, {self._num_classes} classes')
 
   def _current_state(self, method: str) -> tuple:
     if self._state is None:
