@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from byol.utils import checkpointing
+import pickle_like_2020
 
 
 class _Payload:
@@ -131,4 +132,38 @@ def test_dill_namedtuples_of_other_modules_are_refused(tmp_path):
   path = tmp_path / 'local.pkl'
   path.write_bytes(dill.dumps({'experiment_state': _LocalState({}), 'step': 0, 'rng': None}))
   with pytest.raises(checkpointing.CheckpointError, match='_LocalState'):
+    checkpointing.load_checkpoint(str(path))
+
+
+@pytest.mark.parametrize('mode', ['global', 'create_namedtuple'])
+def test_2020_release_file_loads_with_stand_ins_for_removed_classes(tmp_path, mode):
+  online_params = {'res_net50/~/initial_conv': {'w': np.arange(6, dtype=np.float32)}}
+  online_state = {'res_net50/~/initial_batchnorm/~/mean_ema': {
+      'counter': np.int32(7), 'average': np.full((1, 1, 1, 3), 0.5, np.float32)}}
+  path = str(tmp_path / 'pretrain_res50x1.pkl')
+  pickle_like_2020.write(dict(online_params=online_params, target_params=online_params,
+                              online_state=online_state, target_state=online_state), path, mode)
+
+  checkpoint = checkpointing.load_checkpoint(path)
+  state = checkpoint['experiment_state']
+  assert type(state).__module__ == 'byol.byol_experiment'
+  assert state._fields[:3] == ('online_params', 'target_params', 'online_state')
+  jax.tree.map(np.testing.assert_array_equal, state.online_params, online_params)
+  jax.tree.map(np.testing.assert_array_equal, state.online_state, online_state)
+  # byol no longer defines the 2020 LARS states: stand-ins keep their names and values.
+  decay_state, lars_state, _ = state.opt_state
+  assert (type(decay_state).__name__, type(lars_state).__name__) == (
+      'AddWeightDecayState', 'ScaleByLarsState')
+  jax.tree.map(np.testing.assert_array_equal, lars_state[0],
+               jax.tree.map(np.zeros_like, online_params))
+  assert checkpoint['step'] == 5004
+  np.testing.assert_array_equal(checkpoint['rng'], np.array([0, 42], np.uint32))
+
+
+def test_existing_function_of_byol_is_refused(tmp_path):
+  path = tmp_path / 'function.pkl'
+  path.write_bytes(pickle.dumps(
+      {'experiment_state': checkpointing.load_checkpoint}, protocol=2))
+  with pytest.raises(checkpointing.CheckpointError,
+                     match='Refusing to load `byol.utils.checkpointing.load_checkpoint`'):
     checkpointing.load_checkpoint(str(path))

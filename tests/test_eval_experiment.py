@@ -10,12 +10,13 @@ from byol.configs import byol as byol_config
 from byol.configs import eval as eval_config
 from byol.utils import checkpointing
 from byol.utils import helpers
+import pickle_like_2020
 
 NUM_CLASSES = 5
 IMAGE_SIZE = 16
 
 
-def write_pretrain_checkpoint(folder, encoder='TinyResNet', width=1):
+def pretrain_experiment(folder, encoder='TinyResNet', width=1):
   config = byol_config.get_config(100, 8, train_images=80, num_classes=NUM_CLASSES)
   config['network_config'].update(encoder_class=encoder, projector_hidden_size=32,
                                   projector_output_size=16, predictor_hidden_size=32)
@@ -23,7 +24,11 @@ def write_pretrain_checkpoint(folder, encoder='TinyResNet', width=1):
   config['dataset_config']['image_size'] = IMAGE_SIZE
   config['evaluation_config']['batch_size'] = 8
   config['checkpointing_config']['checkpoint_dir'] = str(folder)
-  experiment = byol_experiment.ByolExperiment(**config)
+  return byol_experiment.ByolExperiment(**config)
+
+
+def write_pretrain_checkpoint(folder, encoder='TinyResNet', width=1):
+  experiment = pretrain_experiment(folder, encoder, width)
   experiment.initialize(jax.random.key(0))
   experiment.save_checkpoint(global_step=10, rng=jax.random.key(1))
   return experiment.checkpoint_path, helpers.to_host(experiment.state)
@@ -115,3 +120,31 @@ def test_width_mismatch_names_both_widths(tmp_path):
   with pytest.raises(checkpointing.CheckpointError,
                      match=r'holds tiny_res_net width 2, but the config asks for TinyResNet 1x'):
     experiment.initialize(jax.random.key(0))
+
+
+def write_2020_release_file(path, pretrain_state):
+  """`pretrain_state`'s networks in a file pickled as DeepMind's 2020 release files were."""
+  networks = ('online_params', 'target_params', 'online_state', 'target_state')
+  pickle_like_2020.write({field: getattr(pretrain_state, field) for field in networks},
+                         str(path), 'global')
+  return str(path)
+
+
+def test_linear_evaluation_trains_from_a_2020_release_file(tmp_path):
+  _, pretrain_state = write_pretrain_checkpoint(tmp_path)
+  release_file = write_2020_release_file(tmp_path / 'pretrain_res50x1.pkl', pretrain_state)
+  experiment = make_experiment(tmp_path, release_file)
+  experiment.initialize(jax.random.key(5))
+  after, logs = train_steps(experiment)
+  jax.tree.map(np.testing.assert_array_equal, after.backbone_params,
+               {module: pretrain_state.online_params[module] for module in after.backbone_params})
+  assert np.isfinite(logs['loss'])
+
+
+def test_pretraining_does_not_resume_from_a_2020_release_file(tmp_path):
+  (tmp_path / 'ours').mkdir()
+  _, pretrain_state = write_pretrain_checkpoint(tmp_path / 'ours')
+  write_2020_release_file(tmp_path / 'pretrain.pkl', pretrain_state)
+  experiment = pretrain_experiment(tmp_path)
+  with pytest.raises(checkpointing.CheckpointError, match='optimiser state of another layout'):
+    experiment.load_checkpoint()

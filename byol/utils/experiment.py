@@ -160,6 +160,12 @@ class Experiment:
     checkpointing.check_parameter_shapes(
         self._checked_params(state), self._checked_params(expected),
         path=self._checkpointer.path, wanted_networks=self._describe_networks())
+    if jax.tree.structure(tuple(state)) != jax.tree.structure(tuple(expected)):
+      raise checkpointing.CheckpointError(
+          f'{self._checkpointer.path} has the right networks but an optimiser state of another '
+          'layout (a file written by another version, such as a 2020 release checkpoint), so '
+          'training cannot resume from it. Its encoder can still be evaluated: put it in '
+          'another folder as pretrain.pkl and run --experiment_mode=linear-eval there.')
     self._state = jax.device_put(self._state_class(*state), self._replicated)
     return checkpoint['step'], checkpoint['rng']
 
