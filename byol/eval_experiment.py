@@ -213,17 +213,7 @@ class EvalExperiment(experiment.Experiment):
     """The encoder's parameters and BatchNorm state from the pretraining checkpoint."""
     path = self._checkpoint_to_evaluate
     pretrain_state = checkpointing.load_checkpoint(path)['experiment_state']
-    online_params = getattr(pretrain_state, 'online_params', None)
-    online_state = getattr(pretrain_state, 'online_state', None)
-    if online_params is None or online_state is None:
-      raise checkpointing.CheckpointError(
-          f'{path} holds no online network (online_params, online_state): is it a pretraining '
-          'checkpoint?')
-    # Keep only the encoder's modules: the projector, predictor and classifier are not needed.
-    def encoder_part(tree: Mapping[str, Any]) -> dict[str, Any]:
-      return {module: value for module, value in tree.items()
-              if module.split('/')[0] not in checkpointing.HEAD_MODULES}
-    params, state = encoder_part(online_params), encoder_part(online_state)
+    params, state = checkpointing.encoder_from_state(pretrain_state, path=path)
     checkpointing.check_parameter_shapes(
         params, fresh_state.backbone_params, path=path, wanted_networks=self._describe_networks())
     if set(state) != set(fresh_state.backbone_state):

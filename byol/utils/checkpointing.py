@@ -257,6 +257,26 @@ def describe_networks(params: Any) -> str:
   return ', '.join(parts) or 'no network'
 
 
+def encoder_from_state(experiment_state: Any, *, path: str) -> tuple[dict, dict]:
+  """The encoder's parameters and BatchNorm state held by a pretraining or linear-eval state.
+
+  A pretraining state keeps the encoder in its online network, next to the projector, predictor
+  and classifier heads, which are left out; a linear-evaluation state keeps it as its backbone.
+  """
+  for params_field, state_field in (('online_params', 'online_state'),
+                                    ('backbone_params', 'backbone_state')):
+    params = getattr(experiment_state, params_field, None)
+    state = getattr(experiment_state, state_field, None)
+    if isinstance(params, Mapping) and isinstance(state, Mapping):
+      def encoder_part(tree: Mapping[str, Any]) -> dict[str, Any]:
+        return {module: value for module, value in tree.items()
+                if module.split('/')[0] not in HEAD_MODULES}
+      return encoder_part(params), encoder_part(state)
+  raise CheckpointError(
+      f'{path} holds no encoder (online_params and online_state, or backbone_params and '
+      'backbone_state): is it a pretraining or linear-evaluation checkpoint?')
+
+
 def check_parameter_shapes(found: Any, wanted: Any, *, path: str, wanted_networks: str) -> None:
   """Refuses parameters from `path` whose names or shapes differ from those this config builds.
 

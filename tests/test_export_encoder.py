@@ -1,0 +1,82 @@
+"""Export of a trained encoder to .npz, and its use outside the experiment classes."""
+
+import os
+import subprocess
+import sys
+
+import haiku as hk
+import jax
+import numpy as np
+
+from byol import export_encoder
+from byol.configs import byol as byol_config
+from byol.utils import checkpointing
+from byol.utils import dataset
+from byol.utils import helpers
+from byol.utils import networks
+from test_eval_experiment import IMAGE_SIZE, make_experiment, write_pretrain_checkpoint
+
+
+def test_export_of_a_pretraining_checkpoint_round_trips_the_online_encoder(tmp_path):
+  checkpoint, pretrain_state = write_pretrain_checkpoint(tmp_path)
+  output = str(tmp_path / 'encoder.npz')
+  assert export_encoder.export_encoder(checkpoint, output) == 'tiny_res_net width 1'
+
+  params, state = export_encoder.load_encoder(output)
+  encoder_modules = {m for m in pretrain_state.online_params if m.startswith('tiny_res_net/')}
+  assert set(params) == encoder_modules
+  jax.tree.map(np.testing.assert_array_equal, params,
+               {m: pretrain_state.online_params[m] for m in encoder_modules})
+  jax.tree.map(np.testing.assert_array_equal, state,
+               {m: pretrain_state.online_state[m] for m in state})
+  assert len(state) == len([m for m in pretrain_state.online_state if m.startswith('tiny_res_net/')])
+
+
+def test_exported_encoder_gives_the_embedding_of_the_linear_evaluation_backbone(tmp_path):
+  checkpoint, _ = write_pretrain_checkpoint(tmp_path)
+  experiment = make_experiment(tmp_path, checkpoint)
+  experiment.initialize(jax.random.key(0))
+  experiment.save_checkpoint(global_step=0, rng=jax.random.key(1))
+  output = str(tmp_path / 'encoder.npz')
+  export_encoder.export_encoder(experiment.checkpoint_path, output)
+
+  # The README's recipe: the same encoder class, inference mode, normalised images.
+  params, state = export_encoder.load_encoder(output)
+  bn_config = byol_config.get_config(100, 8)['network_config']['bn_config']
+  encoder = hk.without_apply_rng(hk.transform_with_state(
+      lambda images: networks.TinyResNet(bn_config=bn_config)(images, is_training=False)))
+  images = np.random.default_rng(0).uniform(size=(3, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+  embedding, _ = encoder.apply(params, state, dataset.normalize_images(images))
+
+  run_state = helpers.to_host(experiment.state)
+  expected, _ = experiment._backbone.apply(
+      run_state.backbone_params, run_state.backbone_state, images, is_training=False)
+  np.testing.assert_allclose(embedding, expected, rtol=1e-6, atol=1e-6)
+  jax.tree.map(np.testing.assert_array_equal, export_encoder.load_classifier(output),
+               run_state.classif_params)
+
+
+def test_command_line_reports_a_bad_checkpoint_and_writes_nothing(tmp_path):
+  bad = tmp_path / 'pretrain.pkl'
+  bad.write_bytes(b'not a pickle at all')
+  output = tmp_path / 'encoder.npz'
+  result = subprocess.run(
+      [sys.executable, '-m', 'byol.export_encoder', f'--checkpoint={bad}', f'--output={output}'],
+      capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode != 0
+  assert 'error:' in result.stderr and 'truncated or not a checkpoint' in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not output.exists()
+
+
+def test_command_line_exports(tmp_path):
+  checkpoint, _ = write_pretrain_checkpoint(tmp_path)
+  output = tmp_path / 'encoder.npz'
+  result = subprocess.run(
+      [sys.executable, '-m', 'byol.export_encoder', f'--checkpoint={checkpoint}',
+       f'--output={output}'], capture_output=True, text=True,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 0, result.stderr
+  assert 'Wrote tiny_res_net width 1 to' in result.stdout
+  assert checkpointing.describe_networks(export_encoder.load_encoder(str(output))[0]) == (
+      'tiny_res_net width 1')
