@@ -12,6 +12,7 @@ evaluates every new checkpoint once and exits after the final step's. With
 encoder of `<checkpoint_root>/pretrain.pkl`, checkpointing to `linear-eval.pkl`.
 """
 
+import copy
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from byol import byol_experiment
 from byol import eval_experiment
 from byol.configs import byol as byol_config
 from byol.configs import eval as eval_config
+from byol.configs import override
 from byol.utils import checkpointing
 from byol.utils import dataset
 from byol.utils import helpers
@@ -58,6 +60,13 @@ flags.DEFINE_integer('save_checkpoint_interval', 300, 'Seconds between two check
                      lower_bound=0)
 flags.DEFINE_float('eval_poll_interval', 10., 'Seconds between two looks for a new checkpoint.',
                    lower_bound=0.)
+flags.DEFINE_multi_string(
+    'override', [], 'key.path=value: sets any entry of the config (repeatable, applied last), e.g. '
+    'network_config.encoder_config.width_multiplier=2 or freeze_backbone=false.')
+flags.DEFINE_list('base_learning_rates', None,
+                  'Linear evaluation with the paper\'s protocol (train worker only): one classifier '
+                  'per base learning rate trained on TRAIN, the best on VALID reported on TEST, '
+                  'and the table of all runs written to <checkpoint_root>/linear-eval-sweep.json.')
 
 flags.register_validator(
     'pretrain_epochs', lambda value: value in byol_config.PRESETS,
@@ -65,9 +74,28 @@ flags.register_validator(
 flags.register_validator(
     'batch_size', lambda value: value > 0, message='--batch_size must be positive.')
 
+
+def _are_positive_numbers(values: list[str] | None) -> bool:
+  try:
+    return values is None or (bool(values) and all(float(value) > 0 for value in values))
+  except ValueError:
+    return False
+
+
+flags.register_validator(
+    'base_learning_rates', _are_positive_numbers,
+    message='--base_learning_rates must be a comma-separated list of positive numbers, '
+            'e.g. 0.1,0.2,0.4.')
+flags.register_multi_flags_validator(
+    ['base_learning_rates', 'experiment_mode', 'worker_mode'],
+    lambda values: values['base_learning_rates'] is None or (
+        values['experiment_mode'] == 'linear-eval' and values['worker_mode'] == 'train'),
+    message='--base_learning_rates runs the linear-evaluation protocol: use it with '
+            '--experiment_mode=linear-eval --worker_mode=train.')
+
 # Errors that come from the user's input; they are reported in one line, without a traceback.
 _USER_ERRORS = (dataset.DatasetNotFoundError, checkpointing.CheckpointError,
-                helpers.BatchSizeError, FloatingPointError)
+                helpers.BatchSizeError, override.OverrideError, FloatingPointError)
 
 
 # The experiment class of each --experiment_mode.
@@ -107,6 +135,7 @@ def get_config() -> dict[str, Any]:
   config['checkpointing_config'].update(
       checkpoint_dir=FLAGS.checkpoint_root,
       save_checkpoint_interval=FLAGS.save_checkpoint_interval)
+  override.apply(config, FLAGS.override)
   return config
 
 
@@ -127,16 +156,18 @@ def _format_scalars(scalars: Mapping[str, float]) -> str:
   return ', '.join(f'{name}={value:.4g}' for name, value in sorted(scalars.items()))
 
 
-def train_loop(config: Mapping[str, Any]) -> None:
+def train_loop(config: Mapping[str, Any]) -> Any:
   """Trains until `max_steps`, resuming from the checkpoint, saving periodically and at the end.
 
   With `--experiment_mode=linear-eval`, a fresh run starts from `<checkpoint_root>/pretrain.pkl`.
+  Returns the experiment, holding the final state.
   """
   experiment = _EXPERIMENTS[FLAGS.experiment_mode](**config)
   experiment.check_writable()
   max_steps = config['max_steps']
+  checkpoint_dir = config['checkpointing_config']['checkpoint_dir']
   save_interval = config['checkpointing_config']['save_checkpoint_interval']
-  scalar_log = _ScalarLog(os.path.join(FLAGS.checkpoint_root, f'{FLAGS.experiment_mode}_train.jsonl'))
+  scalar_log = _ScalarLog(os.path.join(checkpoint_dir, f'{FLAGS.experiment_mode}_train.jsonl'))
 
   restored = experiment.load_checkpoint()
   if restored is None:
@@ -174,6 +205,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
       last_save_time = time.time()
   experiment.save_checkpoint(global_step=step, rng=loop_rng)
   logging.info('Training done at step %d; checkpoint %s.', step, experiment.checkpoint_path)
+  return experiment
 
 
 def eval_loop(config: Mapping[str, Any]) -> None:
@@ -202,6 +234,47 @@ def eval_loop(config: Mapping[str, Any]) -> None:
     time.sleep(FLAGS.eval_poll_interval)
 
 
+def sweep_loop(config: Mapping[str, Any]) -> None:
+  """The paper's linear-evaluation protocol over `--base_learning_rates` (SPEC section 9).
+
+  One classifier per base learning rate is trained on TRAIN, in its own folder
+  `<checkpoint_root>/linear-eval-sweep/lr_<rate>` (so an interrupted sweep resumes where it
+  stopped) and scored on VALID; the best one on VALID is then scored on TEST. Only the chosen run
+  is ever evaluated on TEST. The table of all runs goes to `<checkpoint_root>/linear-eval-sweep.json`.
+  """
+  runs = []
+  for rate in sorted({float(value) for value in FLAGS.base_learning_rates}):
+    run_config = copy.deepcopy(dict(config))
+    run_config['lr_schedule_config']['base_learning_rate'] = rate
+    run_config['dataset_config']['train_split'] = 'train'
+    run_config['evaluation_config']['subset'] = 'valid'
+    run_config['checkpointing_config']['checkpoint_dir'] = os.path.join(
+        FLAGS.checkpoint_root, 'linear-eval-sweep', f'lr_{rate:g}')
+    logging.info('Sweep: base learning rate %g.', rate)
+    experiment = train_loop(run_config)
+    valid = experiment.evaluate(global_step=run_config['max_steps'])
+    logging.info('Sweep: base learning rate %g | VALID %s', rate, _format_scalars(valid))
+    runs.append(dict(base_learning_rate=rate, checkpoint=experiment.checkpoint_path,
+                     valid=valid, test=None))
+
+  chosen = max(runs, key=lambda run: run['valid']['top1_accuracy'])
+  test_config = copy.deepcopy(dict(config))
+  test_config['checkpointing_config']['checkpoint_dir'] = os.path.dirname(chosen['checkpoint'])
+  test_config['lr_schedule_config']['base_learning_rate'] = chosen['base_learning_rate']
+  experiment = _EXPERIMENTS[FLAGS.experiment_mode](**test_config)
+  step, _ = experiment.load_checkpoint()
+  chosen['test'] = experiment.evaluate(global_step=step)
+  table = dict(protocol='train on TRAIN, choose on VALID (top-1), report on TEST',
+               chosen_base_learning_rate=chosen['base_learning_rate'], runs=runs)
+  path = os.path.join(FLAGS.checkpoint_root, 'linear-eval-sweep.json')
+  if jax.process_index() == 0:
+    with open(path + '.tmp', 'w') as f:
+      json.dump(table, f, indent=2)
+    os.replace(path + '.tmp', path)
+  logging.info('Sweep: chose base learning rate %g on VALID | TEST %s | table %s',
+               chosen['base_learning_rate'], _format_scalars(chosen['test']), path)
+
+
 def _file_version(path: str) -> tuple[int, int] | None:
   try:
     stat = os.stat(path)
@@ -220,7 +293,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   try:
     config = get_config()
-    if FLAGS.worker_mode == 'train':
+    if FLAGS.base_learning_rates is not None:
+      sweep_loop(config)
+    elif FLAGS.worker_mode == 'train':
       train_loop(config)
     else:
       eval_loop(config)

@@ -122,6 +122,8 @@ def test_batch_size_not_divisible_by_devices_is_a_clear_error(tmp_path):
     ('--pretrain_epochs=50', '--pretrain_epochs must be one of'),
     ('--encoder=ResNet51', 'ResNet51'),
     ('--worker_mode=serve', 'serve'),
+    ('--base_learning_rates=0.1,fast', 'comma-separated list of positive numbers'),
+    ('--base_learning_rates=0.1', 'use it with --experiment_mode=linear-eval --worker_mode=train'),
 ])
 def test_unknown_flag_values_are_clear_errors(tmp_path, flag, message):
   code, output = run(f'--checkpoint_root={tmp_path}', flag, mock=False)
@@ -152,8 +154,44 @@ def test_linear_eval_trains_from_pretrain_checkpoint_and_eval_worker_reports_acc
   assert eval_log[-1]['num_examples'] == MOCK_NUM_EXAMPLES
 
 
+def test_unknown_override_key_is_a_clear_error(tmp_path):
+  code, output = run('--worker_mode=train', f'--checkpoint_root={tmp_path}', *TINY_RUN,
+                     '--override=optimizer_config.weight_dacay=0')
+  assert_one_clear_error(code, output, 'unknown key `weight_dacay`', 'weight_decay')
+
+
+def test_random_encoder_baseline_by_override(tmp_path):
+  code, output = run('--experiment_mode=linear-eval', '--worker_mode=train',
+                     f'--checkpoint_root={tmp_path}', '--max_steps=1', *TINY_RUN,
+                     '--override=allow_train_from_scratch=true')
+  assert code == 0, output
+  assert 'RANDOM encoder' in output
+  assert checkpointing.load_checkpoint(str(tmp_path / 'linear-eval.pkl'))['step'] == 1
+
+
 def test_linear_eval_without_pretrain_checkpoint_is_a_clear_error(tmp_path):
   code, output = run('--experiment_mode=linear-eval', '--worker_mode=train',
                      f'--checkpoint_root={tmp_path}', '--max_steps=1', *TINY_RUN)
   assert_one_clear_error(code, output, 'No pretraining checkpoint', 'Pretrain first')
   assert not (tmp_path / 'linear-eval.pkl').exists()
+
+
+def test_paper_protocol_chooses_on_valid_and_reports_only_the_chosen_run_on_test(tmp_path):
+  flags = [f'--checkpoint_root={tmp_path}', '--max_steps=1', *TINY_RUN]
+  code, output = run('--experiment_mode=pretrain', '--worker_mode=train', *flags)
+  assert code == 0, output
+  code, output = run('--experiment_mode=linear-eval', '--worker_mode=train',
+                     '--base_learning_rates=0.4,0.1', *flags)
+  assert code == 0, output
+
+  table = json.load(open(tmp_path / 'linear-eval-sweep.json'))
+  runs = table['runs']
+  assert [entry['base_learning_rate'] for entry in runs] == [0.1, 0.4]
+  best = max(runs, key=lambda entry: entry['valid']['top1_accuracy'])
+  assert table['chosen_base_learning_rate'] == best['base_learning_rate']
+  for entry in runs:
+    assert os.path.exists(entry['checkpoint'])
+    assert entry['valid']['num_examples'] == MOCK_NUM_EXAMPLES // 10  # VALID: a tenth of train.
+    assert (entry['test'] is None) == (entry is not best)
+  assert best['test']['num_examples'] == MOCK_NUM_EXAMPLES
+  assert f'chose base learning rate {best["base_learning_rate"]:g} on VALID' in output

@@ -33,7 +33,8 @@ def get_config(
       ),
       optimizer_config=dict(momentum=0.9, nesterov=True),
       lr_schedule_config=dict(base_learning_rate=0.2, warmup_steps=0),
-      dataset_config=dict(name='imagenet2012', data_dir=None, image_size=224),
+      dataset_config=dict(
+          name='imagenet2012', data_dir=None, image_size=224, train_split='train_and_valid'),
       evaluation_config=dict(subset='test', batch_size=100),
       checkpointing_config=dict(
           use_checkpointing=True,

@@ -102,7 +102,7 @@ class Experiment:
     """The next training batch on the devices; the input pipeline starts on the first call."""
     if self._train_input is None:
       batches = dataset.load(
-          dataset.Split.TRAIN_AND_VALID,
+          dataset.Split.from_string(self._dataset_config['train_split']),
           preprocess_mode=self._train_preprocess_mode,
           batch_dims=[self._batch_size // jax.process_count()],
           image_size=self._dataset_config['image_size'],
