@@ -34,6 +34,7 @@ from byol.utils import checkpointing
 from byol.utils import dataset
 from byol.utils import helpers
 from byol.utils import networks
+from byol.utils import summaries
 
 FLAGS = flags.FLAGS
 
@@ -139,19 +140,6 @@ def get_config() -> dict[str, Any]:
   return config
 
 
-class _ScalarLog:
-  """Appends scalars as JSON lines (`{"step": ..., "loss": ...}`) to a file, from process 0 only."""
-
-  def __init__(self, path: str):
-    self._path = path
-
-  def write(self, step: int, scalars: Mapping[str, float]) -> None:
-    if jax.process_index() != 0:
-      return
-    with open(self._path, 'a') as f:
-      f.write(json.dumps({'step': step, 'time': time.time(), **scalars}) + '\n')
-
-
 def _format_scalars(scalars: Mapping[str, float]) -> str:
   return ', '.join(f'{name}={value:.4g}' for name, value in sorted(scalars.items()))
 
@@ -167,7 +155,7 @@ def train_loop(config: Mapping[str, Any]) -> Any:
   max_steps = config['max_steps']
   checkpoint_dir = config['checkpointing_config']['checkpoint_dir']
   save_interval = config['checkpointing_config']['save_checkpoint_interval']
-  scalar_log = _ScalarLog(os.path.join(checkpoint_dir, f'{FLAGS.experiment_mode}_train.jsonl'))
+  scalar_log = summaries.ScalarLog(checkpoint_dir, f'{FLAGS.experiment_mode}_train')
 
   restored = experiment.load_checkpoint()
   if restored is None:
@@ -212,7 +200,7 @@ def eval_loop(config: Mapping[str, Any]) -> None:
   """Evaluates each new checkpoint once; returns after evaluating the one of the final step."""
   experiment = _EXPERIMENTS[FLAGS.experiment_mode](**config)
   max_steps = config['max_steps']
-  scalar_log = _ScalarLog(os.path.join(FLAGS.checkpoint_root, f'{FLAGS.experiment_mode}_eval.jsonl'))
+  scalar_log = summaries.ScalarLog(FLAGS.checkpoint_root, f'{FLAGS.experiment_mode}_eval')
   path = experiment.checkpoint_path
   last_seen_version = last_evaluated_step = None
   logging.info('Waiting for checkpoints at %s.', path)
