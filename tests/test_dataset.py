@@ -1,5 +1,8 @@
 """Tests of the tf.data input pipeline: crop windows, batch layout, exact evaluation, sharding."""
 
+import pathlib
+import tarfile
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -247,7 +250,9 @@ def test_split_from_string_accepts_any_case_and_validation():
 
 
 def test_valid_is_held_out_from_the_start_of_train(tiny_data_dir, monkeypatch):
-  monkeypatch.setattr(dataset, '_VALID_HOLDOUT', 10)  # ImageNet holds out 10,000 of 1,281,167.
+  # ImageNet holds out 10,000 of 1,281,167; here 10 of 25.
+  monkeypatch.setattr(dataset, '_VALID_HOLDOUT', 10)
+  monkeypatch.setattr(dataset, '_VALID_HOLDOUT_FRACTION', 2)
   sizes = {split: dataset.num_examples(split, DatasetTestTinyImages.name, tiny_data_dir)
            for split in dataset.Split}
   assert sizes == {dataset.Split.TRAIN_AND_VALID: 25, dataset.Split.TRAIN: 15,
@@ -259,12 +264,10 @@ def test_valid_is_held_out_from_the_start_of_train(tiny_data_dir, monkeypatch):
   assert labels[dataset.Split.TRAIN] | labels[dataset.Split.VALID] == set(range(25))
 
 
-def test_train_split_smaller_than_holdout_is_all_train(tiny_data_dir):
-  assert dataset.num_examples(
-      dataset.Split.TRAIN, DatasetTestTinyImages.name, tiny_data_dir) == TINY_TRAIN_SIZE
-  with pytest.raises(ValueError, match='no example of the VALID split'):
-    load_tiny(dataset.Split.VALID, tiny_data_dir, preprocess_mode=dataset.PreprocessMode.EVAL,
-              batch_dims=[4])
+def test_small_train_split_holds_out_a_tenth_for_valid(tiny_data_dir):
+  sizes = {split: dataset.num_examples(split, DatasetTestTinyImages.name, tiny_data_dir)
+           for split in (dataset.Split.TRAIN, dataset.Split.VALID)}
+  assert sizes == {dataset.Split.TRAIN: 23, dataset.Split.VALID: 2}  # 25 // 10 held out.
 
 
 def test_num_examples_under_tfds_mock_is_the_mock_size():
@@ -312,3 +315,126 @@ def test_normalize_images_standardises_each_channel(to_array):
   normalized = dataset.normalize_images(to_array(images))
   assert normalized.dtype == np.float32
   np.testing.assert_allclose(np.asarray(normalized), expected, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------- folder and synthetic data
+
+def write_image_folder(root, layout, image_format='png'):
+  """Writes `{split: {class: count}}` random images of various sizes under `root`."""
+  rng = np.random.default_rng(0)
+  encode = tf.io.encode_png if image_format == 'png' else tf.io.encode_jpeg
+  for split, classes in layout.items():
+    (root / split).mkdir(parents=True)
+    for name, count in classes.items():
+      (root / split / name).mkdir()
+      for index in range(count):
+        image = rng.integers(0, 256, (20 + index, 30 - index, 3), dtype=np.uint8)
+        (root / split / name / f'{index}.{image_format}').write_bytes(encode(image).numpy())
+  return f'folder:{root}'
+
+
+def test_folder_dataset_reads_classes_and_splits_from_the_folders(tmp_path):
+  name = write_image_folder(tmp_path, {'train': {'cat': 12, 'dog': 8, 'eel': 10},
+                                       'val': {'cat': 2, 'eel': 3}}, image_format='jpg')
+  assert dataset.num_classes(name) == 3
+  sizes = {split: dataset.num_examples(split, name) for split in dataset.Split}
+  assert sizes == {dataset.Split.TRAIN_AND_VALID: 30, dataset.Split.TRAIN: 27,
+                   dataset.Split.VALID: 3, dataset.Split.TEST: 5}
+  assert dataset.default_image_size(name) == 20  # The first train image's short side.
+  batches = list(dataset.load(dataset.Split.TEST, preprocess_mode=dataset.PreprocessMode.EVAL,
+                              batch_dims=[4], image_size=16, dataset_name=name))
+  assert sorted(real_labels(batches)) == [0, 0, 2, 2, 2]  # cat = 0, eel = 2 (sorted train names)
+  batch = next(dataset.load(dataset.Split.TRAIN_AND_VALID, batch_dims=[8], image_size=16,
+                            preprocess_mode=dataset.PreprocessMode.PRETRAIN, dataset_name=name))
+  assert batch['view1'].shape == (8, 16, 16, 3) and set(batch['labels']) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize('layout, match', [
+    ({'train': {'a': 1}}, r'must hold train/<class>/\* and val/<class>/\*'),
+    ({'val': {'a': 1}}, r'must hold train/<class>/\* and val/<class>/\*'),
+    ({'train': {}, 'test': {'a': 1}}, 'has no class sub-folders'),
+    ({'train': {'a': 1, 'b': 0}, 'test': {'a': 1}}, r'b holds no image'),
+    ({'train': {'a': 1}, 'test': {'z': 1}}, r"classes that train/ lacks: \['z'\]"),
+])
+def test_malformed_folders_are_clear_errors(tmp_path, layout, match):
+  with pytest.raises(dataset.DatasetError, match=match):
+    dataset.num_classes(write_image_folder(tmp_path, layout))
+
+
+def test_files_that_are_not_images_are_named(tmp_path):
+  name = write_image_folder(tmp_path, {'train': {'a': 2}, 'val': {'a': 1}})
+  (tmp_path / 'train' / 'a' / 'notes.jpg').write_text('not an image')
+  with pytest.raises(dataset.DatasetError, match=r'1 files .* not JPEG, PNG, GIF or BMP.*notes.jpg'):
+    dataset.num_classes(name)
+
+
+def test_missing_folder_and_empty_path_are_clear_errors(tmp_path):
+  with pytest.raises(dataset.DatasetError, match='No folder'):
+    dataset.num_classes(f'folder:{tmp_path / "absent"}')
+  with pytest.raises(dataset.DatasetError, match='needs a PATH'):
+    dataset.num_classes('folder:')
+
+
+def test_training_split_smaller_than_one_batch_is_a_clear_error(tmp_path):
+  name = write_image_folder(tmp_path, {'train': {'a': 3, 'b': 3}, 'val': {'a': 1}})
+  with pytest.raises(dataset.DatasetError, match='6 examples, fewer than one batch of 8'):
+    dataset.load(dataset.Split.TRAIN_AND_VALID, preprocess_mode=dataset.PreprocessMode.PRETRAIN,
+                 batch_dims=[8], image_size=16, dataset_name=name)
+
+
+def test_synthetic_dataset_is_embedded():
+  assert dataset.num_classes('synthetic') == 10
+  assert dataset.default_image_size('synthetic') == 32
+  assert dataset.num_examples(dataset.Split.TRAIN_AND_VALID, 'synthetic') == 5000
+  assert dataset.num_examples(dataset.Split.VALID, 'synthetic') == 500
+  assert dataset.num_examples(dataset.Split.TEST, 'synthetic') == 1000
+  batches = dataset.load(dataset.Split.TEST, preprocess_mode=dataset.PreprocessMode.EVAL,
+                         batch_dims=[250], image_size=32, dataset_name='synthetic')
+  labels = real_labels(list(batches))
+  assert np.bincount(labels).tolist() == [100] * 10
+
+
+def test_center_crop_keeps_the_whole_image_without_padding():
+  window = dataset._center_crop_window(32, 32, 32, padding=0).numpy()
+  assert window.tolist() == [0, 0, 32, 32]
+  window = dataset._center_crop_window(32, 32, 32).numpy()  # SPEC 7: 32 / 64 of the short side.
+  assert window.tolist() == [8, 8, 16, 16]
+
+
+# --------------------------------------------------------------- real images in ../shared/data
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parent.parent.parent / 'shared' / 'data'
+
+
+@pytest.fixture(scope='session')
+def real_folders(tmp_path_factory):
+  """Imagenette and CIFAR-10 JPEG folders extracted from ../shared/data (skipped if absent)."""
+  folders = {}
+  for name, archive, folder in (('imagenette', 'imagenette2-160.tar', 'imagenette2-160'),
+                                ('cifar10', 'cifar10-jpg.tar.gz', 'cifar10_jpg')):
+    if not (SHARED_DATA / archive).exists():
+      pytest.skip(f'{SHARED_DATA / archive} is absent: real-data tests need ../shared/data.')
+    target = tmp_path_factory.mktemp(name)
+    with tarfile.open(SHARED_DATA / archive) as tar:
+      tar.extractall(target, filter='data')
+    folders[name] = f'folder:{target / folder}'
+  return folders
+
+
+@pytest.mark.parametrize('name, sizes', [
+    ('imagenette', (9469, 946, 3925)),
+    ('cifar10', (50000, 5000, 10000)),
+])
+def test_real_image_folders_have_their_published_sizes(real_folders, name, sizes):
+  folder = real_folders[name]
+  assert dataset.num_classes(folder) == 10
+  assert tuple(dataset.num_examples(split, folder) for split in (
+      dataset.Split.TRAIN_AND_VALID, dataset.Split.VALID, dataset.Split.TEST)) == sizes
+  batch = next(dataset.load(dataset.Split.TRAIN_AND_VALID, batch_dims=[4], image_size=32,
+                            preprocess_mode=dataset.PreprocessMode.PRETRAIN, dataset_name=folder))
+  assert batch['view1'].shape == (4, 32, 32, 3)
+  batch = next(dataset.load(dataset.Split.TEST, batch_dims=[4], image_size=32,
+                            preprocess_mode=dataset.PreprocessMode.EVAL, dataset_name=folder))
+  assert batch['images'].shape == (4, 32, 32, 3) and batch['mask'].tolist() == [1.] * 4
+  # CIFAR's 32 px images are evaluated whole; Imagenette's 160 px get the 32 / 64 centre crop.
+  assert dataset._source(folder, None).center_crop_padding == (0 if name == 'cifar10' else 32)

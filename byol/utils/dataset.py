@@ -1,19 +1,26 @@
-"""ImageNet input pipeline: TFDS records in, numpy batches of cropped images out (SPEC 6, 7).
+"""Input pipeline: encoded images in, numpy batches of cropped images out (SPEC 6, 7).
 
-Everything here runs in tf.data on the host CPU: decoding, the random resized crops of the
-pretraining views, the centre crop of evaluation, batching. The colour augmentations run later, on
-the accelerator (`byol.utils.augmentations`).
+The images come from TFDS (`imagenet2012`, `imagenette`, `cifar10` or any TFDS name), from a
+class-per-folder tree (`folder:PATH`) or from the embedded `synthetic` set; each is a source of
+encoded examples `{'image': bytes, 'label': int64}` with a train and a test split. Everything here
+runs in tf.data on the host CPU: decoding, the random resized crops of the pretraining views, the
+centre crop of evaluation, batching. The colour augmentations run later, on the accelerator
+(`byol.utils.augmentations`).
 """
 
 from collections.abc import Callable, Iterator, Sequence
 import enum
+import functools
 import math
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from byol.utils import image_folder
+from byol.utils import synthetic
 
 Batch = dict[str, np.ndarray]
 ImageArray = TypeVar('ImageArray', np.ndarray, jax.Array)
@@ -23,17 +30,28 @@ CropWindowFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 Example = dict[str, tf.Tensor]
 
 # ImageNet's test labels were never released: its TFDS `validation` split is our TEST split, and
-# the first 10,000 images of TFDS `train` are held out as our VALID split.
+# the first 10,000 images of TFDS `train` are held out as our VALID split. Smaller sets hold out a
+# tenth of their train split.
 _VALID_HOLDOUT = 10_000
+_VALID_HOLDOUT_FRACTION = 10
 _MEAN_RGB = (0.485, 0.456, 0.406)
 _STDDEV_RGB = (0.229, 0.224, 0.225)
 _CROP_AREA_RANGE = (0.08, 1.0)  # Fraction of the image area.
 _CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)  # Width / height, sampled log-uniformly.
 _CENTER_CROP_PADDING = 32  # The centre crop keeps S / (S + 32) of the short side.
+# Names of datasets with their own defaults; other names are TFDS datasets like ImageNet.
+_TFDS_ALIASES = {'imagenette': 'imagenette/160px-v2'}
+_FOLDER_PREFIX = 'folder:'
+_MAX_DEFAULT_IMAGE_SIZE = 224
+_TINY_IMAGE_SIDE = 64  # Folders of images this small or smaller are evaluated uncropped.
 
 
-class DatasetNotFoundError(ValueError):
-  """The TFDS dataset is unknown or not downloaded and prepared in the data folder."""
+class DatasetError(ValueError):
+  """A dataset that cannot be read as asked: missing, malformed, or too small for the batch."""
+
+
+class DatasetNotFoundError(DatasetError):
+  """The dataset is unknown or not downloaded and prepared in the data folder."""
 
 
 class Split(enum.Enum):
@@ -80,19 +98,127 @@ def normalize_images(images: ImageArray) -> ImageArray:
 
 def num_examples(split: Split, dataset_name: str = 'imagenet2012',
                  data_dir: str | None = None) -> int:
-  """Number of examples of `split` of a prepared TFDS dataset.
+  """Number of examples of `split` of a dataset.
 
-  VALID is the first 10,000 examples of TFDS `train` and TRAIN the rest; a `train` split of at most
-  10,000 examples is all TRAIN, with an empty VALID.
+  VALID is the first `min(10,000, n / 10)` examples of the train split and TRAIN the rest (for
+  ImageNet: 10,000 and 1,271,167); TEST is the dataset's evaluation split.
   """
-  builder = _builder(dataset_name, data_dir)
-  _, start, end = _split_range(builder, split)
+  _, start, end = _split_range(_source(dataset_name, data_dir), split)
   return end - start
 
 
 def num_classes(dataset_name: str = 'imagenet2012', data_dir: str | None = None) -> int:
-  """Number of classes of the dataset's `label` feature."""
-  return _builder(dataset_name, data_dir).info.features['label'].num_classes
+  """Number of classes of the dataset's labels."""
+  return _source(dataset_name, data_dir).num_classes
+
+
+def default_image_size(dataset_name: str = 'imagenet2012', data_dir: str | None = None) -> int:
+  """The side of the crops for this dataset: 224 for ImageNet, 128 for imagenette (SPEC 7), the
+  native 32 for cifar10 and synthetic, and for a folder its first image's short side (at most 224).
+  """
+  return _source(dataset_name, data_dir).default_image_size()
+
+
+class _Source(NamedTuple):
+  """Where a dataset's encoded examples `{'image': bytes, 'label': int64}` come from."""
+  num_classes: int
+  split_sizes: dict[str, int]  # 'train' and 'test'.
+  # (split, start, end, shuffle, seed) -> examples [start, end) of 'train' or 'test'.
+  read: Callable[[str, int, int, bool, int | None], tf.data.Dataset]
+  default_image_size: Callable[[], int]
+  center_crop_padding: int = _CENTER_CROP_PADDING
+
+
+def _source(dataset_name: str, data_dir: str | None) -> _Source:
+  """The source of `dataset_name` (see the module docstring).
+
+  Folder listings and synthetic images are made once per process; TFDS sources are cheap to make
+  and are not cached, as TFDS mocks in tests change them.
+  """
+  # Before TensorFlow's first op, which would initialise (and take memory on) the accelerators.
+  _hide_accelerators_from_tensorflow()
+  if dataset_name.startswith(_FOLDER_PREFIX):
+    return _folder_source(dataset_name[len(_FOLDER_PREFIX):])
+  if dataset_name == 'synthetic':
+    return _synthetic_source()
+  return _tfds_source(dataset_name, data_dir)
+
+
+def _tfds_source(dataset_name: str, data_dir: str | None) -> _Source:
+  builder = _builder(_TFDS_ALIASES.get(dataset_name, dataset_name), data_dir)
+  splits = builder.info.splits
+  # ImageNet's and Imagenette's labelled evaluation split is `validation`; others have `test`.
+  test_split = 'test' if 'test' in splits and 'validation' not in splits else 'validation'
+  if dataset_name == 'cifar10':
+    test_split = 'test'
+  tfds_splits = {'train': 'train', 'test': test_split}
+
+  def read(split: str, start: int, end: int, shuffle: bool, seed: int | None) -> tf.data.Dataset:
+    return _as_dataset(builder, f'{tfds_splits[split]}[{start}:{end}]', shuffle_files=shuffle,
+                       seed=seed)
+
+  native_sizes = {'imagenette': 128, 'cifar10': 32}  # imagenette: SPEC 7's small-scale preset.
+  return _Source(
+      num_classes=builder.info.features['label'].num_classes,
+      split_sizes={split: _tfds_split_size(builder, name) for split, name in tfds_splits.items()},
+      read=read,
+      default_image_size=lambda: native_sizes.get(dataset_name, _MAX_DEFAULT_IMAGE_SIZE),
+      # CIFAR-10 images are the crop already: evaluation keeps all of them.
+      center_crop_padding=0 if dataset_name == 'cifar10' else _CENTER_CROP_PADDING)
+
+
+def _folder_source(path: str) -> _Source:
+  if not path:
+    raise DatasetError('--dataset=folder:PATH needs a PATH, e.g. folder:/data/flowers.')
+  try:
+    listing = image_folder.list_image_folder(path)
+  except image_folder.ImageFolderError as error:
+    raise DatasetError(str(error)) from None
+  files = {'train': listing.train, 'test': listing.eval}
+
+  def read(split: str, start: int, end: int, shuffle: bool, seed: int | None) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensor_slices({
+        'path': np.asarray(files[split].paths[start:end]),
+        'label': np.asarray(files[split].labels[start:end], np.int64)})
+    if shuffle:  # A new order of the file names (cheap) in every epoch.
+      ds = ds.shuffle(end - start, seed=seed, reshuffle_each_iteration=True)
+    return ds.map(lambda example: {'image': tf.io.read_file(example['path']),
+                                   'label': example['label']},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+  first_image = tf.io.decode_image(tf.io.read_file(listing.train.paths[0]), channels=3,
+                                   expand_animations=False)
+  short_side = int(min(first_image.shape[:2]))
+  return _Source(
+      num_classes=len(listing.class_names),
+      split_sizes={split: len(files[split].paths) for split in files},
+      read=read,
+      default_image_size=lambda: min(short_side, _MAX_DEFAULT_IMAGE_SIZE),
+      # Tiny images (CIFAR-like) are the object already: evaluation keeps all of them.
+      center_crop_padding=0 if short_side <= _TINY_IMAGE_SIDE else _CENTER_CROP_PADDING)
+
+
+def _synthetic_source() -> _Source:
+  def read(split: str, start: int, end: int, shuffle: bool, seed: int | None) -> tf.data.Dataset:
+    del shuffle, seed  # In memory: the shuffle buffer of `load` mixes the whole split.
+    images, labels = _synthetic_examples(split)
+    return tf.data.Dataset.from_tensor_slices(
+        {'image': images[start:end], 'label': labels[start:end]})
+
+  return _Source(
+      num_classes=synthetic.NUM_CLASSES,
+      split_sizes=dict(synthetic.SPLIT_SIZES),
+      read=read,
+      default_image_size=lambda: synthetic.IMAGE_SIZE,
+      center_crop_padding=0)  # The shapes fill the image; a centre crop would cut them.
+
+
+@functools.cache
+def _synthetic_examples(split: str) -> tuple[np.ndarray, np.ndarray]:
+  """The synthetic split as PNG bytes [N] and labels [N], encoded once per process."""
+  images, labels = synthetic.make_split(split)
+  encoded = np.array([tf.io.encode_png(image).numpy() for image in images], dtype=object)
+  return encoded, labels
 
 
 def load(
@@ -114,7 +240,8 @@ def load(
   order and counts every example exactly once: the batches are completed with zero images whose
   float32 `mask` is 0 (1 for real examples), and every process yields the same number of batches.
 
-  Raises DatasetNotFoundError when the dataset is not prepared in `data_dir`, before any work.
+  Raises DatasetNotFoundError when the dataset is not prepared in `data_dir`, and DatasetError
+  when this process's part of a training split is smaller than one batch, before any work.
   """
   batch_dims = [int(size) for size in batch_dims]
   if not batch_dims or min(batch_dims) <= 0:
@@ -126,19 +253,22 @@ def load(
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} is not in [0, {process_count}).')
 
-  builder = _builder(dataset_name, data_dir)
-  tfds_split, start, end = _split_range(builder, split)
+  source = _source(dataset_name, data_dir)
+  source_split, start, end = _split_range(source, split)
   shard_start, shard_end = _shard_range(end - start, process_index, process_count)
   shard_size = shard_end - shard_start
   if shard_size == 0:
-    raise ValueError(
+    raise DatasetError(
         f'Process {process_index} of {process_count} gets no example of the {split.name} split '
         f'of {dataset_name} ({end - start} examples); use fewer processes or another split.')
-  shard_spec = f'{tfds_split}[{start + shard_start}:{start + shard_end}]'
 
   batch_size = math.prod(batch_dims)  # Per process.
   is_training = preprocess_mode is not PreprocessMode.EVAL
-  ds = _as_dataset(builder, shard_spec, shuffle_files=is_training, seed=seed)
+  if is_training and shard_size < batch_size:
+    raise DatasetError(
+        f'The {split.name} split of {dataset_name} has {end - start} examples, fewer than one '
+        f'batch of {batch_size * process_count}: use a smaller --batch_size.')
+  ds = source.read(source_split, start + shard_start, start + shard_end, is_training, seed)
   options = tf.data.Options()
   # Parallelism comes from the parallel map over examples; one thread per op avoids
   # oversubscribing the few host cores.
@@ -157,7 +287,8 @@ def load(
     ds = ds.map(preprocess(image_size), num_parallel_calls=tf.data.AUTOTUNE)
   else:
     # The padding below assumes exactly `shard_size` examples.
-    ds = ds.take(shard_size).map(_eval_fn(image_size), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.take(shard_size).map(_eval_fn(image_size, source.center_crop_padding),
+                                 num_parallel_calls=tf.data.AUTOTUNE)
     # Every process pads to the batch count of the largest shard, so that all of them take part
     # in every (cross-process) evaluation step.
     max_shard_size = math.ceil((end - start) / process_count)
@@ -185,14 +316,13 @@ def _hide_accelerators_from_tensorflow() -> None:
 
 
 def _builder(dataset_name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of `dataset_name`; every use of TensorFlow here starts with it."""
-  # Before TensorFlow's first op, which would initialise (and take memory on) the accelerators.
-  _hide_accelerators_from_tensorflow()
+  """The TFDS builder of `dataset_name`."""
   try:
     return tfds.builder(dataset_name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise DatasetNotFoundError(
-        f'TFDS has no dataset named {dataset_name!r}; check the name (e.g. imagenet2012).'
+        f'There is no dataset named {dataset_name!r}: use imagenet2012, imagenette, cifar10, '
+        'synthetic, folder:PATH or the name of a TFDS dataset.'
     ) from None
 
 
@@ -227,14 +357,12 @@ def _not_found_message(builder: tfds.core.DatasetBuilder) -> str:
                     'that holds the prepared dataset.')
 
 
-def _split_range(builder: tfds.core.DatasetBuilder, split: Split) -> tuple[str, int, int]:
-  """The TFDS split holding `split`, and `split`'s [start, end) within it."""
+def _split_range(source: _Source, split: Split) -> tuple[str, int, int]:
+  """The source split ('train' or 'test') holding `split`, and `split`'s [start, end) within it."""
   if split is Split.TEST:
-    return 'validation', 0, _tfds_split_size(builder, 'validation')
-  train_size = _tfds_split_size(builder, 'train')
-  # A `train` split no larger than the hold-out (small datasets, TFDS mocks) keeps all of its
-  # examples for TRAIN and leaves VALID empty.
-  holdout = _VALID_HOLDOUT if train_size > _VALID_HOLDOUT else 0
+    return 'test', 0, source.split_sizes['test']
+  train_size = source.split_sizes['train']
+  holdout = min(_VALID_HOLDOUT, train_size // _VALID_HOLDOUT_FRACTION)
   return 'train', *{
       Split.TRAIN_AND_VALID: (0, train_size),
       Split.TRAIN: (holdout, train_size),
@@ -262,11 +390,15 @@ def _shard_range(size: int, index: int, count: int) -> tuple[int, int]:
   return start, start + quotient + (index < remainder)
 
 
-def _center_crop_window(height: IntLike, width: IntLike, image_size: int) -> tf.Tensor:
-  """[offset_y, offset_x, side, side] of the square centre crop resized to `image_size`."""
+def _center_crop_window(height: IntLike, width: IntLike, image_size: int,
+                        padding: int = _CENTER_CROP_PADDING) -> tf.Tensor:
+  """[offset_y, offset_x, side, side] of the square centre crop resized to `image_size`.
+
+  The crop keeps `S / (S + padding)` of the short side (the whole of it for a padding of 0).
+  """
   # float64, so the side is exactly int(S / (S + 32) * min(h, w)) as in the spec's formula.
   short_side = tf.cast(tf.minimum(height, width), tf.float64)
-  side = tf.cast(image_size / (image_size + _CENTER_CROP_PADDING) * short_side, tf.int32)
+  side = tf.cast(image_size / (image_size + padding) * short_side, tf.int32)
   offset_y = (height - side + 1) // 2
   offset_x = (width - side + 1) // 2
   return tf.stack([offset_y, offset_x, side, side])
@@ -355,9 +487,10 @@ def _linear_train_fn(image_size: int) -> Callable[[Example, tf.Tensor], Example]
   return preprocess
 
 
-def _eval_fn(image_size: int) -> Callable[[Example], Example]:
+def _eval_fn(image_size: int, center_crop_padding: int) -> Callable[[Example], Example]:
   def preprocess(example: Example) -> Example:
-    window_fn = lambda height, width: _center_crop_window(height, width, image_size)
+    window_fn = lambda height, width: _center_crop_window(
+        height, width, image_size, center_crop_padding)
     image = _decode_and_crop(example['image'], window_fn)
     return {
         'images': _resize_to_unit_range(image, image_size),
