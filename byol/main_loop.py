@@ -46,17 +46,22 @@ flags.DEFINE_string('checkpoint_root', '/tmp/byol_checkpoints',
                     'Folder of the checkpoints (pretrain.pkl) and scalar logs.')
 flags.DEFINE_integer('pretrain_epochs', 1000,
                      f'Pretraining length; one of the presets {sorted(byol_config.PRESETS)}.')
-flags.DEFINE_integer('batch_size', 4096, 'Total batch size over all devices and hosts.')
+flags.DEFINE_string(
+    'dataset', 'imagenet2012', 'imagenet2012, imagenette (TFDS imagenette/160px-v2), cifar10, '
+    'synthetic (embedded, no download), folder:PATH (PATH/train/<class>/* and PATH/val/<class>/* '
+    'or PATH/test/<class>/* images) or any TFDS dataset name.')
+flags.DEFINE_integer('batch_size', None, 'Total batch size over all devices and hosts (default '
+                     f'{byol_config.DEFAULT_BATCH_SIZE}, or the dataset preset\'s).')
 flags.DEFINE_integer('log_tensors_interval', 60, 'Seconds between two logs of the scalars.')
 flags.DEFINE_integer('max_steps', None, 'Overrides the preset number of steps (the warm-up keeps '
                      'its share of the run).', lower_bound=1)
 flags.DEFINE_enum('encoder', None, sorted(networks.ENCODERS), 'Overrides the preset encoder.')
-flags.DEFINE_integer('image_size', None, 'Side of the training crops (default 224).',
-                     lower_bound=8)
+flags.DEFINE_integer('image_size', None, 'Side of the crops (default: 224 for ImageNet, the '
+                     'dataset\'s own otherwise).', lower_bound=8)
 flags.DEFINE_string('data_dir', None, 'TFDS data folder (default: $TFDS_DATA_DIR or '
                     '~/tensorflow_datasets).')
-flags.DEFINE_integer('eval_batch_size', None, 'Evaluation batch size (default 100).',
-                     lower_bound=1)
+flags.DEFINE_integer('eval_batch_size', None, 'Evaluation batch size (default 100, or the '
+                     'dataset preset\'s).', lower_bound=1)
 flags.DEFINE_integer('save_checkpoint_interval', 300, 'Seconds between two checkpoints.',
                      lower_bound=0)
 flags.DEFINE_float('eval_poll_interval', 10., 'Seconds between two looks for a new checkpoint.',
@@ -73,7 +78,8 @@ flags.register_validator(
     'pretrain_epochs', lambda value: value in byol_config.PRESETS,
     message=f'--pretrain_epochs must be one of {sorted(byol_config.PRESETS)}.')
 flags.register_validator(
-    'batch_size', lambda value: value > 0, message='--batch_size must be positive.')
+    'batch_size', lambda value: value is None or value > 0,
+    message='--batch_size must be positive.')
 
 
 def _are_positive_numbers(values: list[str] | None) -> bool:
@@ -95,7 +101,7 @@ flags.register_multi_flags_validator(
             '--experiment_mode=linear-eval --worker_mode=train.')
 
 # Errors that come from the user's input; they are reported in one line, without a traceback.
-_USER_ERRORS = (dataset.DatasetNotFoundError, checkpointing.CheckpointError,
+_USER_ERRORS = (dataset.DatasetError, checkpointing.CheckpointError,
                 helpers.BatchSizeError, override.OverrideError, FloatingPointError)
 
 
@@ -107,20 +113,36 @@ _EXPERIMENTS = {
 
 
 def get_config() -> dict[str, Any]:
-  """The config of `--experiment_mode` for the preset named by the flags, with their overrides."""
-  dataset_name = 'imagenet2012'
+  """The config of `--experiment_mode` for the flags: preset, dataset, then each flag's override.
+
+  The number of classes and of training images come from the dataset, as does the image size
+  unless `--image_size` is given.
+  """
+  dataset_name = FLAGS.dataset
+  preset = byol_config.dataset_preset(dataset_name)
+  batch_size = FLAGS.batch_size or preset.get('batch_size', byol_config.DEFAULT_BATCH_SIZE)
   train_images = dataset.num_examples(
       dataset.Split.TRAIN_AND_VALID, dataset_name=dataset_name, data_dir=FLAGS.data_dir)
   num_classes = dataset.num_classes(dataset_name, data_dir=FLAGS.data_dir)
   if FLAGS.experiment_mode == 'pretrain':
     config = byol_config.get_config(
-        FLAGS.pretrain_epochs, FLAGS.batch_size, train_images=train_images,
-        num_classes=num_classes)
+        FLAGS.pretrain_epochs, batch_size, train_images=train_images, num_classes=num_classes)
+    if 'base_learning_rate' in preset:
+      config['lr_schedule_config']['base_learning_rate'] = preset['base_learning_rate']
+    if 'weight_decay' in preset:
+      config['optimizer_config']['weight_decay'] = preset['weight_decay']
   else:
     pretrain_checkpoint = os.path.join(FLAGS.checkpoint_root, 'pretrain.pkl')
     config = eval_config.get_config(
-        pretrain_checkpoint if os.path.exists(pretrain_checkpoint) else None, FLAGS.batch_size,
+        pretrain_checkpoint if os.path.exists(pretrain_checkpoint) else None, batch_size,
         train_images=train_images, num_classes=num_classes)
+  # The linear evaluation must build the encoder that pretraining built.
+  config['network_config']['encoder_class'] = preset.get(
+      'encoder_class', config['network_config']['encoder_class'])
+  config['evaluation_config']['batch_size'] = preset.get(
+      'eval_batch_size', config['evaluation_config']['batch_size'])
+  config['dataset_config']['image_size'] = (
+      FLAGS.image_size or dataset.default_image_size(dataset_name, data_dir=FLAGS.data_dir))
   config['dataset_config'].update(name=dataset_name, data_dir=FLAGS.data_dir)
   if FLAGS.max_steps is not None:
     # Keep the warm-up's share of the run, so a shortened run has the preset's schedule shape.
@@ -129,8 +151,6 @@ def get_config() -> dict[str, Any]:
     config['lr_schedule_config']['warmup_steps'] = int(share * FLAGS.max_steps)
   if FLAGS.encoder is not None:
     config['network_config']['encoder_class'] = FLAGS.encoder
-  if FLAGS.image_size is not None:
-    config['dataset_config']['image_size'] = FLAGS.image_size
   if FLAGS.eval_batch_size is not None:
     config['evaluation_config']['batch_size'] = FLAGS.eval_batch_size
   config['checkpointing_config'].update(
