@@ -1,8 +1,5 @@
 """Tests of the tf.data input pipeline: crop windows, batch layout, exact evaluation, sharding."""
 
-import pathlib
-import tarfile
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -402,24 +399,6 @@ def test_center_crop_keeps_the_whole_image_without_padding():
 
 
 # --------------------------------------------------------------- real images in ../shared/data
-
-SHARED_DATA = pathlib.Path(__file__).resolve().parent.parent.parent / 'shared' / 'data'
-
-
-@pytest.fixture(scope='session')
-def real_folders(tmp_path_factory):
-  """Imagenette and CIFAR-10 JPEG folders extracted from ../shared/data (skipped if absent)."""
-  folders = {}
-  for name, archive, folder in (('imagenette', 'imagenette2-160.tar', 'imagenette2-160'),
-                                ('cifar10', 'cifar10-jpg.tar.gz', 'cifar10_jpg')):
-    if not (SHARED_DATA / archive).exists():
-      pytest.skip(f'{SHARED_DATA / archive} is absent: real-data tests need ../shared/data.')
-    target = tmp_path_factory.mktemp(name)
-    with tarfile.open(SHARED_DATA / archive) as tar:
-      tar.extractall(target, filter='data')
-    folders[name] = f'folder:{target / folder}'
-  return folders
-
 
 @pytest.mark.parametrize('name, sizes', [
     ('imagenette', (9469, 946, 3925)),

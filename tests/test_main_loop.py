@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -195,3 +196,49 @@ def test_paper_protocol_chooses_on_valid_and_reports_only_the_chosen_run_on_test
     assert (entry['test'] is None) == (entry is not best)
   assert best['test']['num_examples'] == MOCK_NUM_EXAMPLES
   assert f'chose base learning rate {best["base_learning_rate"]:g} on VALID' in output
+
+
+@pytest.mark.parametrize('name, num_test_examples', [('imagenette', 3925), ('cifar10', 10000)])
+def test_real_image_folder_pretrains_and_evaluates_every_test_image(
+    tmp_path, real_folders, name, num_test_examples):
+  flags = [f'--dataset={real_folders[name]}', f'--checkpoint_root={tmp_path}', '--max_steps=2',
+           '--encoder=TinyResNet', '--image_size=32', '--batch_size=16', '--eval_batch_size=500',
+           '--log_tensors_interval=0', '--eval_poll_interval=0.2']
+  code, output = run('--worker_mode=train', *flags, mock=False)
+  assert code == 0, output
+  state = checkpointing.load_checkpoint(str(tmp_path / 'pretrain.pkl'))['experiment_state']
+  assert state.online_params['classifier']['w'].shape[-1] == 10  # Classes read from the folders.
+  code, output = run('--worker_mode=eval', *flags, mock=False)
+  assert code == 0, output
+  eval_log = [json.loads(line) for line in open(tmp_path / 'pretrain_eval.jsonl')]
+  assert eval_log[-1]['num_examples'] == num_test_examples
+
+
+def test_bad_datasets_are_one_clear_message(tmp_path):
+  (tmp_path / 'empty' / 'train').mkdir(parents=True)
+  (tmp_path / 'empty' / 'val').mkdir()
+  code, output = run('--worker_mode=train', f'--dataset=folder:{tmp_path / "empty"}',
+                     f'--checkpoint_root={tmp_path}', mock=False)
+  assert_one_clear_error(code, output, 'has no class sub-folders')
+  code, output = run('--worker_mode=train', '--dataset=imagenet2013',
+                     f'--checkpoint_root={tmp_path}', mock=False)
+  assert_one_clear_error(code, output, "no dataset named 'imagenet2013'", 'folder:PATH')
+  code, output = run('--worker_mode=train', '--dataset=synthetic', '--batch_size=8192',
+                     f'--checkpoint_root={tmp_path}', '--encoder=TinyResNet', '--max_steps=1',
+                     mock=False)
+  assert_one_clear_error(code, output, 'fewer than one batch of 8192', '--batch_size')
+
+
+def test_quick_start_reports_byol_against_a_random_encoder(tmp_path):
+  process = subprocess.run(
+      [sys.executable, '-m', 'byol.quickstart', f'--checkpoint_root={tmp_path}',
+       '--pretrain_steps=2', '--linear_eval_steps=2', '--batch_size=16',
+       '--log_tensors_interval=0'],
+      cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=600)
+  assert process.returncode == 0, process.stdout + process.stderr
+  last_line = process.stdout.strip().splitlines()[-1]
+  assert re.fullmatch(r'Linear top-1 on the synthetic test split: BYOL \d+\.\d% vs random '
+                      r'encoder \d+\.\d% \(\d+\.\d min\)\.', last_line), last_line
+  for folder in ('byol', 'random'):
+    assert json.loads(open(tmp_path / folder / 'linear-eval_eval.jsonl').readlines()[-1])[
+        'num_examples'] == 1000
