@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Sets up a virtual environment in .venv, installs the package and runs the test suite, which
-# includes short end-to-end pretraining runs on generated data (ImageNet itself: see README.md).
+# Quick start: installs into .venv, then pretrains BYOL on the embedded synthetic images and
+# compares its linear evaluation with a random encoder's (a few minutes on a laptop CPU).
+# Flags go to `python -m byol.quickstart` (e.g. --checkpoint_root=/tmp/byol_quickstart).
 set -euo pipefail
-exec bash "$(dirname "$0")/.ci/run"
+cd "$(dirname "$0")"
+bash .ci/install
+exec .venv/bin/python -m byol.quickstart "$@"
