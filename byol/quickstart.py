@@ -41,7 +41,7 @@ def _main_loop(*arguments: str) -> None:
     command.append(f'--batch_size={_BATCH_SIZE.value}')
   print('$ python -m byol.main_loop ' + ' '.join(command[3:]), flush=True)
   if subprocess.run(command, check=False).returncode != 0:
-    sys.exit(f'error: the command above failed; its output says why.')
+    sys.exit('error: the command above failed; its output says why.')
 
 
 def _linear_evaluation(root: str, *extra: str) -> float:

@@ -7,6 +7,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from byol.utils import dataset
+from byol.utils import sources
 
 IMAGE_SIZE = 32
 TINY_TRAIN_SIZE = 25
@@ -416,4 +417,4 @@ def test_real_image_folders_have_their_published_sizes(real_folders, name, sizes
                             preprocess_mode=dataset.PreprocessMode.EVAL, dataset_name=folder))
   assert batch['images'].shape == (4, 32, 32, 3) and batch['mask'].tolist() == [1.] * 4
   # CIFAR's 32 px images are evaluated whole; Imagenette's 160 px get the 32 / 64 centre crop.
-  assert dataset._source(folder, None).center_crop_padding == (0 if name == 'cifar10' else 32)
+  assert sources.get_source(folder, None).center_crop_padding == (0 if name == 'cifar10' else 32)

@@ -10,17 +10,15 @@ centre crop of evaluation, batching. The colour augmentations run later, on the 
 
 from collections.abc import Callable, Iterator, Sequence
 import enum
-import functools
 import math
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from byol.utils import image_folder
-from byol.utils import synthetic
+from byol.utils import sources
 
 Batch = dict[str, np.ndarray]
 ImageArray = TypeVar('ImageArray', np.ndarray, jax.Array)
@@ -38,20 +36,10 @@ _MEAN_RGB = (0.485, 0.456, 0.406)
 _STDDEV_RGB = (0.229, 0.224, 0.225)
 _CROP_AREA_RANGE = (0.08, 1.0)  # Fraction of the image area.
 _CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)  # Width / height, sampled log-uniformly.
-_CENTER_CROP_PADDING = 32  # The centre crop keeps S / (S + 32) of the short side.
-# Names of datasets with their own defaults; other names are TFDS datasets like ImageNet.
-_TFDS_ALIASES = {'imagenette': 'imagenette/160px-v2'}
-_FOLDER_PREFIX = 'folder:'
-_MAX_DEFAULT_IMAGE_SIZE = 224
-_TINY_IMAGE_SIDE = 64  # Folders of images this small or smaller are evaluated uncropped.
 
-
-class DatasetError(ValueError):
-  """A dataset that cannot be read as asked: missing, malformed, or too small for the batch."""
-
-
-class DatasetNotFoundError(DatasetError):
-  """The dataset is unknown or not downloaded and prepared in the data folder."""
+# Raised by `num_examples`, `num_classes`, `default_image_size` and `load` for bad datasets.
+DatasetError = sources.DatasetError
+DatasetNotFoundError = sources.DatasetNotFoundError
 
 
 class Split(enum.Enum):
@@ -103,122 +91,20 @@ def num_examples(split: Split, dataset_name: str = 'imagenet2012',
   VALID is the first `min(10,000, n / 10)` examples of the train split and TRAIN the rest (for
   ImageNet: 10,000 and 1,271,167); TEST is the dataset's evaluation split.
   """
-  _, start, end = _split_range(_source(dataset_name, data_dir), split)
+  _, start, end = _split_range(sources.get_source(dataset_name, data_dir), split)
   return end - start
 
 
 def num_classes(dataset_name: str = 'imagenet2012', data_dir: str | None = None) -> int:
   """Number of classes of the dataset's labels."""
-  return _source(dataset_name, data_dir).num_classes
+  return sources.get_source(dataset_name, data_dir).num_classes
 
 
 def default_image_size(dataset_name: str = 'imagenet2012', data_dir: str | None = None) -> int:
   """The side of the crops for this dataset: 224 for ImageNet, 128 for imagenette (SPEC 7), the
   native 32 for cifar10 and synthetic, and for a folder its first image's short side (at most 224).
   """
-  return _source(dataset_name, data_dir).default_image_size()
-
-
-class _Source(NamedTuple):
-  """Where a dataset's encoded examples `{'image': bytes, 'label': int64}` come from."""
-  num_classes: int
-  split_sizes: dict[str, int]  # 'train' and 'test'.
-  # (split, start, end, shuffle, seed) -> examples [start, end) of 'train' or 'test'.
-  read: Callable[[str, int, int, bool, int | None], tf.data.Dataset]
-  default_image_size: Callable[[], int]
-  center_crop_padding: int = _CENTER_CROP_PADDING
-
-
-def _source(dataset_name: str, data_dir: str | None) -> _Source:
-  """The source of `dataset_name` (see the module docstring).
-
-  Folder listings and synthetic images are made once per process; TFDS sources are cheap to make
-  and are not cached, as TFDS mocks in tests change them.
-  """
-  # Before TensorFlow's first op, which would initialise (and take memory on) the accelerators.
-  _hide_accelerators_from_tensorflow()
-  if dataset_name.startswith(_FOLDER_PREFIX):
-    return _folder_source(dataset_name[len(_FOLDER_PREFIX):])
-  if dataset_name == 'synthetic':
-    return _synthetic_source()
-  return _tfds_source(dataset_name, data_dir)
-
-
-def _tfds_source(dataset_name: str, data_dir: str | None) -> _Source:
-  builder = _builder(_TFDS_ALIASES.get(dataset_name, dataset_name), data_dir)
-  splits = builder.info.splits
-  # ImageNet's and Imagenette's labelled evaluation split is `validation`; others have `test`.
-  test_split = 'test' if 'test' in splits and 'validation' not in splits else 'validation'
-  if dataset_name == 'cifar10':
-    test_split = 'test'
-  tfds_splits = {'train': 'train', 'test': test_split}
-
-  def read(split: str, start: int, end: int, shuffle: bool, seed: int | None) -> tf.data.Dataset:
-    return _as_dataset(builder, f'{tfds_splits[split]}[{start}:{end}]', shuffle_files=shuffle,
-                       seed=seed)
-
-  native_sizes = {'imagenette': 128, 'cifar10': 32}  # imagenette: SPEC 7's small-scale preset.
-  return _Source(
-      num_classes=builder.info.features['label'].num_classes,
-      split_sizes={split: _tfds_split_size(builder, name) for split, name in tfds_splits.items()},
-      read=read,
-      default_image_size=lambda: native_sizes.get(dataset_name, _MAX_DEFAULT_IMAGE_SIZE),
-      # CIFAR-10 images are the crop already: evaluation keeps all of them.
-      center_crop_padding=0 if dataset_name == 'cifar10' else _CENTER_CROP_PADDING)
-
-
-def _folder_source(path: str) -> _Source:
-  if not path:
-    raise DatasetError('--dataset=folder:PATH needs a PATH, e.g. folder:/data/flowers.')
-  try:
-    listing = image_folder.list_image_folder(path)
-  except image_folder.ImageFolderError as error:
-    raise DatasetError(str(error)) from None
-  files = {'train': listing.train, 'test': listing.eval}
-
-  def read(split: str, start: int, end: int, shuffle: bool, seed: int | None) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices({
-        'path': np.asarray(files[split].paths[start:end]),
-        'label': np.asarray(files[split].labels[start:end], np.int64)})
-    if shuffle:  # A new order of the file names (cheap) in every epoch.
-      ds = ds.shuffle(end - start, seed=seed, reshuffle_each_iteration=True)
-    return ds.map(lambda example: {'image': tf.io.read_file(example['path']),
-                                   'label': example['label']},
-                  num_parallel_calls=tf.data.AUTOTUNE)
-
-  first_image = tf.io.decode_image(tf.io.read_file(listing.train.paths[0]), channels=3,
-                                   expand_animations=False)
-  short_side = int(min(first_image.shape[:2]))
-  return _Source(
-      num_classes=len(listing.class_names),
-      split_sizes={split: len(files[split].paths) for split in files},
-      read=read,
-      default_image_size=lambda: min(short_side, _MAX_DEFAULT_IMAGE_SIZE),
-      # Tiny images (CIFAR-like) are the object already: evaluation keeps all of them.
-      center_crop_padding=0 if short_side <= _TINY_IMAGE_SIDE else _CENTER_CROP_PADDING)
-
-
-def _synthetic_source() -> _Source:
-  def read(split: str, start: int, end: int, shuffle: bool, seed: int | None) -> tf.data.Dataset:
-    del shuffle, seed  # In memory: the shuffle buffer of `load` mixes the whole split.
-    images, labels = _synthetic_examples(split)
-    return tf.data.Dataset.from_tensor_slices(
-        {'image': images[start:end], 'label': labels[start:end]})
-
-  return _Source(
-      num_classes=synthetic.NUM_CLASSES,
-      split_sizes=dict(synthetic.SPLIT_SIZES),
-      read=read,
-      default_image_size=lambda: synthetic.IMAGE_SIZE,
-      center_crop_padding=0)  # The shapes fill the image; a centre crop would cut them.
-
-
-@functools.cache
-def _synthetic_examples(split: str) -> tuple[np.ndarray, np.ndarray]:
-  """The synthetic split as PNG bytes [N] and labels [N], encoded once per process."""
-  images, labels = synthetic.make_split(split)
-  encoded = np.array([tf.io.encode_png(image).numpy() for image in images], dtype=object)
-  return encoded, labels
+  return sources.get_source(dataset_name, data_dir).default_image_size()
 
 
 def load(
@@ -253,7 +139,7 @@ def load(
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} is not in [0, {process_count}).')
 
-  source = _source(dataset_name, data_dir)
+  source = sources.get_source(dataset_name, data_dir)
   source_split, start, end = _split_range(source, split)
   shard_start, shard_end = _shard_range(end - start, process_index, process_count)
   shard_size = shard_end - shard_start
@@ -307,57 +193,7 @@ def load(
   return iter(tfds.as_numpy(ds))
 
 
-def _hide_accelerators_from_tensorflow() -> None:
-  """Keeps TensorFlow on the CPU so that it takes no accelerator memory from JAX."""
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:
-    pass  # TensorFlow already initialised its devices; the setting can no longer change.
-
-
-def _builder(dataset_name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of `dataset_name`."""
-  try:
-    return tfds.builder(dataset_name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise DatasetNotFoundError(
-        f'There is no dataset named {dataset_name!r}: use imagenet2012, imagenette, cifar10, '
-        'synthetic, folder:PATH or the name of a TFDS dataset.'
-    ) from None
-
-
-def _as_dataset(builder: tfds.core.DatasetBuilder, split_spec: str, *, shuffle_files: bool,
-                seed: int | None) -> tf.data.Dataset:
-  """The encoded examples of `split_spec`; the image stays JPEG (or PNG...) bytes."""
-  try:
-    return builder.as_dataset(
-        split=split_spec,
-        shuffle_files=shuffle_files,
-        # Decoding is left to the crops, which decode only the window they keep.
-        decoders={'image': tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True))
-  except AssertionError:
-    if builder.data_path.exists():
-      raise
-    raise DatasetNotFoundError(_not_found_message(builder)) from None
-
-
-def _not_found_message(builder: tfds.core.DatasetBuilder) -> str:
-  data_dir = builder.data_dir_root
-  message = f'Dataset {builder.name} was not found in the TFDS data folder {data_dir}. '
-  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-    instructions = ' '.join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
-    message += (
-        f'It needs a manual download (TFDS: "{instructions}"): put the files in '
-        f'{data_dir}/downloads/manual/, then run '
-        f'`tfds build {builder.name} --data_dir={data_dir}`. ')
-  else:
-    message += f'Download and prepare it with `tfds build {builder.name} --data_dir={data_dir}`. '
-  return message + ('Point --data_dir (or the TFDS_DATA_DIR environment variable) at the folder '
-                    'that holds the prepared dataset.')
-
-
-def _split_range(source: _Source, split: Split) -> tuple[str, int, int]:
+def _split_range(source: sources.Source, split: Split) -> tuple[str, int, int]:
   """The source split ('train' or 'test') holding `split`, and `split`'s [start, end) within it."""
   if split is Split.TEST:
     return 'test', 0, source.split_sizes['test']
@@ -370,18 +206,6 @@ def _split_range(source: _Source, split: Split) -> tuple[str, int, int]:
   }[split]
 
 
-def _tfds_split_size(builder: tfds.core.DatasetBuilder, tfds_split: str) -> int:
-  """Number of examples TFDS returns for its split `tfds_split`."""
-  # TFDS sets the cardinality from the split sizes recorded when the dataset was prepared. Asking
-  # the dataset rather than `builder.info` also gives the size that TFDS mocks actually yield
-  # (`tfds.testing.mock_data` records no sizes).
-  ds = _as_dataset(builder, tfds_split, shuffle_files=False, seed=None)
-  size = int(ds.cardinality())
-  if size < 0:
-    raise ValueError(f'TFDS does not know the size of {builder.name} {tfds_split}.')
-  return size
-
-
 def _shard_range(size: int, index: int, count: int) -> tuple[int, int]:
   """[start, end) of shard `index` of `count` contiguous shards of `size` examples."""
   # The first `size % count` shards take one example more, as in numpy.array_split.
@@ -391,7 +215,7 @@ def _shard_range(size: int, index: int, count: int) -> tuple[int, int]:
 
 
 def _center_crop_window(height: IntLike, width: IntLike, image_size: int,
-                        padding: int = _CENTER_CROP_PADDING) -> tf.Tensor:
+                        padding: int = sources.CENTER_CROP_PADDING) -> tf.Tensor:
   """[offset_y, offset_x, side, side] of the square centre crop resized to `image_size`.
 
   The crop keeps `S / (S + padding)` of the short side (the whole of it for a padding of 0).
