@@ -9,7 +9,10 @@ The train worker resumes from `<checkpoint_root>/pretrain.pkl` when it exists an
 `--save_checkpoint_interval` seconds and at the end. The eval worker, started with the same flags,
 evaluates every new checkpoint once and exits after the final step's. With
 `--experiment_mode=linear-eval` the same workers train and evaluate a linear classifier on the
-encoder of `<checkpoint_root>/pretrain.pkl`, checkpointing to `linear-eval.pkl`.
+encoder of `<checkpoint_root>/pretrain.pkl`, checkpointing to `linear-eval.pkl`; with
+`--base_learning_rates` the train worker runs the paper's protocol (choose on VALID, report on
+TEST). `--dataset` picks the images (ImageNet by default), `--override key.path=value` any entry
+of the config.
 """
 
 import copy
