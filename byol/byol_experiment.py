@@ -117,14 +117,16 @@ class ByolExperiment(experiment.Experiment):
 
   # ------------------------------------------------------------------------------- pure functions
 
-  def _init_fn(self, rng: jax.Array) -> _ByolExperimentState:
-    """Online and target networks from different keys; the optimiser state of the online one."""
+  def _init_fn(self, rng: jax.Array, inputs: Batch) -> _ByolExperimentState:
+    """Online and target networks from different keys; the optimiser state of the online one.
+
+    As in the original, `inputs` is the first training batch (its views before the device
+    augmentations): the BatchNorm averages start at its statistics, not at those of zeros.
+    """
     online_rng, target_rng = jax.random.split(rng)
-    image_size = self._dataset_config['image_size']
-    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    dummy_inputs = dict(view1=images, view2=images)
-    online_params, online_state = self._forward.init(online_rng, dummy_inputs, is_training=True)
-    target_params, target_state = self._forward.init(target_rng, dummy_inputs, is_training=True)
+    views = dict(view1=inputs['view1'], view2=inputs['view2'])
+    online_params, online_state = self._forward.init(online_rng, views, is_training=True)
+    target_params, target_state = self._forward.init(target_rng, views, is_training=True)
     # The optimiser state does not depend on the learning rate.
     opt_state = self._optimizer(0.).init(online_params)
     return _ByolExperimentState(
@@ -202,8 +204,12 @@ class ByolExperiment(experiment.Experiment):
     return state[0]  # online_params
 
   def initialize(self, rng: jax.Array) -> None:
-    """Fresh parameters and optimiser state from `rng` (the same key on every host)."""
-    self._state = jax.jit(self._init_fn, out_shardings=self._replicated)(rng)
+    """Fresh parameters and optimiser state from `rng` (the same key on every host).
+
+    Consumes the first training batch, as the original did: training starts on the second.
+    """
+    self._state = jax.jit(self._init_fn, out_shardings=self._replicated)(
+        rng, self._next_train_batch())
 
   def step(self, *, global_step: int, rng: jax.Array) -> Scalars:
     """Trains on the next batch; returns the step's scalars as device arrays (no host sync)."""

@@ -95,11 +95,15 @@ class EvalExperiment(experiment.Experiment):
 
   # ------------------------------------------------------------------------------- pure functions
 
-  def _init_fn(self, rng: jax.Array) -> _EvalExperimentState:
-    """Random encoder and classifier (the encoder is replaced by the pretrained one if given)."""
+  def _init_fn(self, rng: jax.Array, inputs: Batch) -> _EvalExperimentState:
+    """Random encoder and classifier (the encoder is replaced by the pretrained one if given).
+
+    As in the original, `inputs` is the first training batch: a random encoder's BatchNorm
+    averages start at its statistics. From zeros they would be 0 and, in inference mode, scale
+    every layer by 1/sqrt(eps), ruining the random-encoder baseline.
+    """
     backbone_rng, classif_rng = jax.random.split(rng)
-    image_size = self._dataset_config['image_size']
-    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    images = inputs['images']  # [B, H, W, 3]
     backbone_params, backbone_state = self._backbone.init(backbone_rng, images, is_training=True)
     embedding = jax.eval_shape(
         lambda: self._backbone.apply(backbone_params, backbone_state, images, is_training=False))
@@ -181,7 +185,8 @@ class EvalExperiment(experiment.Experiment):
 
   def initialize(self, rng: jax.Array) -> None:
     """A fresh classifier on the pretrained encoder (or a random one, if allowed)."""
-    state = jax.jit(self._init_fn)(rng)
+    # Consumes the first training batch, as the original did: training starts on the second.
+    state = jax.jit(self._init_fn)(rng, self._next_train_batch())
     if self._checkpoint_to_evaluate is None:
       if not self._allow_train_from_scratch:
         raise checkpointing.CheckpointError(

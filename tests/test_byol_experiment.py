@@ -16,7 +16,8 @@ def tiny_config(tmp_path, encoder='TinyResNet', **overrides):
   config['network_config'].update(
       encoder_class=encoder, projector_hidden_size=32, projector_output_size=16,
       predictor_hidden_size=32)
-  config['dataset_config']['image_size'] = 16
+  # The embedded dataset: `initialize` reads the first training batch.
+  config['dataset_config'].update(name='synthetic', image_size=16)
   config['evaluation_config']['batch_size'] = 8
   config['checkpointing_config']['checkpoint_dir'] = str(tmp_path)
   config.update(overrides)
@@ -35,7 +36,7 @@ def test_resnet50_experiment_state_has_the_released_parameter_tree(tmp_path):
   config = byol_config.get_config(1000, 4096)
   config['checkpointing_config']['checkpoint_dir'] = str(tmp_path)
   experiment = byol_experiment.ByolExperiment(**config)
-  state = jax.eval_shape(experiment._init_fn, jax.random.key(0))
+  state = jax.eval_shape(experiment._init_fn, jax.random.key(0), experiment._train_batch_shapes())
   assert len(state.online_params) == 113
   assert jax.tree.map(lambda x: x.shape, state.online_params) == jax.tree.map(
       lambda x: x.shape, state.target_params)
@@ -58,6 +59,17 @@ def test_online_and_target_networks_start_from_different_keys(tmp_path):
   online = experiment.state.online_params['tiny_res_net/~/initial_conv']['w']
   target = experiment.state.target_params['tiny_res_net/~/initial_conv']['w']
   assert not np.allclose(online, target)
+
+
+def test_batchnorm_averages_start_at_statistics_of_the_first_batch(tmp_path):
+  experiment = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  experiment.initialize(jax.random.key(0))
+  state = helpers.to_host(experiment.state)
+  for network_state in (state.online_state, state.target_state):
+    variances = [state_['average'] for module, state_ in network_state.items()
+                 if module.endswith('/var_ema')]
+    assert len(variances) == 15  # The encoder's 13, one in each of projector and predictor.
+    assert all(np.all(variance > 1e-4) for variance in variances)
 
 
 def test_update_moves_target_by_ema_of_new_online_params_and_logs_schedules(tmp_path):

@@ -21,7 +21,8 @@ def pretrain_experiment(folder, encoder='TinyResNet', width=1):
   config['network_config'].update(encoder_class=encoder, projector_hidden_size=32,
                                   projector_output_size=16, predictor_hidden_size=32)
   config['network_config']['encoder_config']['width_multiplier'] = width
-  config['dataset_config']['image_size'] = IMAGE_SIZE
+  # The embedded dataset: `initialize` reads the first training batch.
+  config['dataset_config'].update(name='synthetic', image_size=IMAGE_SIZE)
   config['evaluation_config']['batch_size'] = 8
   config['checkpointing_config']['checkpoint_dir'] = str(folder)
   return byol_experiment.ByolExperiment(**config)
@@ -38,7 +39,7 @@ def make_experiment(folder, checkpoint, *, freeze_backbone=True, encoder='TinyRe
                     allow_train_from_scratch=False):
   config = eval_config.get_config(checkpoint, 8, train_images=80, num_classes=NUM_CLASSES)
   config['network_config']['encoder_class'] = encoder
-  config['dataset_config']['image_size'] = IMAGE_SIZE
+  config['dataset_config'].update(name='synthetic', image_size=IMAGE_SIZE)
   config['evaluation_config']['batch_size'] = 8
   config['checkpointing_config']['checkpoint_dir'] = str(folder)
   config.update(freeze_backbone=freeze_backbone, allow_train_from_scratch=allow_train_from_scratch)
@@ -104,6 +105,20 @@ def test_random_encoder_baseline_when_allowed(tmp_path):
   experiment = make_experiment(tmp_path, None, allow_train_from_scratch=True)
   experiment.initialize(jax.random.key(0))
   assert experiment.state is not None
+
+
+def test_random_encoder_starts_from_batchnorm_statistics_of_real_images(tmp_path):
+  # Initialised on zeros, every variance would be 0 and inference-mode BatchNorm would scale each
+  # layer by 1/sqrt(eps): the baseline's classifier would see huge embeddings and diverge.
+  experiment = make_experiment(tmp_path, None, allow_train_from_scratch=True)
+  experiment.initialize(jax.random.key(0))
+  state = helpers.to_host(experiment.state)
+  variances = [state_['average'] for module, state_ in state.backbone_state.items()
+               if module.endswith('/var_ema')]
+  assert len(variances) == 13  # TinyResNet: stem, 2 in each of 4 blocks, 4 projection shortcuts.
+  assert all(np.all(variance > 1e-3) for variance in variances)
+  _, logs = train_steps(experiment)
+  assert logs['loss'] < 2 * np.log(NUM_CLASSES)
 
 
 def test_encoder_mismatch_names_both_networks(tmp_path):

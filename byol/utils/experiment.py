@@ -9,6 +9,7 @@ input, evaluation over a split, and checkpoints that are checked before they are
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
+import jax.numpy as jnp
 
 from byol.utils import checkpointing
 from byol.utils import dataset
@@ -156,7 +157,7 @@ class Experiment:
       raise checkpointing.CheckpointError(
           f'{self._checkpointer.path} is not a {self._checkpoint_kind} checkpoint (its state has '
           f'fields {fields or type(state).__name__}).')
-    expected = jax.eval_shape(self._init_fn, jax.random.key(0))
+    expected = jax.eval_shape(self._init_fn, jax.random.key(0), self._train_batch_shapes())
     checkpointing.check_parameter_shapes(
         self._checked_params(state), self._checked_params(expected),
         path=self._checkpointer.path, wanted_networks=self._describe_networks())
@@ -168,6 +169,15 @@ class Experiment:
           'another folder as pretrain.pkl and run --experiment_mode=linear-eval there.')
     self._state = jax.device_put(self._state_class(*state), self._replicated)
     return checkpoint['step'], checkpoint['rng']
+
+  def _train_batch_shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes of a training batch: what `_init_fn` is traced with when no data is read."""
+    size = self._dataset_config['image_size']
+    images = jax.ShapeDtypeStruct((self._batch_size, size, size, 3), jnp.float32)  # [B, H, W, 3]
+    labels = jax.ShapeDtypeStruct((self._batch_size,), jnp.int32)  # [B]
+    if self._train_preprocess_mode is dataset.PreprocessMode.PRETRAIN:
+      return dict(view1=images, view2=images, labels=labels)
+    return dict(images=images, labels=labels)
 
   def check_writable(self) -> None:
     """Fails early, with the folder in the message, if checkpoints cannot be written."""
