@@ -134,6 +134,8 @@ def get_config() -> dict[str, Any]:
       config['lr_schedule_config']['base_learning_rate'] = preset['base_learning_rate']
     if 'weight_decay' in preset:
       config['optimizer_config']['weight_decay'] = preset['weight_decay']
+    if 'base_target_ema' in preset:
+      config['base_target_ema'] = preset['base_target_ema']
   else:
     pretrain_checkpoint = os.path.join(FLAGS.checkpoint_root, 'pretrain.pkl')
     config = eval_config.get_config(

@@ -23,7 +23,7 @@ from absl import flags
 _CHECKPOINT_ROOT = flags.DEFINE_string(
     'checkpoint_root', '/tmp/byol_quickstart', 'Folder of the runs (created if needed).')
 _PRETRAIN_STEPS = flags.DEFINE_integer(
-    'pretrain_steps', 1200, 'Steps of BYOL pretraining.', lower_bound=1)
+    'pretrain_steps', 600, 'Steps of BYOL pretraining.', lower_bound=1)
 _LINEAR_EVAL_STEPS = flags.DEFINE_integer(
     'linear_eval_steps', 300, 'Steps of each linear evaluation.', lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Batch size (default: the synthetic '

@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 
 from byol.utils import dataset
 from byol.utils import sources
+from byol.utils import synthetic
 
 IMAGE_SIZE = 32
 TINY_TRAIN_SIZE = 25
@@ -390,6 +391,21 @@ def test_synthetic_dataset_is_embedded():
                          batch_dims=[250], image_size=32, dataset_name='synthetic')
   labels = real_labels(list(batches))
   assert np.bincount(labels).tolist() == [100] * 10
+
+
+def test_synthetic_classes_are_told_apart_by_shape_not_colour():
+  images, labels = synthetic.make_split('train')
+  np.testing.assert_array_equal(synthetic.make_split('train')[0], images)  # Deterministic.
+  test_images, _ = synthetic.make_split('test')
+  assert not np.array_equal(test_images, images[:1000])
+  # Every class has the same mean colour (the two colours of a tile come from one distribution)...
+  mean_colour = images.reshape(len(images), -1, 3).mean(axis=1)  # [N, 3]
+  class_means = np.stack([mean_colour[labels == label].mean(0) for label in range(10)])
+  assert np.abs(class_means - mean_colour.mean(0)).max() < 6  # Of 255; ~1.5 is sampling noise.
+  # ...and two corners of an image (crops a view could be) share no colour: tiles differ.
+  top_left = images[:, :8, :8].mean(axis=(1, 2)).ravel()  # [N * 3]
+  bottom_right = images[:, -8:, -8:].mean(axis=(1, 2)).ravel()
+  assert abs(np.corrcoef(top_left, bottom_right)[0, 1]) < 0.1
 
 
 def test_center_crop_keeps_the_whole_image_without_padding():

@@ -1,11 +1,11 @@
 """An embedded labelled image set, generated on the fly, for a first run with no download.
 
-Each class is a shape (disk, ring, square, frame, plus, cross, stripes of either orientation,
-triangle, checker), drawn at a random position and size in a random foreground colour on a random
-background colour, with pixel noise. Colour, position and scale carry no information about the
-class; only the shape does. BYOL's augmentations (crops, colour jitter, grayscale, blur) teach an
-encoder exactly those invariances, so that a linear classifier on its embedding beats one on a
-random encoder. All classes are symmetric under horizontal flips, which the augmentations apply.
+Each class is a shape (disk, ring, square, frame, plus, cross, horizontal or vertical bar,
+triangle, checker) tiled over the image, at a random tile size and phase, every tile in its own
+random pair of contrasting colours, with pixel noise. Colour, tile size and position carry no
+information about the class, and no colour is shared by two crops of one image; only the shape is.
+BYOL's augmentations (crops, colour jitter, grayscale, blur) reward exactly that invariance. All
+classes are symmetric under horizontal flips, which the augmentations apply.
 """
 
 from collections.abc import Callable
@@ -13,13 +13,15 @@ from collections.abc import Callable
 import numpy as np
 
 IMAGE_SIZE = 32
-CLASS_NAMES = ('disk', 'ring', 'square', 'frame', 'plus', 'cross', 'horizontal_stripes',
-               'vertical_stripes', 'triangle', 'checker')
+CLASS_NAMES = ('disk', 'ring', 'square', 'frame', 'plus', 'cross', 'horizontal_bar',
+               'vertical_bar', 'triangle', 'checker')
 NUM_CLASSES = len(CLASS_NAMES)
 SPLIT_SIZES = {'train': 5000, 'test': 1000}
 
 # Different streams for the two splits: no test image is a train image.
 _SPLIT_SEEDS = {'train': 0, 'test': 1}
+_CELL_SIZE_RANGE = (12., 20.)  # Pixels per tile side: shapes survive the stem's 4x reduction.
+_SHAPE_EXTENT = 0.85  # Half the side of a shape's box, in half-cells: gaps between tiles.
 
 
 def make_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -31,37 +33,38 @@ def make_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   labels = np.arange(size) % NUM_CLASSES  # Balanced classes...
   rng.shuffle(labels)  # ...in random order.
 
-  # Shape coordinates of every pixel: the shape spans [-1, 1] around its centre.
-  centre = rng.uniform(0.3, 0.7, (size, 2, 1, 1)).astype(np.float32) * IMAGE_SIZE
-  radius = rng.uniform(0.2, 0.38, (size, 1, 1)).astype(np.float32) * IMAGE_SIZE
+  # The shape is tiled: every pixel has coordinates in its own cell, the shape spans [-1, 1] around
+  # the cell's centre and fills most of it. Cell size and phase vary per image.
+  cell = rng.uniform(*_CELL_SIZE_RANGE, (size, 1, 1)).astype(np.float32)
+  phase = rng.uniform(0., 1., (size, 2, 1, 1)).astype(np.float32) * cell[:, None]
   pixels = np.arange(IMAGE_SIZE, dtype=np.float32) + 0.5
-  dy = np.broadcast_to((pixels[None, :, None] - centre[:, 0]) / radius, (size,) + (IMAGE_SIZE,) * 2)
-  dx = np.broadcast_to((pixels[None, None, :] - centre[:, 1]) / radius, (size,) + (IMAGE_SIZE,) * 2)
-  mask = np.empty((size, IMAGE_SIZE, IMAGE_SIZE), bool)  # [N, S, S]
+  offset_y = (pixels[None, :, None] - phase[:, 0]) / cell  # [N, S, 1], in cells, from -1
+  offset_x = (pixels[None, None, :] - phase[:, 1]) / cell  # [N, 1, S]
+  in_cell = lambda offset: (offset % 1. * 2. - 1.) / _SHAPE_EXTENT
+  grid = (size, IMAGE_SIZE, IMAGE_SIZE)
+  dy, dx = np.broadcast_to(in_cell(offset_y), grid), np.broadcast_to(in_cell(offset_x), grid)
+  mask = np.empty(grid, bool)  # [N, S, S]
   for label, shape in enumerate(_SHAPES):
     chosen = labels == label
     mask[chosen] = shape(dy[chosen], dx[chosen])
-  mask = mask[..., None]  # [N, S, S, 1]
 
-  foreground, background = _contrasting_colours(rng, size)  # [N, 3] each, in [0, 1]
-  images = np.where(mask, foreground[:, None, None], background[:, None, None])
+  # Every tile has its own two colours: no colour follows an image from one crop to another, so
+  # an encoder can tell two views of an image from views of others only by the shape.
+  tiles = int(IMAGE_SIZE // _CELL_SIZE_RANGE[0]) + 2  # Tiles per side, partial ones included.
+  foreground, background = (
+      colours.reshape(size, tiles, tiles, 3)
+      for colours in _contrasting_colours(rng, size * tiles ** 2))  # [N, T, T, 3] each, in [0, 1]
+  image_index = np.arange(size)[:, None, None]
+  row = np.floor(offset_y).astype(int) + 1  # [N, S, 1], tile rows from 0
+  column = np.floor(offset_x).astype(int) + 1  # [N, 1, S]
+  images = np.where(mask[..., None], foreground[image_index, row, column],
+                    background[image_index, row, column])  # [N, S, S, 3]
   images = images + rng.normal(0., 0.06, images.shape)
   return np.round(np.clip(images, 0., 1.) * 255).astype(np.uint8), labels.astype(np.int64)
 
 
-def _stripes(offset: np.ndarray, box: np.ndarray) -> np.ndarray:
-  """Five bands across the shape's box, alternately on and off, along `offset`."""
-  return (np.floor((offset + 1.) * 2.5) % 2 == 0) & (box <= 0.9)
-
-
-def _checker(dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
-  """A 3x3 checkerboard filling the shape's box."""
-  cell = lambda offset: np.floor((offset + 0.9) / 0.6)  # Cells 0, 1, 2 (outside: off the box).
-  return (np.maximum(np.abs(dy), np.abs(dx)) <= 0.9) & ((cell(dy) + cell(dx)) % 2 == 0)
-
-
 _Mask = Callable[[np.ndarray, np.ndarray], np.ndarray]
-# Per class, in CLASS_NAMES order: (dy, dx) [n, S, S] offsets from the centre in radii -> mask.
+# Per class, in CLASS_NAMES order: (dy, dx) [n, S, S] offsets from the tile centre -> mask.
 _SHAPES: tuple[_Mask, ...] = (
     lambda dy, dx: dy ** 2 + dx ** 2 <= 1.,
     lambda dy, dx: (dy ** 2 + dx ** 2 <= 1.) & (dy ** 2 + dx ** 2 >= 0.55 ** 2),
@@ -71,10 +74,10 @@ _SHAPES: tuple[_Mask, ...] = (
     & (np.maximum(np.abs(dy), np.abs(dx)) <= 1.),
     lambda dy, dx: (np.minimum(np.abs(dx - dy), np.abs(dx + dy)) <= 0.35)
     & (np.maximum(np.abs(dy), np.abs(dx)) <= 0.9),
-    lambda dy, dx: _stripes(dy, np.maximum(np.abs(dy), np.abs(dx))),
-    lambda dy, dx: _stripes(dx, np.maximum(np.abs(dy), np.abs(dx))),
+    lambda dy, dx: (np.abs(dy) <= 0.3) & (np.abs(dx) <= 1.),
+    lambda dy, dx: (np.abs(dx) <= 0.3) & (np.abs(dy) <= 1.),
     lambda dy, dx: (np.abs(dy) <= 0.9) & (np.abs(dx) <= (dy + 0.9) / 2.),  # Apex up.
-    _checker,
+    lambda dy, dx: (np.maximum(np.abs(dy), np.abs(dx)) <= 0.9) & ((dy > 0) == (dx > 0)),
 )
 
 
