@@ -117,8 +117,10 @@ def test_random_encoder_starts_from_batchnorm_statistics_of_real_images(tmp_path
                if module.endswith('/var_ema')]
   assert len(variances) == 13  # TinyResNet: stem, 2 in each of 4 blocks, 4 projection shortcuts.
   assert all(np.all(variance > 1e-3) for variance in variances)
+  # Two steps on uniform noise (not the synthetic images the statistics came from): a few nats,
+  # where the zero-variance start gave ~1e7.
   _, logs = train_steps(experiment)
-  assert logs['loss'] < 2 * np.log(NUM_CLASSES)
+  assert logs['loss'] < 10 * np.log(NUM_CLASSES)
 
 
 def test_encoder_mismatch_names_both_networks(tmp_path):
