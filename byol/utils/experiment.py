@@ -70,7 +70,8 @@ class Experiment:
 
   # ------------------------------------------------------------------------------- subclass hooks
 
-  def _init_fn(self, rng: jax.Array) -> tuple:
+  def _init_fn(self, rng: jax.Array, inputs: Batch) -> tuple:
+    """The initial state, from a key and the first training batch."""
     raise NotImplementedError
 
   def _checked_params(self, state: tuple) -> Any:
