@@ -128,14 +128,11 @@ def get_config() -> dict[str, Any]:
       dataset.Split.TRAIN_AND_VALID, dataset_name=dataset_name, data_dir=FLAGS.data_dir)
   num_classes = dataset.num_classes(dataset_name, data_dir=FLAGS.data_dir)
   if FLAGS.experiment_mode == 'pretrain':
+    recipe = {key: value for key, value in preset.items()
+              if key in byol_config.PRESETS[FLAGS.pretrain_epochs]}
     config = byol_config.get_config(
-        FLAGS.pretrain_epochs, batch_size, train_images=train_images, num_classes=num_classes)
-    if 'base_learning_rate' in preset:
-      config['lr_schedule_config']['base_learning_rate'] = preset['base_learning_rate']
-    if 'weight_decay' in preset:
-      config['optimizer_config']['weight_decay'] = preset['weight_decay']
-    if 'base_target_ema' in preset:
-      config['base_target_ema'] = preset['base_target_ema']
+        FLAGS.pretrain_epochs, batch_size, train_images=train_images, num_classes=num_classes,
+        recipe=recipe)
   else:
     pretrain_checkpoint = os.path.join(FLAGS.checkpoint_root, 'pretrain.pkl')
     config = eval_config.get_config(

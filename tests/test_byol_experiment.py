@@ -53,6 +53,15 @@ def test_resnet50_experiment_state_has_the_released_parameter_tree(tmp_path):
       'average', 'counter', 'hidden'}
 
 
+def test_a_recipe_replaces_only_its_entries_of_the_length_preset():
+  config = byol_config.get_config(1000, 256, recipe=dict(base_target_ema=0.99))
+  assert config['base_target_ema'] == 0.99
+  assert config['lr_schedule_config']['base_learning_rate'] == 0.2
+  assert config['optimizer_config']['weight_decay'] == 1.5e-6
+  with pytest.raises(ValueError, match="not \\['momentum'\\]"):
+    byol_config.get_config(1000, 256, recipe=dict(momentum=0.8))
+
+
 def test_online_and_target_networks_start_from_different_keys(tmp_path):
   experiment = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
   experiment.initialize(jax.random.key(0))

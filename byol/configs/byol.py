@@ -1,6 +1,6 @@
 """Configuration of BYOL pretraining: `get_config(num_epochs, batch_size)` (SPEC section 5)."""
 
-from typing import Any
+from typing import Any, Mapping
 
 # Per pretraining length: base learning rate (before the batch_size / 256 scaling), base target EMA
 # (tau at step 0) and weight decay, as published with the original.
@@ -48,10 +48,12 @@ def get_config(
     *,
     train_images: int = IMAGENET_TRAIN_IMAGES,
     num_classes: int = 1000,
+    recipe: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
   """Keyword arguments of `ByolExperiment` for a preset length and a total batch size.
 
-  `train_images` and `num_classes` describe the pretraining set (ImageNet by default).
+  `train_images` and `num_classes` describe the pretraining set (ImageNet by default); `recipe`
+  replaces entries of the length's preset (a dataset preset's learning rate, say).
   """
   if num_epochs not in PRESETS:
     raise ValueError(
@@ -59,6 +61,10 @@ def get_config(
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
   preset = PRESETS[num_epochs]
+  unknown = set(recipe or {}) - set(preset)
+  if unknown:
+    raise ValueError(f'A recipe sets {sorted(preset)}, not {sorted(unknown)}.')
+  preset = {**preset, **(recipe or {})}
   steps_per_epoch = train_images / batch_size
   return dict(
       random_seed=0,
