@@ -187,16 +187,17 @@ class EvalExperiment(experiment.Experiment):
     """A fresh classifier on the pretrained encoder (or a random one, if allowed)."""
     # Consumes the first training batch, as the original did: training starts on the second.
     state = jax.jit(self._init_fn)(rng, self._next_train_batch())
-    if self._checkpoint_to_evaluate is None:
+    pretrained = self._pretrained_backbone(state)
+    if pretrained is None:
       if not self._allow_train_from_scratch:
+        where = f' at {self._checkpoint_to_evaluate}' if self._checkpoint_to_evaluate else ''
         raise checkpointing.CheckpointError(
-            'No pretraining checkpoint to evaluate. Pretrain first (--experiment_mode=pretrain '
-            'with the same --checkpoint_root), or allow a random encoder.')
+            f'No pretraining checkpoint to evaluate{where}. Pretrain first '
+            '(--experiment_mode=pretrain with the same --checkpoint_root), or allow a random '
+            'encoder.')
       logging.warning('Training a linear classifier on a RANDOM encoder (a baseline).')
     else:
-      backbone_params, backbone_state = self._pretrained_backbone(state)
-      state = self._state_with_optimisers(
-          backbone_params, state.classif_params, backbone_state)
+      state = self._state_with_optimisers(pretrained[0], state.classif_params, pretrained[1])
     self._state = jax.device_put(state, self._replicated)
 
   def step(self, *, global_step: int, rng: jax.Array) -> Scalars:
@@ -214,11 +215,13 @@ class EvalExperiment(experiment.Experiment):
   # ------------------------------------------------------------------------------- internals
 
   def _pretrained_backbone(
-      self, fresh_state: _EvalExperimentState) -> tuple[hk.Params, hk.State]:
-    """The encoder's parameters and BatchNorm state from the pretraining checkpoint."""
+      self, fresh_state: _EvalExperimentState) -> tuple[hk.Params, hk.State] | None:
+    """The encoder's parameters and BatchNorm state from the pretraining checkpoint, if any."""
     path = self._checkpoint_to_evaluate
-    pretrain_state = checkpointing.load_checkpoint(path)['experiment_state']
-    params, state = checkpointing.encoder_from_state(pretrain_state, path=path)
+    checkpoint = None if path is None else checkpointing.load_checkpoint(path, missing_ok=True)
+    if checkpoint is None:
+      return None
+    params, state = checkpointing.encoder_from_state(checkpoint['experiment_state'], path=path)
     checkpointing.check_parameter_shapes(
         params, fresh_state.backbone_params, path=path, wanted_networks=self._describe_networks())
     if set(state) != set(fresh_state.backbone_state):

@@ -27,6 +27,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import numpy as np
 
 from byol import byol_experiment
 from byol import eval_experiment
@@ -35,6 +36,7 @@ from byol.configs import eval as eval_config
 from byol.configs import override
 from byol.utils import checkpointing
 from byol.utils import dataset
+from byol.utils import distributed
 from byol.utils import helpers
 from byol.utils import networks
 from byol.utils import summaries
@@ -72,6 +74,16 @@ flags.DEFINE_float('eval_poll_interval', 10., 'Seconds between two looks for a n
 flags.DEFINE_multi_string(
     'override', [], 'key.path=value: sets any entry of the config (repeatable, applied last), e.g. '
     'network_config.encoder_config.width_multiplier=2 or freeze_backbone=false.')
+flags.DEFINE_string('coordinator_address', None,
+                    'A run of several processes (e.g. one per host): host:port of process 0, '
+                    'where the others join it. Needs --num_processes and --process_id.')
+flags.DEFINE_integer('num_processes', None, 'The number of processes of the run.', lower_bound=1)
+flags.DEFINE_integer('process_id', None, 'This process\'s index in the run, from 0.',
+                     lower_bound=0)
+flags.DEFINE_bool('distributed', False,
+                  'Join a run of several processes, taking from the cluster\'s environment (Cloud '
+                  'TPU pod, SLURM, Open MPI) whatever of --coordinator_address, --num_processes '
+                  'and --process_id is not given.')
 flags.DEFINE_list('base_learning_rates', None,
                   'Linear evaluation with the paper\'s protocol (train worker only): one classifier '
                   'per base learning rate trained on TRAIN, the best on VALID reported on TEST, '
@@ -103,8 +115,22 @@ flags.register_multi_flags_validator(
     message='--base_learning_rates runs the linear-evaluation protocol: use it with '
             '--experiment_mode=linear-eval --worker_mode=train.')
 
+flags.register_multi_flags_validator(
+    ['coordinator_address', 'num_processes', 'process_id', 'distributed'],
+    lambda values: values['distributed'] or all(
+        values[name] is not None for name in ('coordinator_address', 'num_processes',
+                                              'process_id')) or all(
+        values[name] is None for name in ('coordinator_address', 'num_processes', 'process_id')),
+    message='A run of several processes needs all of --coordinator_address, --num_processes and '
+            '--process_id, or --distributed to detect them from the cluster.')
+flags.register_multi_flags_validator(
+    ['num_processes', 'process_id'],
+    lambda values: None in (values['num_processes'], values['process_id']) or (
+        values['process_id'] < values['num_processes']),
+    message='--process_id must be below --num_processes (processes count from 0).')
+
 # Errors that come from the user's input; they are reported in one line, without a traceback.
-_USER_ERRORS = (dataset.DatasetError, checkpointing.CheckpointError,
+_USER_ERRORS = (dataset.DatasetError, checkpointing.CheckpointError, distributed.DistributedError,
                 helpers.BatchSizeError, override.OverrideError, FloatingPointError)
 
 
@@ -134,9 +160,10 @@ def get_config() -> dict[str, Any]:
         FLAGS.pretrain_epochs, batch_size, train_images=train_images, num_classes=num_classes,
         recipe=recipe)
   else:
-    pretrain_checkpoint = os.path.join(FLAGS.checkpoint_root, 'pretrain.pkl')
+    # Read by process 0 when training starts; a random encoder is trained if it is absent and
+    # that is allowed.
     config = eval_config.get_config(
-        pretrain_checkpoint if os.path.exists(pretrain_checkpoint) else None, batch_size,
+        os.path.join(FLAGS.checkpoint_root, 'pretrain.pkl'), batch_size,
         train_images=train_images, num_classes=num_classes)
   # The linear evaluation must build the encoder that pretraining built.
   config['network_config']['encoder_class'] = preset.get(
@@ -197,12 +224,16 @@ def train_loop(config: Mapping[str, Any]) -> Any:
     logs = experiment.step(global_step=step, rng=jax.random.fold_in(loop_rng, step))
     step += 1
     now = time.time()
-    if now - last_log_time >= FLAGS.log_tensors_interval or step == max_steps:
-      scalars = {name: float(value) for name, value in helpers.to_host(logs).items()}
-      if not math.isfinite(scalars['loss']):
-        raise FloatingPointError(
-            f'The loss became {scalars["loss"]} at step {step}; stopping without saving. The last '
-            f'good checkpoint is {experiment.checkpoint_path}.')
+    log_due = now - last_log_time >= FLAGS.log_tensors_interval or step == max_steps
+    save_due = now - last_save_time >= save_interval and step < max_steps
+    if not (log_due or save_due):
+      continue  # No host sync: the next step is dispatched while this one runs.
+    scalars = {name: float(value) for name, value in helpers.to_host(logs).items()}
+    if not math.isfinite(scalars['loss']):
+      raise FloatingPointError(
+          f'The loss became {scalars["loss"]} at step {step}; stopping without saving. The last '
+          f'good checkpoint is {experiment.checkpoint_path}.')
+    if log_due:
       now = time.time()
       images_per_second = (step - last_log_step) * config['batch_size'] / (now - last_log_time)
       eta = (max_steps - step) * config['batch_size'] / images_per_second
@@ -210,7 +241,7 @@ def train_loop(config: Mapping[str, Any]) -> Any:
                    _format_duration(eta), _format_scalars(scalars))
       scalar_log.write(step, dict(scalars, images_per_second=images_per_second))
       last_log_time, last_log_step = now, step
-    if now - last_save_time >= save_interval and step < max_steps:
+    if save_due:
       experiment.save_checkpoint(global_step=step, rng=loop_rng)
       last_save_time = time.time()
   experiment.save_checkpoint(global_step=step, rng=loop_rng)
@@ -227,8 +258,7 @@ def eval_loop(config: Mapping[str, Any]) -> None:
   last_seen_version = last_evaluated_step = None
   logging.info('Waiting for checkpoints at %s.', path)
   while True:
-    # The file is replaced atomically, so a new (inode, mtime) means a new, complete checkpoint.
-    version = _file_version(path)
+    version = _checkpoint_version(path)
     if version is not None and version != last_seen_version:
       last_seen_version = version
       step, _ = experiment.load_checkpoint()
@@ -285,12 +315,22 @@ def sweep_loop(config: Mapping[str, Any]) -> None:
                chosen['base_learning_rate'], _format_scalars(chosen['test']), path)
 
 
-def _file_version(path: str) -> tuple[int, int] | None:
-  try:
-    stat = os.stat(path)
-  except FileNotFoundError:
-    return None
-  return stat.st_ino, stat.st_mtime_ns
+def _checkpoint_version(path: str) -> tuple[int, int] | None:
+  """(inode, mtime) of the checkpoint as process 0 sees it, on every process; None if absent.
+
+  The file is replaced atomically, so a new version means a new, complete checkpoint. Every
+  process of a multi-process eval worker takes process 0's view, so that all of them load and
+  evaluate the same checkpoints.
+  """
+  version = np.full(2, -1, np.int64)
+  if jax.process_index() == 0:
+    try:
+      stat = os.stat(path)
+      version[:] = stat.st_ino, stat.st_mtime_ns
+    except FileNotFoundError:
+      pass
+  version = distributed.from_process_0(version)
+  return None if version[0] < 0 else (int(version[0]), int(version[1]))
 
 
 def _format_duration(seconds: float) -> str:
@@ -302,6 +342,9 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   try:
+    distributed.initialize(
+        coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id, auto_detect=FLAGS.distributed)
     config = get_config()
     if FLAGS.base_learning_rates is not None:
       sweep_loop(config)

@@ -1,7 +1,8 @@
 """Checkpoints (SPEC section 8): dill pickles written atomically, read back without running code.
 
 A checkpoint is `{'experiment_state': <state NamedTuple of numpy arrays>, 'step': int, 'rng': key}`
-where `rng` is the raw uint32 data of the training loop's PRNG key. Only process 0 writes it.
+where `rng` is the raw uint32 data of the training loop's PRNG key. Only process 0 writes it, and
+only process 0 reads it: in a run of several processes the others get the bytes it read.
 
 Loading uses an allow-list unpickler: a pickle can name any callable (`os.system`, `eval`) and a plain
 `pickle.load` would call it, while checkpoints are downloaded and shared between people. Only numpy
@@ -23,9 +24,12 @@ import pickle
 import tempfile
 from typing import Any, Mapping, NamedTuple
 
+from absl import logging
 import dill
 import jax
 import numpy as np
+
+from byol.utils import distributed
 
 # Globals a checkpoint may name, besides state NamedTuples (see `_SafeUnpickler.find_class`).
 _ALLOWED_GLOBALS = frozenset({
@@ -151,13 +155,22 @@ def _exists_as_non_state(module: str, name: str) -> bool:
   return not _is_namedtuple_class(value)
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
-  """Reads a checkpoint written by `Checkpointer.save`, without executing code from the file."""
-  if not os.path.isfile(path):
+def load_checkpoint(path: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
+  """Reads a checkpoint written by `Checkpointer.save`, without executing code from the file.
+
+  In a run of several processes, process 0 reads the file and every process gets its contents.
+  A missing file is an error, or None with `missing_ok`.
+  """
+  try:
+    data = distributed.read_on_process_0(path)
+  except OSError as error:
+    raise CheckpointError(f'Cannot read the checkpoint {path} ({error}).') from None
+  if data is None:
+    if missing_ok:
+      return None
     raise CheckpointError(f'No checkpoint at {path}.')
   try:
-    with open(path, 'rb') as f:
-      checkpoint = _SafeUnpickler(io.BufferedReader(f)).load()
+    checkpoint = _SafeUnpickler(io.BytesIO(data)).load()
   except CheckpointError:
     raise
   except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
@@ -173,7 +186,7 @@ def load_checkpoint(path: str) -> dict[str, Any]:
 
 
 class Checkpointer:
-  """Saves and restores `<checkpoint_root>/<filename>`; only process 0 writes."""
+  """Saves and restores `<checkpoint_root>/<filename>`; only process 0 writes and reads the file."""
 
   def __init__(self, checkpoint_root: str, filename: str):
     self._path = os.path.join(checkpoint_root, filename)
@@ -223,12 +236,13 @@ class Checkpointer:
       os.fsync(directory)
     finally:
       os.close(directory)
+    logging.info('Saved step %d to %s.', step, self._path)
 
   def restore(self) -> dict[str, Any] | None:
     """The checkpoint with `rng` as a PRNG key, or None when there is none yet."""
-    if not os.path.exists(self._path):
+    checkpoint = load_checkpoint(self._path, missing_ok=True)
+    if checkpoint is None:
       return None
-    checkpoint = load_checkpoint(self._path)
     checkpoint['rng'] = jax.random.wrap_key_data(checkpoint['rng'])
     return checkpoint
 
