@@ -212,7 +212,7 @@ def test_eval_shards_of_two_processes_are_disjoint_and_equally_long(tiny_data_di
   per_process = [
       list(load_tiny(dataset.Split.TEST, tiny_data_dir,
                      preprocess_mode=dataset.PreprocessMode.EVAL, batch_dims=[3],
-                     process_index=index, process_count=2))
+                     shards=[index], num_shards=2))
       for index in range(2)]
   # Shards of 4 and 3 examples: both processes step through ceil(4 / 3) = 2 batches.
   assert [len(batches) for batches in per_process] == [2, 2]
@@ -224,12 +224,46 @@ def test_eval_shards_of_two_processes_are_disjoint_and_equally_long(tiny_data_di
                                                   TEST_LABEL_OFFSET + TINY_TEST_SIZE))
 
 
-def test_more_processes_than_examples_pad_with_fully_masked_batches(tiny_data_dir):
-  # 7 examples over 5 processes: shards of 2, 2, 1, 1, 1; everyone makes 2 batches of 1.
+def test_more_shards_than_examples_pad_with_fully_masked_batches(tiny_data_dir):
+  # 7 examples over 5 shards: shards of 2, 2, 1, 1, 1; each makes 2 batches of 1.
   batches = list(load_tiny(dataset.Split.TEST, tiny_data_dir,
                            preprocess_mode=dataset.PreprocessMode.EVAL, batch_dims=[1],
-                           process_index=4, process_count=5))
+                           shards=[4], num_shards=5))
   np.testing.assert_array_equal([batch['mask'][0] for batch in batches], [1., 0.])
+
+
+@pytest.mark.parametrize('preprocess_mode', list(dataset.PreprocessMode))
+def test_batches_of_two_shards_in_one_process_are_those_of_two_processes(
+    tiny_data_dir, preprocess_mode):
+  """A global batch depends on the shards (devices), not on how processes share them out."""
+  def first_batches(shards):
+    batches = load_tiny(dataset.Split.TRAIN_AND_VALID if preprocess_mode is not
+                        dataset.PreprocessMode.EVAL else dataset.Split.TEST, tiny_data_dir,
+                        preprocess_mode=preprocess_mode, batch_dims=[2 * len(shards)],
+                        shards=shards, num_shards=2, seed=3)
+    return [next(batches) for _ in range(2)]
+
+  together = first_batches([0, 1])
+  apart = [first_batches([0]), first_batches([1])]
+  for step, batch in enumerate(together):
+    for key, value in batch.items():
+      np.testing.assert_array_equal(
+          value, np.concatenate([apart[0][step][key], apart[1][step][key]]), err_msg=key)
+
+
+def test_training_batches_are_the_same_in_every_run_with_a_seed(tiny_data_dir):
+  def batches(seed):
+    loaded = load_tiny(dataset.Split.TRAIN_AND_VALID, tiny_data_dir,
+                       preprocess_mode=dataset.PreprocessMode.PRETRAIN, batch_dims=[6],
+                       shards=[0, 1], num_shards=2, seed=seed)
+    return [next(loaded) for _ in range(5)]  # Past the end of the shards (13 and 12 examples).
+
+  first, again, other_seed = batches(0), batches(0), batches(1)
+  for batch, batch_again in zip(first, again):
+    for key in batch:
+      np.testing.assert_array_equal(batch[key], batch_again[key], err_msg=key)
+  assert not all(np.array_equal(batch['view1'], other['view1'])
+                 for batch, other in zip(first, other_seed))
 
 
 # ----------------------------------------------------------------------------------- splits
@@ -296,7 +330,8 @@ def test_unknown_dataset_name_raises_dataset_not_found():
     (dict(batch_dims=[0]), 'batch_dims'),
     (dict(batch_dims=[]), 'batch_dims'),
     (dict(image_size=0), 'image_size'),
-    (dict(process_index=2, process_count=2), 'process_index 2'),
+    (dict(shards=[2], num_shards=2), 'shards'),
+    (dict(batch_dims=[3], shards=[0, 1], num_shards=2), 'does not split'),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
   kwargs = dict(dict(batch_dims=[2], image_size=IMAGE_SIZE), **kwargs)

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from byol.utils import helpers
 from byol.utils import sources
 
 Batch = dict[str, np.ndarray]
@@ -115,76 +116,99 @@ def load(
     image_size: int = 224,
     dataset_name: str = 'imagenet2012',
     data_dir: str | None = None,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    shards: Sequence[int] | None = None,
+    num_shards: int | None = None,
     seed: int | None = None,
 ) -> Iterator[Batch]:
-  """Batches of this process's contiguous shard of `split`, as numpy arrays.
+  """Batches of this process's shards of `split`, as numpy arrays.
+
+  The split is cut into `num_shards` contiguous shards, by default one per device of the run, and
+  this process reads `shards`, by default those of its own devices (`helpers.local_shards`). A batch
+  of `batch_dims` is made of equal parts of these shards, in their order: with one shard per device,
+  each device gets its own shard's examples, so the global batch depends on the seed and the number
+  of devices but not on how the devices are spread over processes.
 
   Images are float32 in [0, 1], shaped `[*batch_dims, image_size, image_size, 3]`; labels are
-  int32 `[*batch_dims]`. Training modes repeat forever in shuffled order. EVAL makes one pass in
-  order and counts every example exactly once: the batches are completed with zero images whose
-  float32 `mask` is 0 (1 for real examples), and every process yields the same number of batches.
+  int32 `[*batch_dims]`. Training modes repeat forever, each shard shuffled with its own seed;
+  for a given `seed`, the batches are the same in every run. EVAL makes one pass in order and
+  counts every example exactly once: each shard is completed with zero images whose float32
+  `mask` is 0 (1 for real examples) up to the batch count of the largest, so every process yields
+  the same number of batches.
 
   Raises DatasetNotFoundError when the dataset is not prepared in `data_dir`, and DatasetError
-  when this process's part of a training split is smaller than one batch, before any work.
+  when a shard of a training split is smaller than its part of a batch, before any work.
   """
   batch_dims = [int(size) for size in batch_dims]
   if not batch_dims or min(batch_dims) <= 0:
     raise ValueError(f'batch_dims must be positive sizes, got {batch_dims}.')
   if image_size <= 0:
     raise ValueError(f'image_size must be positive, got {image_size}.')
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} is not in [0, {process_count}).')
+  if shards is None or num_shards is None:
+    default_shards, default_num_shards = helpers.local_shards(helpers.make_mesh())
+    shards = default_shards if shards is None else shards
+    num_shards = default_num_shards if num_shards is None else num_shards
+  shards = [int(shard) for shard in shards]
+  if not shards or not all(0 <= shard < num_shards for shard in shards):
+    raise ValueError(f'shards {shards} must be some of the shards [0, {num_shards}).')
+  batch_size = math.prod(batch_dims)  # Of this process.
+  if batch_size % len(shards):
+    raise ValueError(f'A batch of {batch_size} does not split over the {len(shards)} shards.')
+  shard_batch_size = batch_size // len(shards)
 
   source = sources.get_source(dataset_name, data_dir)
   source_split, start, end = _split_range(source, split)
-  shard_start, shard_end = _shard_range(end - start, process_index, process_count)
-  shard_size = shard_end - shard_start
-  if shard_size == 0:
+  split_size = end - start
+  ranges = [_shard_range(split_size, shard, num_shards) for shard in shards]
+  if min(shard_end - shard_start for shard_start, shard_end in ranges) == 0:
     raise DatasetError(
-        f'Process {process_index} of {process_count} gets no example of the {split.name} split '
-        f'of {dataset_name} ({end - start} examples); use fewer processes or another split.')
-
-  batch_size = math.prod(batch_dims)  # Per process.
+        f'The {split.name} split of {dataset_name} has {split_size} examples, fewer than the '
+        f'{num_shards} shards (one per device) it is read in; use fewer devices or another split.')
   is_training = preprocess_mode is not PreprocessMode.EVAL
-  if is_training and shard_size < batch_size:
+  if is_training and split_size // num_shards < shard_batch_size:
     raise DatasetError(
-        f'The {split.name} split of {dataset_name} has {end - start} examples, fewer than one '
-        f'batch of {batch_size * process_count}: use a smaller --batch_size.')
-  ds = source.read(source_split, start + shard_start, start + shard_end, is_training, seed)
+        f'The {split.name} split of {dataset_name} has {split_size} examples, fewer than one '
+        f'batch of {shard_batch_size * num_shards}: use a smaller --batch_size.')
+
+  def read_shard(shard: int, shard_start: int, shard_end: int) -> tf.data.Dataset:
+    shard_size = shard_end - shard_start
+    if not is_training:
+      ds = source.read(source_split, start + shard_start, start + shard_end, False, None)
+      # The padding below assumes exactly `shard_size` examples.
+      ds = ds.take(shard_size).map(_eval_fn(image_size, source.center_crop_padding),
+                                   num_parallel_calls=tf.data.AUTOTUNE)
+      largest_shard_size = math.ceil(split_size / num_shards)
+      padded_size = math.ceil(largest_shard_size / shard_batch_size) * shard_batch_size
+      padding = tf.data.Dataset.from_tensors({
+          'images': tf.zeros([image_size, image_size, 3], tf.float32),
+          'labels': tf.constant(0, tf.int32),
+          'mask': tf.constant(0., tf.float32),
+      }).repeat(padded_size - shard_size)
+      return ds.concatenate(padding)
+    shard_seed = None if seed is None else seed * num_shards + shard
+    ds = source.read(source_split, start + shard_start, start + shard_end, True, shard_seed)
+    ds = ds.repeat().shuffle(buffer_size=10 * shard_batch_size, seed=shard_seed)
+    # One stateless seed [2] per example: the crops are reproducible for a given `seed`.
+    example_seeds = tf.data.Dataset.random(seed=shard_seed).batch(2)
+    preprocess = _pretrain_fn if preprocess_mode is PreprocessMode.PRETRAIN else _linear_train_fn
+    return tf.data.Dataset.zip(ds, example_seeds).map(
+        preprocess(image_size), num_parallel_calls=tf.data.AUTOTUNE)
+
+  shard_datasets = [read_shard(shard, *shard_range) for shard, shard_range in zip(shards, ranges)]
+  if len(shard_datasets) == 1:
+    ds = shard_datasets[0]
+  else:
+    # Shard 0's part of the batch, then shard 1's, ...: [0] * n + [1] * n + ..., repeated.
+    choices = tf.data.Dataset.range(len(shards)).map(
+        lambda shard: tf.fill([shard_batch_size], shard)).unbatch().repeat()
+    ds = tf.data.Dataset.choose_from_datasets(
+        shard_datasets, choices, stop_on_empty_dataset=True)
   options = tf.data.Options()
   # Parallelism comes from the parallel map over examples; one thread per op avoids
   # oversubscribing the few host cores.
   options.threading.max_intra_op_parallelism = 1
-  options.deterministic = not is_training
+  # In order, in training too: the batches are then a function of the seed (reproducible runs).
+  options.deterministic = True
   ds = ds.with_options(options)
-
-  if is_training:
-    ds = ds.repeat().shuffle(buffer_size=10 * batch_size, seed=seed)
-    # One stateless seed [2] per example, so the crops are reproducible for a given `seed` and
-    # differ between processes.
-    process_seed = None if seed is None else seed * process_count + process_index
-    example_seeds = tf.data.Dataset.random(seed=process_seed).batch(2)
-    ds = tf.data.Dataset.zip(ds, example_seeds)
-    preprocess = _pretrain_fn if preprocess_mode is PreprocessMode.PRETRAIN else _linear_train_fn
-    ds = ds.map(preprocess(image_size), num_parallel_calls=tf.data.AUTOTUNE)
-  else:
-    # The padding below assumes exactly `shard_size` examples.
-    ds = ds.take(shard_size).map(_eval_fn(image_size, source.center_crop_padding),
-                                 num_parallel_calls=tf.data.AUTOTUNE)
-    # Every process pads to the batch count of the largest shard, so that all of them take part
-    # in every (cross-process) evaluation step.
-    max_shard_size = math.ceil((end - start) / process_count)
-    padded_size = math.ceil(max_shard_size / batch_size) * batch_size
-    padding = tf.data.Dataset.from_tensors({
-        'images': tf.zeros([image_size, image_size, 3], tf.float32),
-        'labels': tf.constant(0, tf.int32),
-        'mask': tf.constant(0., tf.float32),
-    }).repeat(padded_size - shard_size)
-    ds = ds.concatenate(padding)
 
   # Innermost first: [per_device] then [devices, per_device] for batch_dims [devices, per_device].
   for size in reversed(batch_dims):

@@ -49,6 +49,19 @@ def make_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 
 
+def local_shards(mesh: Mesh) -> tuple[list[int], int]:
+  """Which shards of the data this process reads: its devices' positions along the batch axis.
+
+  Returns the positions and their number (the device count), in the layout of
+  `jax.make_array_from_process_local_data`: a process's part of a global batch is the rows of
+  its devices, in the mesh's order.
+  """
+  devices = list(mesh.devices.flat)
+  positions = [index for index, device in enumerate(devices)
+               if device.process_index == jax.process_index()]
+  return positions, len(devices)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   """Sharding of arrays held whole by every device (parameters, optimiser and BN state)."""
   return NamedSharding(mesh, PartitionSpec())
