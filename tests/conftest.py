@@ -1,11 +1,25 @@
-"""Shared test setup: quiet TensorFlow, and the real image folders of ../shared/data."""
+"""Shared test setup: quiet TensorFlow, one compilation cache, the real images of ../shared/data."""
 import os
 import pathlib
 import tarfile
 
+import jax
 import pytest
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent XLA compilation cache for the session, in this process and its subprocesses.
+
+  The end-to-end tests start many workers that compile the same small networks; each compiles a
+  program only the first time it is seen in the session. Every session starts with an empty cache.
+  """
+  folder = str(tmp_path_factory.mktemp('jax_compilation_cache'))
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = folder
+  jax.config.update('jax_compilation_cache_dir', folder)
+  yield folder
 
 
 # Beside the project, never in it (see ../shared/data/README.md); BYOL_SHARED_DATA overrides.

@@ -1,0 +1,112 @@
+"""Several processes on 127.0.0.1 (JAX's CPU collectives) train and evaluate as one run.
+
+Two processes of two devices each must train exactly as one process of four devices: the same
+global batches, replicated parameters that agree between the processes, one writer of checkpoints
+and logs, and an evaluation that counts every test example once.
+"""
+
+import json
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+import test_main_loop  # This folder is on the path.
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SYNTHETIC_TEST_SIZE = 1000
+RUN = ['--dataset=synthetic', '--encoder=TinyResNet', '--batch_size=16', '--eval_batch_size=200',
+       '--max_steps=3', '--log_tensors_interval=0', '--eval_poll_interval=0.2']
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def start_run(num_processes, devices_per_process, *flags, state_folder=None):
+  """The processes of one run of `main_loop_keeping_state.py`, started side by side."""
+  port = free_port()
+  processes = []
+  for process_id in range(num_processes):
+    distributed = [f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={num_processes}',
+                   f'--process_id={process_id}'] if num_processes > 1 else []
+    processes.append(subprocess.Popen(
+        [sys.executable, str(ROOT / 'tests' / 'main_loop_keeping_state.py'), *flags, *distributed],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=test_main_loop.environment(
+            XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
+            BYOL_STATE_FOLDER=str(state_folder or ROOT))))
+  return processes
+
+
+def finish_runs(*runs):
+  """Exit codes and outputs of every process of `runs`; kills all of them if one hangs."""
+  try:
+    return [[test_main_loop.finish(process, timeout=300) for process in run] for run in runs]
+  finally:
+    for process in (process for run in runs for process in run):
+      process.kill()
+
+
+def load_copies(path):
+  """{array path: [every device's copy]} of a state written by `main_loop_keeping_state.py`."""
+  copies = {}
+  with np.load(path) as arrays:
+    for key in sorted(arrays.files):
+      copies.setdefault(key.rsplit('@', 1)[0], []).append(arrays[key])
+  return copies
+
+
+def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(tmp_path):
+  roots = {layout: tmp_path / layout for layout in ('2x2', '1x4')}
+  for root in roots.values():
+    root.mkdir()
+  flags = {layout: [f'--checkpoint_root={root}', *RUN] for layout, root in roots.items()}
+  # The eval workers wait for the train workers' final checkpoint (the only one they write).
+  evaluation, training, single = finish_runs(
+      start_run(2, 2, '--worker_mode=eval', *flags['2x2']),
+      start_run(2, 2, '--worker_mode=train', *flags['2x2'], state_folder=roots['2x2']),
+      start_run(1, 4, '--worker_mode=train', *flags['1x4'], state_folder=roots['1x4']))
+  for code, output in training + single + evaluation:
+    assert code == 0, output
+
+  # Every device of both processes holds the same state, bit for bit...
+  states = [load_copies(roots['2x2'] / f'state_{index}.npz') for index in range(2)]
+  single = load_copies(roots['1x4'] / 'state_0.npz')
+  assert states[0].keys() == states[1].keys() == single.keys()
+  assert any('var_ema' in key for key in single)
+  largest = 0.
+  for key, copies in single.items():
+    two_process_copies = states[0][key] + states[1][key]
+    assert len(two_process_copies) == len(copies) == 4, key
+    for copy in two_process_copies[1:]:
+      np.testing.assert_array_equal(copy, two_process_copies[0], err_msg=key)
+    # ... and the state of one process with four devices, to float tolerance.
+    np.testing.assert_allclose(two_process_copies[0], copies[0], rtol=1e-5, atol=1e-6, err_msg=key)
+    largest = max(largest, float(np.max(np.abs(two_process_copies[0] - copies[0]), initial=0.)))
+  print(f'largest difference between 2 processes x 2 devices and 1 x 4: {largest:.3g}')
+
+  # Process 0 alone wrote the checkpoint and the logs; the other process only trained.
+  (_, output0), (_, output1) = training
+  assert 'Saved step 3' in output0 and 'Saved step' not in output1
+  assert [json.loads(line)['step'] for line in open(roots['2x2'] / 'pretrain_train.jsonl')] == [
+      1, 2, 3]
+  assert sorted(path.name for path in roots['2x2'].iterdir()) == [
+      'pretrain.pkl', 'pretrain_eval.jsonl', 'pretrain_train.jsonl', 'state_0.npz',
+      'state_1.npz', 'tensorboard']
+  # The two eval processes evaluated the final step once, over every test example once.
+  eval_log = [json.loads(line) for line in open(roots['2x2'] / 'pretrain_eval.jsonl')]
+  assert [entry['step'] for entry in eval_log] == [3]
+  assert eval_log[0]['num_examples'] == SYNTHETIC_TEST_SIZE
+
+
+def test_a_batch_that_does_not_split_over_the_devices_of_all_processes_is_a_clear_error(tmp_path):
+  (two,) = finish_runs(start_run(2, 2, '--worker_mode=train', f'--checkpoint_root={tmp_path}',
+                                 *RUN, '--batch_size=6'))
+  for code, output in two:
+    test_main_loop.assert_one_clear_error(
+        code, output, 'batch_size=6', 'multiple of the number of devices (4 over 2 process(es))')
