@@ -63,6 +63,18 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == ['pretrain.pkl']
 
 
+@pytest.mark.parametrize('bad_value', [np.nan, np.inf])
+def test_a_state_with_non_finite_values_is_not_saved(tmp_path, bad_value):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), 'pretrain.pkl')
+  checkpointer.save(make_state(), step=1, rng=jax.random.key(0))
+  state = make_state()
+  state['params']['layer']['w'][1, 2] = bad_value
+  with pytest.raises(FloatingPointError, match=r"Step 2 has non-finite values in .*'w'"):
+    checkpointer.save(state, step=2, rng=jax.random.key(0))
+  assert checkpointer.restore()['step'] == 1
+  assert os.listdir(tmp_path) == ['pretrain.pkl']
+
+
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
   checkpointer = checkpointing.Checkpointer(str(tmp_path), 'pretrain.pkl')
   checkpointer.save(make_state(), step=1, rng=jax.random.key(0))

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from byol.utils import checkpointing
@@ -119,16 +121,34 @@ def test_batch_size_not_divisible_by_devices_is_a_clear_error(tmp_path):
   assert_one_clear_error(code, output, 'batch_size=3', 'multiple of the number of devices')
 
 
-@pytest.mark.parametrize('flag, message', [
+@pytest.mark.parametrize('flags, message', [
     ('--pretrain_epochs=50', '--pretrain_epochs must be one of'),
     ('--encoder=ResNet51', 'ResNet51'),
     ('--worker_mode=serve', 'serve'),
     ('--base_learning_rates=0.1,fast', 'comma-separated list of positive numbers'),
     ('--base_learning_rates=0.1', 'use it with --experiment_mode=linear-eval --worker_mode=train'),
+    ('--process_id=1', 'needs all of --coordinator_address, --num_processes and --process_id'),
+    ('--coordinator_address=127.0.0.1:1 --num_processes=2 --process_id=2',
+     '--process_id must be below --num_processes'),
+    ('--distributed', 'Could not join the run of several processes'),
 ])
-def test_unknown_flag_values_are_clear_errors(tmp_path, flag, message):
-  code, output = run(f'--checkpoint_root={tmp_path}', flag, mock=False)
+def test_unknown_flag_values_are_clear_errors(tmp_path, flags, message):
+  code, output = run(f'--checkpoint_root={tmp_path}', *flags.split(), mock=False)
   assert_one_clear_error(code, output, message)
+
+
+def test_a_non_finite_loss_stops_training_before_it_is_saved(tmp_path):
+  # A learning rate this large makes the parameters overflow within a few steps. Logs are rare,
+  # so the loss is checked because a checkpoint is due.
+  code, output = run('--worker_mode=train', f'--checkpoint_root={tmp_path}', '--max_steps=20',
+                     *TINY_RUN, '--log_tensors_interval=1000', '--save_checkpoint_interval=0',
+                     '--override=lr_schedule_config.base_learning_rate=1e30')
+  assert_one_clear_error(code, output, 'The loss became', 'stopping without saving')
+  step = int(re.search(r'The loss became \S+ at step (\d+)', output).group(1))
+  checkpoint = checkpointing.load_checkpoint(str(tmp_path / 'pretrain.pkl'))
+  assert checkpoint['step'] == step - 1  # The last good step's checkpoint...
+  for leaf in jax.tree.leaves(checkpoint['experiment_state']):
+    assert np.all(np.isfinite(leaf))  # ... and good it is.
 
 
 def test_unwritable_checkpoint_root_is_a_clear_error(tmp_path):

@@ -211,7 +211,11 @@ class Checkpointer:
           '--checkpoint_root.') from None
 
   def save(self, experiment_state: NamedTuple, step: int, rng: jax.Array) -> None:
-    """Writes the checkpoint atomically: a crash at any point leaves the previous one intact."""
+    """Writes the checkpoint atomically: a crash at any point leaves the previous one intact.
+
+    A state with a non-finite value is not written (FloatingPointError): it would replace the last
+    good checkpoint with one that cannot be trained or evaluated.
+    """
     if jax.process_index() != 0:
       return
     checkpoint = {
@@ -219,6 +223,11 @@ class Checkpointer:
         'step': int(step),
         'rng': np.asarray(jax.random.key_data(rng)),
     }
+    for key_path, leaf in jax.tree_util.tree_leaves_with_path(checkpoint['experiment_state']):
+      if np.issubdtype(leaf.dtype, np.inexact) and not np.all(np.isfinite(leaf)):
+        raise FloatingPointError(
+            f'Step {step} has non-finite values in {jax.tree_util.keystr(key_path)}; not saving '
+            f'it. The last good checkpoint is {self._path}.')
     folder = os.path.dirname(self._path) or '.'
     with tempfile.NamedTemporaryFile(
         dir=folder, prefix=os.path.basename(self._path) + '.', suffix='.tmp', delete=False) as f:
