@@ -396,3 +396,49 @@ def test_block_v2_matches_numpy_in_training_mode():
   expected = _numpy_conv_same(h, p['conv_1']['w'], 1) + shortcut
   assert out.shape == (2, 3, 3, 4)
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------- small-map convolution route
+
+@pytest.mark.parametrize('input_size, kernel, stride', [
+    (2, 3, 1), (2, 3, 2), (2, 7, 2), (4, 3, 2), (5, 3, 1), (3, 1, 1)])
+def test_patch_product_equals_the_convolution_in_values_and_gradients(input_size, kernel, stride):
+  rng = np.random.default_rng(input_size * 100 + kernel * 10 + stride)
+  inputs = jnp.asarray(rng.normal(size=(3, input_size, input_size, 8)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 8, 5)), jnp.float32)
+
+  def plain(inputs, w):
+    return jax.lax.conv_general_dilated(inputs, w, (stride, stride), 'SAME',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  def routed(inputs, w):
+    return networks.conv_as_patch_product(inputs, w, (stride, stride), 'SAME')
+
+  expected, plain_vjp = jax.vjp(plain, inputs, w)
+  actual, routed_vjp = jax.vjp(routed, inputs, w)
+  np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+  cotangent = jnp.asarray(rng.normal(size=expected.shape), jnp.float32)
+  for name, got, want in zip(('inputs', 'w'), routed_vjp(cotangent), plain_vjp(cotangent)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize('input_size', [2, 4])
+def test_resnet_convolution_has_the_parameter_and_output_of_haiku_conv(input_size):
+  """On 2x2 maps the ResNets' convolution takes the patch route; its parameter is hk.Conv2D's."""
+  def apply(conv_class):
+    def forward(inputs):
+      return conv_class(output_channels=16, kernel_shape=3, stride=1, with_bias=False,
+                        padding='SAME', name='conv_1')(inputs)
+    net = hk.transform(forward)
+    inputs = jnp.asarray(np.random.default_rng(0).normal(size=(2, input_size, input_size, 32)),
+                         jnp.float32)
+    params = net.init(jax.random.key(3), inputs)
+    return params, net.apply(params, None, inputs), jax.make_jaxpr(net.apply)(params, None, inputs)
+
+  params, outputs, jaxpr = apply(networks._Conv2D)
+  haiku_params, haiku_outputs, _ = apply(hk.Conv2D)
+  jax.tree.map(np.testing.assert_array_equal, params, haiku_params)
+  assert list(params) == ['conv_1'] and list(params['conv_1']) == ['w']
+  np.testing.assert_allclose(outputs, haiku_outputs, rtol=1e-5, atol=1e-5)
+  # The route (a matrix product) is taken exactly where it helps: on 2x2 maps.
+  assert ('dot_general' in str(jaxpr)) == (input_size == 2)

@@ -11,6 +11,7 @@ from typing import Any
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Per-group stride of the four block groups; the first group keeps the
 # resolution because the stem already downsamples by 4.
@@ -23,7 +24,7 @@ def _conv(channels: int, kernel: int, stride: int, name: str) -> hk.Conv2D:
   The only place a convolution is constructed, so that its implementation
   can be swapped for all networks at once.
   """
-  return hk.Conv2D(
+  return _Conv2D(
     output_channels=channels,
     kernel_shape=kernel,
     stride=stride,
@@ -31,6 +32,41 @@ def _conv(channels: int, kernel: int, stride: int, name: str) -> hk.Conv2D:
     padding='SAME',
     name=name,
   )
+
+
+def conv_as_patch_product(
+    inputs: jax.Array, w: jax.Array, stride: Sequence[int], padding: str) -> jax.Array:
+  """The convolution of NHWC `inputs` with HWIO `w`, as image patches times a matrix.
+
+  [B, H, W, C] x [kh, kw, C, O] -> [B, H', W', O], equal to `jax.lax.conv_general_dilated`.
+  """
+  kernel_height, kernel_width, in_channels, out_channels = w.shape
+  patches = jax.lax.conv_general_dilated_patches(
+      inputs, (kernel_height, kernel_width), tuple(stride), padding,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))  # [B, H', W', C * kh * kw], channel-major.
+  w_matrix = jnp.transpose(w, (2, 0, 1, 3)).reshape(
+      in_channels * kernel_height * kernel_width, out_channels)  # [C * kh * kw, O]
+  return jnp.dot(patches, w_matrix)
+
+
+class _Conv2D(hk.Conv2D):
+  """`hk.Conv2D` with the same parameter, computed as a patch product where XLA:CPU is slow.
+
+  XLA:CPU convolves a 2x2 feature map with a kernel larger than 1x1 some 40 times below its usual
+  rate (a ResNet-18 at 64 px ends on such maps); image patches times a matrix give the same result
+  (and gradients) at the usual rate. Other shapes and other backends take the plain convolution.
+  """
+
+  def __call__(self, inputs: jax.Array, **kwargs: Any) -> jax.Array:
+    if not (jax.default_backend() == 'cpu' and inputs.ndim == 4 and inputs.shape[1:3] == (2, 2)
+            and self.kernel_shape != (1, 1) and isinstance(self.padding, str)):
+      return super().__call__(inputs, **kwargs)
+    w_shape = (*self.kernel_shape, inputs.shape[-1], self.output_channels)
+    # Haiku's default initialiser of a convolution, so the parameter is the one hk.Conv2D makes.
+    fan_in = np.prod(w_shape[:-1])
+    w_init = self.w_init or hk.initializers.TruncatedNormal(stddev=1. / np.sqrt(fan_in))
+    w = hk.get_parameter('w', w_shape, inputs.dtype, init=w_init)
+    return conv_as_patch_product(inputs, w, self.stride, self.padding)
 
 
 def _with_bn_defaults(bn_config: Mapping[str, Any] | None) -> dict[str, Any]:
