@@ -1,21 +1,33 @@
-r"""Speed of the BYOL pretraining update on batches already on the device.
+r"""Speed of the BYOL updates on batches already on the device, beside the machine's own rates.
 
   python -m byol.benchmark --encoder=ResNet18 --image_size=64 --batch_size=64 --steps=5
 
-Prints compile time, time per step and images per second, and writes them as JSON to `--output`.
-The batch is random and fixed, so only the compute (augmentations included) is measured.
+Prints one table and writes it as JSON to `--output`:
+- the machine: an fp32 matrix product and a 3x3 convolution (GFLOP/s), the ceilings to compare with;
+- the small-map trap: a 3x3 convolution over 2x2 maps (forward and backward), as XLA:CPU computes
+  it and as the ResNets compute it (patches times a matrix, `networks.conv_as_patch_product`);
+- the pretraining update: compile time, ms/step, images/s, and its FLOPs (XLA's count of the
+  forward and backward passes) per second as a share of the convolution rate;
+- the device augmentations alone, as a share of the update;
+- the linear-evaluation update (frozen encoder).
+Batches are random and fixed, so only the compute is measured.
 """
 
 import json
 import time
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from byol import byol_experiment
+from byol import eval_experiment
 from byol.configs import byol as byol_config
+from byol.configs import eval as eval_config
+from byol.utils import augmentations
 from byol.utils import helpers
 from byol.utils import networks
 
@@ -26,10 +38,72 @@ flags.DEFINE_integer('batch_size', 64, 'Total batch size.', lower_bound=1)
 flags.DEFINE_integer('steps', 5, 'Timed steps (after one compile step).', lower_bound=1)
 flags.DEFINE_string('output', None, 'Where to write the figures as JSON.')
 
+Row = dict[str, Any]
 
-def benchmark_pretrain_update(
-    encoder: str, image_size: int, batch_size: int, steps: int) -> dict[str, float]:
-  """Compile time, median seconds per step and images/s of the jitted pretraining update."""
+
+def _timed(run: Callable[[int], Any], steps: int) -> tuple[float, float]:
+  """(seconds of the first call, which compiles; median seconds of the next `steps` calls)."""
+  start = time.perf_counter()
+  jax.block_until_ready(run(0))
+  first = time.perf_counter() - start
+  times = []
+  for step in range(1, steps + 1):
+    start = time.perf_counter()
+    jax.block_until_ready(run(step))
+    times.append(time.perf_counter() - start)
+  return first, float(np.median(times))
+
+
+def _flops(jitted: Any, *args: Any) -> float:
+  """XLA's count of the floating-point operations of one call (forward and backward passes)."""
+  cost = jitted.lower(*args).cost_analysis()
+  return float((cost[0] if isinstance(cost, list) else cost)['flops'])
+
+
+def machine_rates(steps: int) -> list[Row]:
+  """The machine's fp32 matrix-product and 3x3-convolution rates (GFLOP/s)."""
+  rng = np.random.default_rng(0)
+  size = 2048
+  a, b = (jnp.asarray(rng.normal(size=(size, size)), jnp.float32) for _ in range(2))
+  matmul = jax.jit(jnp.dot)
+  _, matmul_s = _timed(lambda _: matmul(a, b), steps)
+  images = jnp.asarray(rng.normal(size=(16, 56, 56, 64)), jnp.float32)  # [B, H, W, C]
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 64, 64)), jnp.float32)  # [kh, kw, C, O]
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  _, conv_s = _timed(lambda _: conv(images, kernel), steps)
+  return [
+      dict(what=f'matrix product {size}^3 fp32', ms=1e3 * matmul_s,
+           gflop_per_s=2 * size ** 3 / matmul_s / 1e9),
+      dict(what='3x3 convolution, 64 channels, 56x56, batch 16', ms=1e3 * conv_s,
+           gflop_per_s=_flops(conv, images, kernel) / conv_s / 1e9),
+  ]
+
+
+def small_map_convolution(batch_size: int, steps: int) -> list[Row]:
+  """A 3x3 convolution over 2x2 maps, 512 -> 512 channels, forward and backward, both ways."""
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(batch_size, 2, 2, 512)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 512, 512)), jnp.float32) / 48.
+
+  def forward_backward(conv: Callable[..., jax.Array]) -> Callable[..., Any]:
+    return jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
+
+  rows = []
+  for name, conv in (
+      ('XLA convolution', lambda x, w: jax.lax.conv_general_dilated(
+          x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
+      ('patch product (ours)', lambda x, w: networks.conv_as_patch_product(
+          x, w, (1, 1), 'SAME'))):
+    step = forward_backward(conv)
+    _, seconds = _timed(lambda _: step(images, kernel), steps)
+    rows.append(dict(what=f'3x3 conv on 2x2 maps, 512 channels, batch {batch_size}, fwd+bwd: '
+                     f'{name}', ms=1e3 * seconds))
+  return rows
+
+
+def pretrain_update(encoder: str, image_size: int, batch_size: int, steps: int) -> list[Row]:
+  """The jitted pretraining update, and the device augmentations alone."""
   config = byol_config.get_config(100, batch_size)
   config['network_config']['encoder_class'] = encoder
   # `initialize` reads one batch: the embedded set needs no download (the timed batch is random).
@@ -42,37 +116,84 @@ def benchmark_pretrain_update(
       dict(view1=images[0], view2=images[1],
            labels=rng.integers(0, config['num_classes'], batch_size).astype(np.int32)),
       experiment.batch_sharding)
+  flops = _flops(experiment.update, experiment.state, inputs, jax.random.key(1), np.int32(0))
   state = experiment.state
 
-  start = time.perf_counter()
-  state, logs = experiment.update(state, inputs, jax.random.key(1), np.int32(0))
-  jax.block_until_ready(logs)
-  compile_seconds = time.perf_counter() - start
-
-  times = []
-  for step in range(1, steps + 1):
-    start = time.perf_counter()
+  def update(step: int) -> Any:
+    nonlocal state
     state, logs = experiment.update(state, inputs, jax.random.key(1), np.int32(step))
-    jax.block_until_ready(logs)
-    times.append(time.perf_counter() - start)
-  seconds_per_step = float(np.median(times))
-  return dict(
-      encoder=encoder, image_size=image_size, batch_size=batch_size,
-      devices=jax.device_count(), compile_and_first_step_s=compile_seconds,
-      ms_per_step=1e3 * seconds_per_step, images_per_s=batch_size / seconds_per_step)
+    return logs
+
+  compile_s, update_s = _timed(update, steps)
+  augment = jax.jit(augmentations.postprocess)
+  _, augment_s = _timed(lambda step: augment(inputs, jax.random.key(step)), steps)
+  name = f'{encoder} {image_size}px batch {batch_size}'
+  return [
+      dict(what=f'pretrain update, {name}', compile_and_first_step_s=compile_s,
+           ms=1e3 * update_s, images_per_s=batch_size / update_s, gflop_per_step=flops / 1e9,
+           gflop_per_s=flops / update_s / 1e9),
+      dict(what=f'device augmentations of both views, {name}', ms=1e3 * augment_s,
+           share_of_update=augment_s / update_s),
+  ]
+
+
+def linear_eval_update(encoder: str, image_size: int, batch_size: int, steps: int) -> list[Row]:
+  """The jitted linear-evaluation update on a frozen (random) encoder."""
+  config = eval_config.get_config(None, batch_size)
+  config.update(allow_train_from_scratch=True)
+  config['network_config']['encoder_class'] = encoder
+  config['dataset_config'].update(name='synthetic', image_size=image_size)
+  experiment = eval_experiment.EvalExperiment(**config)
+  experiment.initialize(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  inputs = helpers.to_global_batch(
+      dict(images=rng.uniform(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
+           labels=rng.integers(0, config['num_classes'], batch_size).astype(np.int32)),
+      experiment.batch_sharding)
+  state = experiment.state
+
+  def update(step: int) -> Any:
+    nonlocal state
+    state, logs = experiment.update(state, inputs, np.int32(step))
+    return logs
+
+  compile_s, update_s = _timed(update, steps)
+  return [dict(what=f'linear-eval update (frozen), {encoder} {image_size}px batch {batch_size}',
+               compile_and_first_step_s=compile_s, ms=1e3 * update_s,
+               images_per_s=batch_size / update_s)]
+
+
+def _format(row: Row) -> str:
+  figures = []
+  for key, unit in (('ms', 'ms'), ('images_per_s', 'images/s'), ('gflop_per_s', 'GFLOP/s')):
+    if key in row:
+      figures.append(f'{row[key]:.1f} {unit}')
+  if 'conv_share' in row:
+    figures.append(f'{100 * row["conv_share"]:.0f}% of the convolution rate')
+  if 'share_of_update' in row:
+    figures.append(f'{100 * row["share_of_update"]:.1f}% of the update')
+  if 'compile_and_first_step_s' in row:
+    figures.append(f'compile+first step {row["compile_and_first_step_s"]:.1f} s')
+  return f'{row["what"]:<75} | ' + ' | '.join(figures)
 
 
 def main(argv: list[str]) -> None:
   del argv
-  result = benchmark_pretrain_update(
-      FLAGS.encoder, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps)
-  print(f'pretrain update | {result["encoder"]} {result["image_size"]}px batch '
-        f'{result["batch_size"]} on {result["devices"]} {jax.devices()[0].platform} device(s) | '
-        f'compile+first step {result["compile_and_first_step_s"]:.1f} s | '
-        f'{result["ms_per_step"]:.0f} ms/step | {result["images_per_s"]:.1f} images/s')
+  rows = machine_rates(FLAGS.steps)
+  rows += small_map_convolution(FLAGS.batch_size, FLAGS.steps)
+  rows += pretrain_update(FLAGS.encoder, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps)
+  rows += linear_eval_update(FLAGS.encoder, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps)
+  conv_rate = rows[1]['gflop_per_s']
+  for row in rows:
+    if row['what'].startswith('pretrain update'):
+      row['conv_share'] = row['gflop_per_s'] / conv_rate
+  print(f'{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}')
+  for row in rows:
+    print(_format(row))
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
-      json.dump(result, f, indent=2)
+      json.dump(dict(devices=jax.device_count(), platform=jax.devices()[0].platform,
+                     jax_version=jax.__version__, rows=rows), f, indent=2)
 
 
 if __name__ == '__main__':
