@@ -1,0 +1,30 @@
+"""The benchmark's rows: what each measures, and XLA's FLOP count against the formula."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from byol import benchmark
+
+
+def test_flop_count_of_a_matrix_product_is_2nkm():
+  a = jnp.ones((8, 16), jnp.float32)
+  b = jnp.ones((16, 4), jnp.float32)
+  assert benchmark._flops(jax.jit(jnp.dot), a, b) == 2 * 8 * 16 * 4
+
+
+def test_rows_of_a_tiny_run_hold_positive_figures():
+  rows = (benchmark.machine_rates(steps=1) + benchmark.small_map_convolution(4, steps=1)
+          + benchmark.pretrain_update('TinyResNet', 32, 8, steps=1)
+          + benchmark.linear_eval_update('TinyResNet', 32, 8, steps=1))
+  assert [row['what'].split(',')[0] for row in rows] == [
+      'matrix product 2048^3 fp32', '3x3 convolution', '3x3 conv on 2x2 maps',
+      '3x3 conv on 2x2 maps', 'pretrain update', 'device augmentations of both views',
+      'linear-eval update (frozen)']
+  for row in rows:
+    assert all(value > 0 for key, value in row.items() if key != 'what'), row
+    assert 'ms' in row and np.isfinite(row['ms'])
+  pretrain, augmentations = rows[4], rows[5]
+  np.testing.assert_allclose(pretrain['images_per_s'], 8 / (pretrain['ms'] / 1e3))
+  assert 0 < augmentations['share_of_update']
+  assert benchmark._format(pretrain).startswith('pretrain update, TinyResNet 32px batch 8')
