@@ -9,8 +9,11 @@ Prints one table and writes it as JSON to `--output`:
 - the pretraining update: compile time, ms/step, images/s, and its FLOPs (XLA's count of the
   forward and backward passes) per second as a share of the convolution rate;
 - the device augmentations alone, as a share of the update;
-- the linear-evaluation update (frozen encoder).
-Batches are random and fixed, so only the compute is measured.
+- the linear-evaluation update (frozen encoder);
+- the tf.data pipeline alone, per preprocessing mode, on `--dataset` (images/s);
+- the end-to-end pretraining loop on `--dataset`, as a share of the compute-only update: below
+  100%, input or host work limits training.
+The update rows use a random batch already on the device, so they measure the compute alone.
 """
 
 import json
@@ -28,6 +31,7 @@ from byol import eval_experiment
 from byol.configs import byol as byol_config
 from byol.configs import eval as eval_config
 from byol.utils import augmentations
+from byol.utils import dataset
 from byol.utils import helpers
 from byol.utils import networks
 
@@ -36,6 +40,8 @@ flags.DEFINE_enum('encoder', 'ResNet18', sorted(networks.ENCODERS), 'Encoder to 
 flags.DEFINE_integer('image_size', 64, 'Side of the input images.', lower_bound=8)
 flags.DEFINE_integer('batch_size', 64, 'Total batch size.', lower_bound=1)
 flags.DEFINE_integer('steps', 5, 'Timed steps (after one compile step).', lower_bound=1)
+flags.DEFINE_string('dataset', 'synthetic', 'Images of the input rows: synthetic (embedded), '
+                    'folder:PATH, imagenette, or any dataset of --dataset in byol.main_loop.')
 flags.DEFINE_string('output', None, 'Where to write the figures as JSON.')
 
 Row = dict[str, Any]
@@ -102,19 +108,26 @@ def small_map_convolution(batch_size: int, steps: int) -> list[Row]:
   return rows
 
 
-def pretrain_update(encoder: str, image_size: int, batch_size: int, steps: int) -> list[Row]:
-  """The jitted pretraining update, and the device augmentations alone."""
-  config = byol_config.get_config(100, batch_size)
+def _pretraining(encoder: str, dataset_name: str, image_size: int,
+                 batch_size: int) -> byol_experiment.ByolExperiment:
+  """An initialised pretraining experiment (`initialize` reads the first batch of the dataset)."""
+  config = byol_config.get_config(100, batch_size, num_classes=dataset.num_classes(dataset_name))
   config['network_config']['encoder_class'] = encoder
-  # `initialize` reads one batch: the embedded set needs no download (the timed batch is random).
-  config['dataset_config'].update(name='synthetic', image_size=image_size)
+  config['dataset_config'].update(name=dataset_name, image_size=image_size)
   experiment = byol_experiment.ByolExperiment(**config)
   experiment.initialize(jax.random.key(0))
+  return experiment
+
+
+def pretrain_update(encoder: str, image_size: int, batch_size: int, steps: int) -> list[Row]:
+  """The jitted pretraining update, and the device augmentations alone."""
+  # The embedded set needs no download; the timed batch is random anyway.
+  experiment = _pretraining(encoder, 'synthetic', image_size, batch_size)
   rng = np.random.default_rng(0)
   images = rng.uniform(size=(2, batch_size, image_size, image_size, 3)).astype(np.float32)
   inputs = helpers.to_global_batch(
       dict(view1=images[0], view2=images[1],
-           labels=rng.integers(0, config['num_classes'], batch_size).astype(np.int32)),
+           labels=rng.integers(0, dataset.num_classes('synthetic'), batch_size).astype(np.int32)),
       experiment.batch_sharding)
   flops = _flops(experiment.update, experiment.state, inputs, jax.random.key(1), np.int32(0))
   state = experiment.state
@@ -163,6 +176,44 @@ def linear_eval_update(encoder: str, image_size: int, batch_size: int, steps: in
                images_per_s=batch_size / update_s)]
 
 
+def input_pipeline(dataset_name: str, image_size: int, batch_size: int, steps: int) -> list[Row]:
+  """Images/s of the tf.data pipeline alone (decode, crops, batching), per preprocessing mode."""
+  rows = []
+  for mode in dataset.PreprocessMode:
+    split = dataset.Split.TEST if mode is dataset.PreprocessMode.EVAL else dataset.Split.TRAIN
+    batches = dataset.load(split, preprocess_mode=mode, batch_dims=[batch_size],
+                           image_size=image_size, dataset_name=dataset_name, seed=0)
+    next(batches)  # Starts the pipeline's threads.
+    start, images = time.perf_counter(), 0
+    # Enough batches that the buffers filled meanwhile do not count for much.
+    for _ in range(max(steps, 30)):
+      try:
+        images += len(next(batches)['labels'])
+      except StopIteration:  # A small test split.
+        break
+    rows.append(dict(what=f'tf.data {mode.name.lower()} batches, {dataset_name} {image_size}px '
+                     f'batch {batch_size}', images_per_s=images / (time.perf_counter() - start)))
+  return rows
+
+
+def end_to_end(encoder: str, dataset_name: str, image_size: int, batch_size: int,
+               steps: int) -> list[Row]:
+  """Images/s of pretraining steps that read `dataset_name` through the input pipeline."""
+  experiment = _pretraining(encoder, dataset_name, image_size, batch_size)
+  start = time.perf_counter()
+  jax.block_until_ready(experiment.step(global_step=0, rng=jax.random.key(0)))
+  compile_s = time.perf_counter() - start
+  # As in the train loop: no host sync between steps, so input and compute overlap.
+  start = time.perf_counter()
+  for step in range(1, steps + 1):
+    logs = experiment.step(global_step=step, rng=jax.random.key(step))
+  jax.block_until_ready(logs)
+  step_s = (time.perf_counter() - start) / steps
+  return [dict(what=f'pretraining loop end to end, {encoder} on {dataset_name} {image_size}px '
+               f'batch {batch_size}', compile_and_first_step_s=compile_s, ms=1e3 * step_s,
+               images_per_s=batch_size / step_s)]
+
+
 def _format(row: Row) -> str:
   figures = []
   for key, unit in (('ms', 'ms'), ('images_per_s', 'images/s'), ('gflop_per_s', 'GFLOP/s')):
@@ -170,6 +221,8 @@ def _format(row: Row) -> str:
       figures.append(f'{row[key]:.1f} {unit}')
   if 'conv_share' in row:
     figures.append(f'{100 * row["conv_share"]:.0f}% of the convolution rate')
+  if 'share_of_compute' in row:
+    figures.append(f'{100 * row["share_of_compute"]:.0f}% of the compute-only rate')
   if 'share_of_update' in row:
     figures.append(f'{100 * row["share_of_update"]:.1f}% of the update')
   if 'compile_and_first_step_s' in row:
@@ -183,10 +236,12 @@ def main(argv: list[str]) -> None:
   rows += small_map_convolution(FLAGS.batch_size, FLAGS.steps)
   rows += pretrain_update(FLAGS.encoder, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps)
   rows += linear_eval_update(FLAGS.encoder, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps)
+  rows += input_pipeline(FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps)
+  rows += end_to_end(FLAGS.encoder, FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps)
   conv_rate = rows[1]['gflop_per_s']
-  for row in rows:
-    if row['what'].startswith('pretrain update'):
-      row['conv_share'] = row['gflop_per_s'] / conv_rate
+  compute = next(row for row in rows if row['what'].startswith('pretrain update'))
+  compute['conv_share'] = compute['gflop_per_s'] / conv_rate
+  rows[-1]['share_of_compute'] = rows[-1]['images_per_s'] / compute['images_per_s']
   print(f'{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}')
   for row in rows:
     print(_format(row))

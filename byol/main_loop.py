@@ -115,12 +115,12 @@ flags.register_multi_flags_validator(
     message='--base_learning_rates runs the linear-evaluation protocol: use it with '
             '--experiment_mode=linear-eval --worker_mode=train.')
 
+_PROCESS_FLAGS = ('coordinator_address', 'num_processes', 'process_id')
 flags.register_multi_flags_validator(
-    ['coordinator_address', 'num_processes', 'process_id', 'distributed'],
-    lambda values: values['distributed'] or all(
-        values[name] is not None for name in ('coordinator_address', 'num_processes',
-                                              'process_id')) or all(
-        values[name] is None for name in ('coordinator_address', 'num_processes', 'process_id')),
+    [*_PROCESS_FLAGS, 'distributed'],
+    # All three given, or none (one process), unless the cluster's environment supplies them.
+    lambda values: values['distributed'] or len(
+        {values[name] is None for name in _PROCESS_FLAGS}) == 1,
     message='A run of several processes needs all of --coordinator_address, --num_processes and '
             '--process_id, or --distributed to detect them from the cluster.')
 flags.register_multi_flags_validator(

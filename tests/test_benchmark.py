@@ -16,14 +16,17 @@ def test_flop_count_of_a_matrix_product_is_2nkm():
 def test_rows_of_a_tiny_run_hold_positive_figures():
   rows = (benchmark.machine_rates(steps=1) + benchmark.small_map_convolution(4, steps=1)
           + benchmark.pretrain_update('TinyResNet', 32, 8, steps=1)
-          + benchmark.linear_eval_update('TinyResNet', 32, 8, steps=1))
+          + benchmark.linear_eval_update('TinyResNet', 32, 8, steps=1)
+          + benchmark.input_pipeline('synthetic', 32, 8, steps=1)
+          + benchmark.end_to_end('TinyResNet', 'synthetic', 32, 8, steps=1))
   assert [row['what'].split(',')[0] for row in rows] == [
       'matrix product 2048^3 fp32', '3x3 convolution', '3x3 conv on 2x2 maps',
       '3x3 conv on 2x2 maps', 'pretrain update', 'device augmentations of both views',
-      'linear-eval update (frozen)']
+      'linear-eval update (frozen)', 'tf.data pretrain batches', 'tf.data linear_train batches',
+      'tf.data eval batches', 'pretraining loop end to end']
   for row in rows:
     assert all(value > 0 for key, value in row.items() if key != 'what'), row
-    assert 'ms' in row and np.isfinite(row['ms'])
+    assert np.isfinite(row.get('ms', row.get('images_per_s')))
   pretrain, augmentations = rows[4], rows[5]
   np.testing.assert_allclose(pretrain['images_per_s'], 8 / (pretrain['ms'] / 1e3))
   assert 0 < augmentations['share_of_update']
