@@ -122,6 +122,15 @@ def test_gaussian_blur_matches_numpy_separable_zero_padded_convolution():
         image_got, np_gaussian_blur(image, image_sigma, 3), rtol=0, atol=1e-6)
 
 
+def test_gaussian_blur_of_non_square_images_matches_numpy():
+  images = np.random.default_rng(7).uniform(size=(2, 10, 15, 3)).astype(np.float32)
+  sigma = np.array([0.6, 1.7], np.float32)
+  got = np.asarray(augmentations.gaussian_blur(jnp.asarray(images), jnp.asarray(sigma), radius=4))
+  for image, image_sigma, image_got in zip(images, sigma, got):
+    np.testing.assert_allclose(
+        image_got, np_gaussian_blur(image, image_sigma, 4), rtol=0, atol=1e-6)
+
+
 def test_gaussian_blur_keeps_constant_image_constant_away_from_border():
   radius = 2
   images = np.full((2, 10, 10, 3), 0.7, np.float32)
