@@ -242,7 +242,8 @@ def train_loop(config: Mapping[str, Any]) -> Any:
       scalar_log.write(step, dict(scalars, images_per_second=images_per_second))
       last_log_time, last_log_step = now, step
     if save_due:
-      experiment.save_checkpoint(global_step=step, rng=loop_rng)
+      # Written by a background thread while the next steps train.
+      experiment.save_checkpoint(global_step=step, rng=loop_rng, block=False)
       last_save_time = time.time()
   experiment.save_checkpoint(global_step=step, rng=loop_rng)
   logging.info('Training done at step %d; checkpoint %s.', step, experiment.checkpoint_path)

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import dill
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -61,6 +62,44 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
     checkpointer.save(make_state(), step=2, rng=jax.random.key(0))
   assert checkpointer.restore()['step'] == 1
   assert os.listdir(tmp_path) == ['pretrain.pkl']
+
+
+def test_background_save_writes_the_state_as_it_was_when_saved(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), 'pretrain.pkl')
+  state = {'w': jnp.arange(4.)}
+  checkpointer.save(state, step=3, rng=jax.random.key(0), block=False)
+  # The next update may reuse the saved arrays' buffers while the file is being written.
+  state = jax.jit(lambda tree: jax.tree.map(lambda x: x + 10., tree), donate_argnums=0)(state)
+  checkpointer.wait()
+  restored = checkpointer.restore()
+  assert restored['step'] == 3
+  np.testing.assert_array_equal(restored['experiment_state']['w'], [0., 1., 2., 3.])
+
+
+def test_a_failed_background_save_raises_later_and_keeps_the_previous_checkpoint(
+    tmp_path, monkeypatch):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path), 'pretrain.pkl')
+  checkpointer.save(make_state(), step=1, rng=jax.random.key(0))
+
+  def disk_full(obj, f, protocol=None):
+    raise OSError('No space left on device')
+
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpointing.dill, 'dump', disk_full)
+    checkpointer.save(make_state(), step=2, rng=jax.random.key(0), block=False)
+    with pytest.raises(OSError, match='No space left'):
+      checkpointer.wait()
+  assert checkpointer.restore()['step'] == 1
+  assert os.listdir(tmp_path) == ['pretrain.pkl']
+  checkpointer.save(make_state(), step=3, rng=jax.random.key(0))  # The error is not raised twice.
+  assert checkpointer.restore()['step'] == 3
+
+
+def test_check_writable_removes_temporary_files_of_interrupted_writes(tmp_path):
+  (tmp_path / 'pretrain.pkl.k2j4_x.tmp').write_bytes(b'half a checkpoint')
+  (tmp_path / 'other.pkl.k2j4_x.tmp').write_bytes(b'not ours')
+  checkpointing.Checkpointer(str(tmp_path), 'pretrain.pkl').check_writable()
+  assert os.listdir(tmp_path) == ['other.pkl.k2j4_x.tmp']
 
 
 @pytest.mark.parametrize('bad_value', [np.nan, np.inf])

@@ -22,6 +22,7 @@ import io
 import os
 import pickle
 import tempfile
+import threading
 from typing import Any, Mapping, NamedTuple
 
 from absl import logging
@@ -190,6 +191,8 @@ class Checkpointer:
 
   def __init__(self, checkpoint_root: str, filename: str):
     self._path = os.path.join(checkpoint_root, filename)
+    self._writer: threading.Thread | None = None  # The background write in progress, if any.
+    self._write_error: BaseException | None = None  # What made the last background write fail.
 
   @property
   def path(self) -> str:
@@ -197,7 +200,8 @@ class Checkpointer:
     return self._path
 
   def check_writable(self) -> None:
-    """Creates the checkpoint folder and checks that a file can be written there."""
+    """Creates the checkpoint folder, checks that a file can be written there, and removes the
+    temporary files of writes that a crash interrupted."""
     if jax.process_index() != 0:
       return
     folder = os.path.dirname(self._path) or '.'
@@ -205,19 +209,27 @@ class Checkpointer:
       os.makedirs(folder, exist_ok=True)
       with tempfile.TemporaryFile(dir=folder):
         pass
+      for name in os.listdir(folder):
+        if name.startswith(os.path.basename(self._path) + '.') and name.endswith('.tmp'):
+          os.unlink(os.path.join(folder, name))
     except OSError as error:
       raise CheckpointError(
           f'Cannot write checkpoints to {folder} ({error.strerror}). Pass a writable '
           '--checkpoint_root.') from None
 
-  def save(self, experiment_state: NamedTuple, step: int, rng: jax.Array) -> None:
+  def save(self, experiment_state: NamedTuple, step: int, rng: jax.Array, *,
+           block: bool = True) -> None:
     """Writes the checkpoint atomically: a crash at any point leaves the previous one intact.
 
+    The state is fetched to the host before `save` returns, so the next update may go on at once
+    (JAX does not reuse a buffer that a host array still views). With `block=False` the file is written by a background thread while
+    training goes on; a write that fails raises its error from the next `save` or `wait`.
     A state with a non-finite value is not written (FloatingPointError): it would replace the last
     good checkpoint with one that cannot be trained or evaluated.
     """
     if jax.process_index() != 0:
       return
+    self.wait()  # One write at a time, in order.
     checkpoint = {
         'experiment_state': jax.tree.map(np.asarray, jax.device_get(experiment_state)),
         'step': int(step),
@@ -228,6 +240,30 @@ class Checkpointer:
         raise FloatingPointError(
             f'Step {step} has non-finite values in {jax.tree_util.keystr(key_path)}; not saving '
             f'it. The last good checkpoint is {self._path}.')
+    if block:
+      self._write(checkpoint)
+    else:
+      self._writer = threading.Thread(
+          target=self._write_in_background, args=(checkpoint,), name='checkpoint-writer')
+      self._writer.start()
+
+  def wait(self) -> None:
+    """Returns once no background write is in progress; raises the error of one that failed."""
+    if self._writer is not None:
+      self._writer.join()
+      self._writer = None
+    if self._write_error is not None:
+      error, self._write_error = self._write_error, None
+      raise error
+
+  def _write_in_background(self, checkpoint: dict[str, Any]) -> None:
+    try:
+      self._write(checkpoint)
+    except BaseException as error:  # Raised in the training thread by the next save or wait.
+      self._write_error = error
+
+  def _write(self, checkpoint: dict[str, Any]) -> None:
+    """Pickles `checkpoint` to a temporary file, syncs it, and renames it over the checkpoint."""
     folder = os.path.dirname(self._path) or '.'
     with tempfile.NamedTemporaryFile(
         dir=folder, prefix=os.path.basename(self._path) + '.', suffix='.tmp', delete=False) as f:
@@ -245,7 +281,7 @@ class Checkpointer:
       os.fsync(directory)
     finally:
       os.close(directory)
-    logging.info('Saved step %d to %s.', step, self._path)
+    logging.info('Saved step %d to %s.', checkpoint['step'], self._path)
 
   def restore(self) -> dict[str, Any] | None:
     """The checkpoint with `rng` as a PRNG key, or None when there is none yet."""

@@ -143,9 +143,12 @@ class Experiment:
     """Where `save_checkpoint` writes and `load_checkpoint` reads."""
     return self._checkpointer.path
 
-  def save_checkpoint(self, *, global_step: int, rng: jax.Array) -> None:
-    """Writes the state, step and loop key (process 0 only, atomically)."""
-    self._checkpointer.save(self._state, global_step, rng)
+  def save_checkpoint(self, *, global_step: int, rng: jax.Array, block: bool = True) -> None:
+    """Writes the state, step and loop key (process 0 only, atomically).
+
+    With `block=False` the file is written in the background (see `Checkpointer.save`).
+    """
+    self._checkpointer.save(self._state, global_step, rng, block=block)
 
   def load_checkpoint(self) -> tuple[int, jax.Array] | None:
     """Restores the state from the checkpoint; returns (step, loop key), or None if there is none.
