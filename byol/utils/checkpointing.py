@@ -222,8 +222,9 @@ class Checkpointer:
     """Writes the checkpoint atomically: a crash at any point leaves the previous one intact.
 
     The state is fetched to the host before `save` returns, so the next update may go on at once
-    (JAX does not reuse a buffer that a host array still views). With `block=False` the file is written by a background thread while
-    training goes on; a write that fails raises its error from the next `save` or `wait`.
+    (JAX does not reuse a buffer that a host array still views). With `block=False` the file is
+    written by a background thread while training goes on; a write that fails raises its error
+    from the next `save` or `wait`.
     A state with a non-finite value is not written (FloatingPointError): it would replace the last
     good checkpoint with one that cannot be trained or evaluated.
     """
