@@ -110,7 +110,7 @@ def small_map_convolution(batch_size: int, steps: int) -> list[Row]:
 
 def pretraining(encoder: str, dataset_name: str, image_size: int,
                 batch_size: int) -> byol_experiment.ByolExperiment:
-  """An initialised pretraining experiment on `dataset_name` (`initialize` reads its first batch)."""
+  """An initialised pretraining experiment on `dataset_name` (`initialize` reads a first batch)."""
   config = byol_config.get_config(100, batch_size, num_classes=dataset.num_classes(dataset_name))
   config['network_config']['encoder_class'] = encoder
   config['dataset_config'].update(name=dataset_name, image_size=image_size)
