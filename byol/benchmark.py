@@ -14,6 +14,8 @@ Prints one table and writes it as JSON to `--output`:
 - the end-to-end pretraining loop on `--dataset`, as a share of the compute-only update: below
   100%, input or host work limits training.
 The update rows use a random batch already on the device, so they measure the compute alone.
+`--compute_dtype=bfloat16` runs the networks in bfloat16 (parameters stay float32), for
+accelerators; on CPU it is slower than float32.
 """
 
 import json
@@ -42,6 +44,8 @@ flags.DEFINE_integer('batch_size', 64, 'Total batch size.', lower_bound=1)
 flags.DEFINE_integer('steps', 5, 'Timed steps (after one compile step).', lower_bound=1)
 flags.DEFINE_string('dataset', 'synthetic', 'Images of the input rows: synthetic (embedded), '
                     'folder:PATH, imagenette, or any dataset of --dataset in byol.main_loop.')
+flags.DEFINE_enum('compute_dtype', 'float32', list(networks.COMPUTE_DTYPES),
+                  'Dtype the networks compute in (parameters stay float32).')
 flags.DEFINE_string('output', None, 'Where to write the figures as JSON.')
 
 Row = dict[str, Any]
@@ -108,11 +112,11 @@ def small_map_convolution(batch_size: int, steps: int) -> list[Row]:
   return rows
 
 
-def pretraining(encoder: str, dataset_name: str, image_size: int,
-                batch_size: int) -> byol_experiment.ByolExperiment:
+def pretraining(encoder: str, dataset_name: str, image_size: int, batch_size: int,
+                compute_dtype: str = 'float32') -> byol_experiment.ByolExperiment:
   """An initialised pretraining experiment on `dataset_name` (`initialize` reads a first batch)."""
   config = byol_config.get_config(100, batch_size, num_classes=dataset.num_classes(dataset_name))
-  config['network_config']['encoder_class'] = encoder
+  config['network_config'].update(encoder_class=encoder, compute_dtype=compute_dtype)
   config['dataset_config'].update(name=dataset_name, image_size=image_size)
   experiment = byol_experiment.ByolExperiment(**config)
   experiment.initialize(jax.random.key(0))
@@ -149,11 +153,12 @@ def pretrain_update(experiment: byol_experiment.ByolExperiment, description: str
   ]
 
 
-def linear_eval_update(encoder: str, image_size: int, batch_size: int, steps: int) -> list[Row]:
+def linear_eval_update(encoder: str, image_size: int, batch_size: int, steps: int,
+                       compute_dtype: str = 'float32') -> list[Row]:
   """The jitted linear-evaluation update on a frozen (random) encoder."""
   config = eval_config.get_config(None, batch_size)
   config.update(allow_train_from_scratch=True)
-  config['network_config']['encoder_class'] = encoder
+  config['network_config'].update(encoder_class=encoder, compute_dtype=compute_dtype)
   config['dataset_config'].update(name='synthetic', image_size=image_size)
   experiment = eval_experiment.EvalExperiment(**config)
   experiment.initialize(jax.random.key(0))
@@ -170,7 +175,8 @@ def linear_eval_update(encoder: str, image_size: int, batch_size: int, steps: in
     return logs
 
   compile_s, update_s = _timed(update, steps)
-  return [dict(what=f'linear-eval update (frozen), {encoder} {image_size}px batch {batch_size}',
+  return [dict(what=f'linear-eval update (frozen), {encoder} {image_size}px batch {batch_size}'
+               f'{_dtype_suffix(compute_dtype)}',
                compile_and_first_step_s=compile_s, ms=1e3 * update_s,
                images_per_s=batch_size / update_s)]
 
@@ -211,6 +217,11 @@ def end_to_end(experiment: byol_experiment.ByolExperiment, description: str, *,
                ms=1e3 * step_s, images_per_s=batch_size / step_s)]
 
 
+def _dtype_suffix(compute_dtype: str) -> str:
+  """' bfloat16' for the rows of a bfloat16 run; float32, the default, goes unsaid."""
+  return '' if compute_dtype == 'float32' else f' {compute_dtype}'
+
+
 def _format(row: Row) -> str:
   figures = []
   for key, unit in (('ms', 'ms'), ('images_per_s', 'images/s'), ('gflop_per_s', 'GFLOP/s')):
@@ -234,12 +245,15 @@ def main(argv: list[str]) -> None:
   rows = machine_rates(FLAGS.steps)
   rows += small_map_convolution(FLAGS.batch_size, FLAGS.steps)
   # One experiment for the compute-only and the end-to-end rows: the update compiles once.
-  experiment = pretraining(FLAGS.encoder, FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size)
-  description = f'{FLAGS.encoder} {FLAGS.image_size}px batch {FLAGS.batch_size}'
+  experiment = pretraining(FLAGS.encoder, FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size,
+                           FLAGS.compute_dtype)
+  description = (f'{FLAGS.encoder} {FLAGS.image_size}px batch {FLAGS.batch_size}'
+                 f'{_dtype_suffix(FLAGS.compute_dtype)}')
   rows += pretrain_update(
       experiment, description, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
       num_classes=dataset.num_classes(FLAGS.dataset), steps=FLAGS.steps)
-  rows += linear_eval_update(FLAGS.encoder, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps)
+  rows += linear_eval_update(FLAGS.encoder, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps,
+                             FLAGS.compute_dtype)
   rows += input_pipeline(FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps)
   rows += end_to_end(experiment, f'{description}, on {FLAGS.dataset}',
                      batch_size=FLAGS.batch_size, steps=FLAGS.steps)

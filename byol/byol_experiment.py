@@ -90,9 +90,14 @@ class ByolExperiment(experiment.Experiment):
     classifier = hk.Linear(output_size=self._num_classes, name='classifier')
 
     def apply_once(images: jax.Array) -> dict[str, jax.Array]:
-      embedding = encoder(dataset.normalize_images(images), is_training=is_training)  # [B, D]
-      projection = projector(embedding, is_training)  # [B, 256]
-      prediction = predictor(projection, is_training)  # [B, 256]
+      with networks.mixed_precision(self._compute_dtype):
+        images = dataset.normalize_images(images).astype(self._compute_dtype)
+        embedding = encoder(images, is_training=is_training)  # [B, D]
+        projection = projector(embedding, is_training)  # [B, 256]
+        prediction = predictor(projection, is_training)  # [B, 256]
+      # The loss and the classifier in float32, whatever the networks computed in.
+      embedding, projection, prediction = (
+          x.astype(jnp.float32) for x in (embedding, projection, prediction))
       # The classifier only reads the embedding: labels must not shape the representation.
       logits = classifier(jax.lax.stop_gradient(embedding))  # [B, num_classes]
       return dict(projection=projection, prediction=prediction, logits=logits)

@@ -20,6 +20,7 @@ from byol.utils import dataset
 from byol.utils import evaluation
 from byol.utils import experiment
 from byol.utils import helpers
+from byol.utils import networks
 
 Batch = Mapping[str, jax.Array]
 Scalars = dict[str, jax.Array]
@@ -79,7 +80,10 @@ class EvalExperiment(experiment.Experiment):
     """The pretrained encoder, under the same module name as in pretraining: [B,H,W,3] -> [B,D]."""
     config = self._network_config
     encoder = self._encoder_class(bn_config=config['bn_config'], **config['encoder_config'])
-    return encoder(dataset.normalize_images(images), is_training=is_training)
+    with networks.mixed_precision(self._compute_dtype):
+      embedding = encoder(
+          dataset.normalize_images(images).astype(self._compute_dtype), is_training=is_training)
+    return embedding.astype(jnp.float32)  # The classifier and its loss in float32.
 
   def _classifier_fn(self, embedding: jax.Array) -> jax.Array:
     return hk.Linear(output_size=self._num_classes)(embedding)  # [B, num_classes]

@@ -61,6 +61,9 @@ flags.DEFINE_integer('log_tensors_interval', 60, 'Seconds between two logs of th
 flags.DEFINE_integer('max_steps', None, 'Overrides the preset number of steps (the warm-up keeps '
                      'its share of the run).', lower_bound=1)
 flags.DEFINE_enum('encoder', None, sorted(networks.ENCODERS), 'Overrides the preset encoder.')
+flags.DEFINE_enum('compute_dtype', None, list(networks.COMPUTE_DTYPES),
+                  'Overrides the dtype the networks compute in (float32): bfloat16 for '
+                  'accelerators; parameters, optimiser and BatchNorm statistics stay float32.')
 flags.DEFINE_integer('image_size', None, 'Side of the crops (default: 224 for ImageNet, the '
                      'dataset\'s own otherwise).', lower_bound=8)
 flags.DEFINE_string('data_dir', None, 'TFDS data folder (default: $TFDS_DATA_DIR or '
@@ -180,6 +183,8 @@ def get_config() -> dict[str, Any]:
     config['lr_schedule_config']['warmup_steps'] = int(share * FLAGS.max_steps)
   if FLAGS.encoder is not None:
     config['network_config']['encoder_class'] = FLAGS.encoder
+  if FLAGS.compute_dtype is not None:
+    config['network_config']['compute_dtype'] = FLAGS.compute_dtype
   if FLAGS.eval_batch_size is not None:
     config['evaluation_config']['batch_size'] = FLAGS.eval_batch_size
   config['checkpointing_config'].update(

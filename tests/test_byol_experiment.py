@@ -152,3 +152,24 @@ def test_checkpoint_round_trip_restores_state_and_step(tmp_path):
   np.testing.assert_array_equal(jax.random.key_data(rng), jax.random.key_data(jax.random.key(9)))
   jax.tree.map(np.testing.assert_array_equal, helpers.to_host(restored.state),
                helpers.to_host(experiment.state))
+
+
+def test_bfloat16_updates_stay_finite_and_close_to_float32_with_a_float32_state(tmp_path):
+  losses = {}
+  for dtype in ('float32', 'bfloat16'):
+    config = tiny_config(tmp_path / dtype)
+    config['network_config']['compute_dtype'] = dtype
+    experiment = byol_experiment.ByolExperiment(**config)
+    experiment.initialize(jax.random.key(0))
+    state = experiment.state
+    losses[dtype] = []
+    for step in range(3):
+      state, logs = experiment.update(
+          state, random_batch(experiment, seed=step), jax.random.key(step), np.int32(step))
+      losses[dtype].append(float(logs['loss']))
+  leaves = jax.tree.leaves(helpers.to_host(state))
+  assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
+  # Parameters, optimiser state and BatchNorm averages stay float32 (the step counters int32).
+  assert {leaf.dtype for leaf in leaves} == {np.dtype('float32'), np.dtype('int32')}
+  np.testing.assert_allclose(losses['bfloat16'], losses['float32'], rtol=0.02)
+  assert losses['bfloat16'] != losses['float32']

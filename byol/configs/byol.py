@@ -79,6 +79,8 @@ def get_config(
           encoder_class='ResNet50',
           encoder_config=dict(resnet_v2=False, width_multiplier=1),
           bn_config=dict(decay_rate=0.9, eps=1e-5, create_scale=True, create_offset=True),
+          # 'bfloat16' computes the networks in bfloat16; parameters and statistics stay float32.
+          compute_dtype='float32',
       ),
       optimizer_config=dict(
           weight_decay=preset['weight_decay'],

@@ -54,6 +54,8 @@ class Experiment:
     self._max_steps = max_steps
     self._network_config = dict(network_config)
     self._encoder_class = networks.get_encoder(network_config['encoder_class'])
+    networks.check_compute_dtype(network_config['compute_dtype'])
+    self._compute_dtype = network_config['compute_dtype']
     self._lr_schedule_config = dict(lr_schedule_config)
     self._dataset_config = dict(dataset_config)
     self._evaluation_config = dict(evaluation_config)

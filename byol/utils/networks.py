@@ -5,7 +5,8 @@ Module and parameter names follow the original release exactly (for example
 checkpoints are Haiku parameter dicts keyed by these names.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+import contextlib
 from typing import Any
 
 import haiku as hk
@@ -69,6 +70,62 @@ class _Conv2D(hk.Conv2D):
     return conv_as_patch_product(inputs, w, self.stride, self.padding)
 
 
+# Dtypes the networks can compute in (`mixed_precision`); parameters are float32 in all of them.
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+class BatchNorm(hk.BatchNorm):
+  """`hk.BatchNorm` computed in float32 whatever its input's dtype; returns the input's dtype.
+
+  Under a bfloat16 compute dtype, batch statistics, moving averages, scale and offset all stay
+  float32: bfloat16's 8-bit mantissa would lose small variances and the averages' slow updates.
+  On float32 inputs it is exactly `hk.BatchNorm` (same default name, parameters and values).
+  """
+
+  def __call__(self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False,
+               **kwargs: Any) -> jax.Array:
+    outputs = super().__call__(
+        inputs.astype(jnp.float32), is_training, test_local_stats, **kwargs)
+    return outputs.astype(inputs.dtype)
+
+
+def check_compute_dtype(compute_dtype: str) -> None:
+  """Raises a ValueError unless `compute_dtype` is one of COMPUTE_DTYPES."""
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'Unknown compute dtype {compute_dtype!r}; use one of {COMPUTE_DTYPES}.')
+
+
+@contextlib.contextmanager
+def mixed_precision(compute_dtype: str) -> Iterator[None]:
+  """Within it, Haiku modules compute in `compute_dtype` while their parameters stay float32.
+
+  Parameters are created in float32 (so their initial values do not depend on the compute dtype)
+  and read as `compute_dtype`, except BatchNorm's (see `BatchNorm`); gradients, the optimiser
+  state and checkpoints therefore stay float32. The caller casts the inputs to `compute_dtype`
+  and the outputs back. With 'float32' it changes nothing.
+  """
+  check_compute_dtype(compute_dtype)
+  if compute_dtype == 'float32':
+    yield
+    return
+
+  def create_in_float32(next_creator: Callable[..., jax.Array], shape: Sequence[int], dtype: Any,
+                        init: hk.initializers.Initializer, context: hk.GetterContext) -> jax.Array:
+    del context
+    dtype = jnp.float32 if jnp.issubdtype(dtype, jnp.floating) else dtype
+    return next_creator(shape, dtype, init)
+
+  def read_in_compute_dtype(next_getter: Callable[[jax.Array], jax.Array], value: jax.Array,
+                            context: hk.GetterContext) -> jax.Array:
+    value = next_getter(value)
+    if isinstance(context.module, hk.BatchNorm) or value.dtype != jnp.float32:
+      return value
+    return value.astype(compute_dtype)
+
+  with hk.custom_creator(create_in_float32), hk.custom_getter(read_in_compute_dtype):
+    yield
+
+
 def _with_bn_defaults(bn_config: Mapping[str, Any] | None) -> dict[str, Any]:
   """Returns a copy of `bn_config` with BYOL's BatchNorm defaults filled in."""
   bn_config = dict(bn_config or {})
@@ -115,7 +172,7 @@ class _Block(hk.Module):
       channels: output channels of the block.
       stride: spatial stride of the block (of its 3x3 convolution).
       use_projection: whether the shortcut is a strided 1x1 convolution.
-      bn_config: keyword arguments of every `hk.BatchNorm`.
+      bn_config: keyword arguments of every `BatchNorm`.
       bottleneck: 1x1-3x3-1x1 bottleneck (True) or two 3x3 convs (False).
       name: module name.
     """
@@ -124,13 +181,13 @@ class _Block(hk.Module):
     if use_projection:
       self.shortcut_conv = _conv(channels, 1, stride, 'shortcut_conv')
       if self.normalise_shortcut:
-        self.shortcut_batchnorm = hk.BatchNorm(
+        self.shortcut_batchnorm = BatchNorm(
           name='shortcut_batchnorm', **bn_config)
     # Every BatchNorm scale starts at 1: unlike Haiku's bottleneck block,
     # the last BatchNorm is not zero-initialised.
     self.layers = [
       (_conv(out_channels, kernel, conv_stride, f'conv_{i}'),
-       hk.BatchNorm(name=f'batchnorm_{i}', **bn_config))
+       BatchNorm(name=f'batchnorm_{i}', **bn_config))
       for i, (out_channels, kernel, conv_stride) in enumerate(
         _conv_specs(channels, stride, bottleneck))
     ]
@@ -197,7 +254,7 @@ class BlockGroup(hk.Module):
       channels: output channels of every block.
       num_blocks: number of blocks.
       stride: stride of the first block.
-      bn_config: keyword arguments of every `hk.BatchNorm`.
+      bn_config: keyword arguments of every `BatchNorm`.
       resnet_v2: pre-activation blocks (`BlockV2`) instead of `BlockV1`.
       bottleneck: bottleneck blocks instead of basic ones.
       use_projection: whether the first block has a projection shortcut.
@@ -265,7 +322,7 @@ class ResNetTorso(hk.Module):
     Args:
       blocks_per_group: number of blocks in each of the four groups.
       num_classes: size of the logits layer; None for no logits layer.
-      bn_config: keyword arguments of `hk.BatchNorm`; missing entries
+      bn_config: keyword arguments of `BatchNorm`; missing entries
       default to decay_rate 0.9, eps 1e-5, with scale and offset.
     resnet_v2: pre-activation (v2) blocks instead of v1 blocks.
     bottleneck: bottleneck blocks (ResNet-50 and deeper) or basic ones.
@@ -304,7 +361,7 @@ class ResNetTorso(hk.Module):
     self.resnet_v2 = resnet_v2
     self.initial_conv = _conv(64 * width_multiplier, 7, 2, 'initial_conv')
     if not resnet_v2:
-      self.initial_batchnorm = hk.BatchNorm(
+      self.initial_batchnorm = BatchNorm(
         name='initial_batchnorm', **bn_config)
     self.block_groups = [
       BlockGroup(
@@ -321,7 +378,7 @@ class ResNetTorso(hk.Module):
     ]
     if resnet_v2:
       # Pre-activation blocks leave their sum un-normalised.
-      self.final_batchnorm = hk.BatchNorm(
+      self.final_batchnorm = BatchNorm(
         name='final_batchnorm', **bn_config)
     self.logits = None
     if num_classes is not None:
@@ -469,7 +526,7 @@ class MLP(hk.Module):
       name: module name ('projector' or 'predictor' in BYOL).
       hidden_size: width of the hidden layer (4096 in BYOL).
       output_size: width of the output (256 in BYOL).
-      bn_config: keyword arguments of the `hk.BatchNorm`; defaults as in
+      bn_config: keyword arguments of the `BatchNorm`; defaults as in
       `ResNetTorso`.
     """
     super().__init__(name=name)
@@ -482,7 +539,7 @@ class MLP(hk.Module):
     # Layers built here (not in __init__) are named `<name>/linear`,
     # `<name>/batch_norm`, `<name>/linear_1`, as in the released checkpoints.
     out = hk.Linear(self.hidden_size, with_bias=True)(inputs)  # [B, hidden]
-    out = hk.BatchNorm(**self.bn_config)(out, is_training=is_training)
+    out = BatchNorm(**self.bn_config)(out, is_training=is_training)
     out = jax.nn.relu(out)
     # The output layer has no bias in the original (and its checkpoints).
     return hk.Linear(self.output_size, with_bias=False)(out)  # [B, output]
