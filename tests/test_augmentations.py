@@ -37,6 +37,13 @@ def draw_decisions(rng, batch_size, config):
   return jax.jit(draw)(rng)
 
 
+def channels_last(op):
+  """`op` of channel-major arrays [3, ...] (the ops' layout), on channel-last ones [..., 3]."""
+  def apply(images, *args, **kwargs):
+    return jnp.moveaxis(op(jnp.moveaxis(images, -1, 0), *args, **kwargs), 0, -1)
+  return apply
+
+
 def jitted_augment(config):
   return jax.jit(functools.partial(augmentations.augment_images, **config))
 
@@ -93,14 +100,15 @@ def np_solarize(image, threshold=0.5):
 def test_random_flip_reverses_width_of_selected_images_only():
   images = random_images(0, 4, 5)
   flip = np.array([True, False, True, False])
-  flipped = np.asarray(augmentations.random_flip(jnp.asarray(images), jnp.asarray(flip)))
+  flip_op = channels_last(augmentations.random_flip)
+  flipped = np.asarray(flip_op(jnp.asarray(images), jnp.asarray(flip)))
   np.testing.assert_array_equal(flipped[flip], images[flip][:, :, ::-1, :])
   np.testing.assert_array_equal(flipped[~flip], images[~flip])
 
 
 def test_to_grayscale_is_weighted_sum_on_three_equal_channels():
   images = random_images(1, 2, 6)
-  gray = np.asarray(augmentations.to_grayscale(jnp.asarray(images)))
+  gray = np.asarray(channels_last(augmentations.to_grayscale)(jnp.asarray(images)))
   want = images.astype(np.float64) @ GRAYSCALE_WEIGHTS  # [B, H, W]
   for channel in range(3):
     np.testing.assert_allclose(gray[..., channel], want, rtol=0, atol=1e-6)
@@ -108,14 +116,15 @@ def test_to_grayscale_is_weighted_sum_on_three_equal_channels():
 
 def test_solarize_inverts_values_at_or_above_threshold_only():
   values = np.array([0., 0.2, 0.2999, 0.3, 0.75, 1.], np.float32).reshape(1, 1, 6, 1)
-  got = np.asarray(augmentations.solarize(jnp.asarray(values), threshold=0.3)).ravel()
+  solarize = channels_last(augmentations.solarize)
+  got = np.asarray(solarize(jnp.asarray(values), threshold=0.3)).ravel()
   np.testing.assert_allclose(got, [0., 0.2, 0.2999, 0.7, 0.25, 0.], rtol=0, atol=1e-7)
 
 
 def test_gaussian_blur_matches_numpy_separable_zero_padded_convolution():
   images = random_images(2, 3, 9)
   sigma = np.array([0.1, 0.8, 2.0], np.float32)
-  blur = jax.jit(augmentations.gaussian_blur, static_argnames='radius')
+  blur = jax.jit(channels_last(augmentations.gaussian_blur), static_argnames='radius')
   got = np.asarray(blur(jnp.asarray(images), jnp.asarray(sigma), radius=3))
   for image, image_sigma, image_got in zip(images, sigma, got):
     np.testing.assert_allclose(
@@ -125,7 +134,8 @@ def test_gaussian_blur_matches_numpy_separable_zero_padded_convolution():
 def test_gaussian_blur_of_non_square_images_matches_numpy():
   images = np.random.default_rng(7).uniform(size=(2, 10, 15, 3)).astype(np.float32)
   sigma = np.array([0.6, 1.7], np.float32)
-  got = np.asarray(augmentations.gaussian_blur(jnp.asarray(images), jnp.asarray(sigma), radius=4))
+  blur = channels_last(augmentations.gaussian_blur)
+  got = np.asarray(blur(jnp.asarray(images), jnp.asarray(sigma), radius=4))
   for image, image_sigma, image_got in zip(images, sigma, got):
     np.testing.assert_allclose(
         image_got, np_gaussian_blur(image, image_sigma, 4), rtol=0, atol=1e-6)
@@ -135,7 +145,7 @@ def test_gaussian_blur_keeps_constant_image_constant_away_from_border():
   radius = 2
   images = np.full((2, 10, 10, 3), 0.7, np.float32)
   sigma = jnp.array([0.5, 2.0])
-  blur = jax.jit(augmentations.gaussian_blur, static_argnames='radius')
+  blur = jax.jit(channels_last(augmentations.gaussian_blur), static_argnames='radius')
   got = np.asarray(blur(jnp.asarray(images), sigma, radius=radius))
   np.testing.assert_allclose(got[:, radius:-radius, radius:-radius], 0.7, rtol=0, atol=1e-6)
   # Zero padding darkens the border, most at the corners of the widest kernel.
@@ -146,7 +156,7 @@ def test_gaussian_blur_keeps_constant_image_constant_away_from_border():
 
 def test_rgb_to_hsv_matches_colorsys():
   pixels = random_images(3, 1, 16)[0].reshape(-1, 3)
-  got = np.asarray(jax.jit(augmentations.rgb_to_hsv)(jnp.asarray(pixels)))
+  got = np.asarray(jax.jit(channels_last(augmentations.rgb_to_hsv))(jnp.asarray(pixels)))
   want = np.array([colorsys.rgb_to_hsv(*pixel) for pixel in pixels.astype(np.float64)])
   hue_difference = np.abs(got[:, 0] - want[:, 0])
   np.testing.assert_array_less(np.minimum(hue_difference, 1. - hue_difference), 1e-5)
@@ -155,7 +165,7 @@ def test_rgb_to_hsv_matches_colorsys():
 
 def test_rgb_to_hsv_gives_zero_hue_and_saturation_on_grey_and_black_pixels():
   pixels = jnp.array([[0., 0., 0.], [0.5, 0.5, 0.5], [1., 1., 1.]])
-  got = np.asarray(jax.jit(augmentations.rgb_to_hsv)(pixels))
+  got = np.asarray(jax.jit(channels_last(augmentations.rgb_to_hsv))(pixels))
   np.testing.assert_array_equal(got, [[0., 0., 0.], [0., 0., 0.5], [0., 0., 1.]])
 
 
@@ -164,13 +174,15 @@ def test_hsv_round_trip_recovers_rgb():
       [[0, 0, 0], [1, 1, 1], [.3, .3, .3], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1],
        [1, 0, 1], [.2, .2, .9], [.9, .2, .2001]], np.float32)
   pixels = np.concatenate([special, random_images(4, 1, 20)[0].reshape(-1, 3)])
-  got = jax.jit(lambda rgb: augmentations.hsv_to_rgb(augmentations.rgb_to_hsv(rgb)))(pixels)
+  round_trip = channels_last(
+      lambda rgb: augmentations.hsv_to_rgb(augmentations.rgb_to_hsv(rgb)))
+  got = jax.jit(round_trip)(pixels)
   np.testing.assert_allclose(np.asarray(got), pixels, rtol=0, atol=1e-5)
 
 
 def test_hsv_to_rgb_wraps_hue_modulo_one():
   hsv = jnp.array([[0.25, 0.6, 0.8], [1.25, 0.6, 0.8], [-0.75, 0.6, 0.8]])
-  got = np.asarray(jax.jit(augmentations.hsv_to_rgb)(hsv))
+  got = np.asarray(jax.jit(channels_last(augmentations.hsv_to_rgb))(hsv))
   want = colorsys.hsv_to_rgb(0.25, 0.6, 0.8)
   np.testing.assert_allclose(got, np.tile(want, (3, 1)), rtol=0, atol=1e-6)
 
@@ -183,7 +195,7 @@ def test_hsv_to_rgb_wraps_hue_modulo_one():
 ])
 def test_jitter_op_matches_numpy(name, parameters):
   images = random_images(5, 3, 6)
-  adjust = jax.jit(getattr(augmentations, f'adjust_{name}'))
+  adjust = jax.jit(channels_last(getattr(augmentations, f'adjust_{name}')))
   got = np.asarray(adjust(jnp.asarray(images), jnp.asarray(parameters, jnp.float32)))
   for image, parameter, image_got in zip(images, parameters, got):
     want = np_jitter_op(name, image.astype(np.float64), parameter)
@@ -204,7 +216,7 @@ def test_color_jitter_applies_ops_in_each_of_the_24_orders():
   images = random_images(7, num_orders, 5)
   parameters = jitter_parameters(num_orders)
   factors = [jnp.asarray(parameters[name], jnp.float32) for name in JITTER_OP_NAMES]
-  got = np.asarray(jax.jit(augmentations.color_jitter)(
+  got = np.asarray(jax.jit(channels_last(augmentations.color_jitter))(
       jnp.asarray(images), *factors, order=jnp.arange(num_orders)))
   assert sorted(map(tuple, augmentations.JITTER_ORDERS)) == list(itertools.permutations(range(4)))
   for index, (image, image_got) in enumerate(zip(images, got)):
@@ -217,7 +229,8 @@ def test_color_jitter_without_order_applies_brightness_contrast_saturation_hue()
   images = random_images(8, 4, 5)
   parameters = jitter_parameters(4)
   factors = [jnp.asarray(parameters[name], jnp.float32) for name in JITTER_OP_NAMES]
-  got = np.asarray(jax.jit(augmentations.color_jitter)(jnp.asarray(images), *factors))
+  jitter = jax.jit(channels_last(augmentations.color_jitter))
+  got = np.asarray(jitter(jnp.asarray(images), *factors))
   for index, (image, image_got) in enumerate(zip(images, got)):
     image_parameters = {name: values[index] for name, values in parameters.items()}
     want = np_color_jitter(image, image_parameters, order=(0, 1, 2, 3))

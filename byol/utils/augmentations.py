@@ -9,6 +9,12 @@ The work is split in two so that the draws can be inspected (tests) and reused (
 `apply_decisions` computes the images. Ops run on the whole batch and a per-image `jnp.where` picks
 the result; an op whose probability is 0 is never computed and one whose probability is 1 needs no
 select (both decided statically from the config).
+
+The ops work on channel-major images, `[3, B, H, W]`: one contiguous plane per channel.
+`apply_decisions` transposes once on the way in and once on the way out. Colour ops read the three
+channels of each pixel; in the channel-last layout, XLA:CPU fused those reads into their consumers
+and computed the producing op again for every channel that read it, which made the augmentations
+twice as slow.
 """
 
 import itertools
@@ -96,64 +102,77 @@ class Decisions(NamedTuple):
 
 
 def _per_image(values: jax.Array) -> jax.Array:
-  """[B] -> [B, 1, 1, 1], to broadcast a per-image value over [B, H, W, C]."""
-  return values[:, None, None, None]
+  """[B] -> [1, B, 1, 1], to broadcast a per-image value over channel-major [3, B, H, W]."""
+  return values[None, :, None, None]
+
+
+def _per_plane(values: jax.Array) -> jax.Array:
+  """[B] -> [B, 1, 1], to broadcast a per-image value over one channel's plane [B, H, W]."""
+  return values[:, None, None]
 
 
 def random_flip(images: jax.Array, flip: jax.Array) -> jax.Array:
-  """Reverses the width axis of the images where `flip` [B] is True (drawn by the caller)."""
-  return jnp.where(_per_image(flip), images[:, :, ::-1, :], images)
+  """Reverses the width axis of [3, B, H, W] where `flip` [B] is True (drawn by the caller)."""
+  return jnp.where(_per_image(flip), images[..., ::-1], images)
 
 
 def adjust_brightness(images: jax.Array, delta: jax.Array) -> jax.Array:
-  """Adds `delta` [B] to every pixel of each image (no clipping)."""
+  """Adds `delta` [B] to every pixel of each image [3, B, H, W] (no clipping)."""
   return images + _per_image(delta)
 
 
 def adjust_contrast(images: jax.Array, factor: jax.Array) -> jax.Array:
   """Scales each image by `factor` [B] around its per-channel spatial mean (no clipping)."""
-  mean = jnp.mean(images, axis=(1, 2), keepdims=True)  # [B, 1, 1, C]
+  mean = jnp.mean(images, axis=(2, 3), keepdims=True)  # [3, B, 1, 1]
   return (images - mean) * _per_image(factor) + mean
 
 
 def rgb_to_hsv(images: jax.Array) -> jax.Array:
-  """RGB [..., 3] in [0, 1] -> HSV [..., 3], hue in [0, 1] (1 only by rounding, same as 0).
+  """RGB [3, ...] in [0, 1] -> HSV [3, ...], hue in [0, 1] (1 only by rounding, same as 0).
 
   Grey pixels (max == min) get hue 0 and black ones saturation 0: the divisions are guarded, so no
   NaN and no division by zero.
   """
-  red, green, blue = images[..., 0], images[..., 1], images[..., 2]
+  red, green, blue = images[0], images[1], images[2]
   value = jnp.maximum(jnp.maximum(red, green), blue)
   chroma = value - jnp.minimum(jnp.minimum(red, green), blue)
   saturation = jnp.where(value > 0, chroma / jnp.where(value > 0, value, 1.), 0.)
   inverse_chroma = 1. / jnp.where(chroma > 0, chroma, 1.)
+  # Which channel is the largest (red first on ties, then green), by comparing the channels
+  # rather than testing `value == red`: XLA may recompute a fused input in each consumer, rounded
+  # differently (FMA or not), and an equality that fails by one ulp would pick the wrong formula.
+  red_largest = (red >= green) & (red >= blue)
+  green_largest = ~red_largest & (green >= blue)
   # Hue in sixths of the circle, in [-1, 5), measured from the largest channel.
   hue = jnp.where(
-      value == red, (green - blue) * inverse_chroma,
-      jnp.where(value == green, 2. + (blue - red) * inverse_chroma,
+      red_largest, (green - blue) * inverse_chroma,
+      jnp.where(green_largest, 2. + (blue - red) * inverse_chroma,
                 4. + (red - green) * inverse_chroma))
   # A select instead of a float modulo: XLA lowers that to an fmod, several times slower on CPU.
   hue = jnp.where(chroma > 0, jnp.where(hue < 0, hue + 6., hue) / 6., 0.)
-  return jnp.stack([hue, saturation, value], axis=-1)
+  return jnp.stack([hue, saturation, value])
 
 
 def hsv_to_rgb(images: jax.Array) -> jax.Array:
-  """HSV [..., 3] -> RGB [..., 3]; any hue is taken modulo 1."""
-  hue, saturation, value = images[..., 0:1], images[..., 1:2], images[..., 2:3]
+  """HSV [3, ...] -> RGB [3, ...]; any hue is taken modulo 1."""
+  hue, saturation, value = images[0], images[1], images[2]
+  channels = []
   # Each channel is value - chroma * ramp, the ramp a trapezoid of the hue shifted per channel
   # (R, G, B read it 5, 3 and 1 sixths ahead); the modulo also wraps hues outside [0, 1).
-  position = hue * 6. + jnp.array([5., 3., 1.], images.dtype)  # [..., 3]
-  position = position - 6. * jnp.floor(position / 6.)  # Modulo 6, without an fmod.
-  ramp = jnp.clip(jnp.minimum(position, 4. - position), 0., 1.)
-  return value - value * saturation * ramp
+  for shift in (5., 3., 1.):
+    position = hue * 6. + shift
+    position = position - 6. * jnp.floor(position / 6.)  # Modulo 6, without an fmod.
+    ramp = jnp.clip(jnp.minimum(position, 4. - position), 0., 1.)
+    channels.append(value - value * saturation * ramp)
+  return jnp.stack(channels)
 
 
 def _adjust_hsv(images: jax.Array, saturation_factor: jax.Array, hue_delta: jax.Array) -> jax.Array:
   """Saturation times `saturation_factor` [B] (clipped to [0, 1]) and hue plus `hue_delta` [B]."""
-  hue, saturation, value = jnp.moveaxis(rgb_to_hsv(images), -1, 0)  # 3 x [B, H, W]
-  hue = hue + hue_delta[:, None, None]  # hsv_to_rgb takes it modulo 1.
-  saturation = jnp.clip(saturation * saturation_factor[:, None, None], 0., 1.)
-  return hsv_to_rgb(jnp.stack([hue, saturation, value], axis=-1))
+  hue, saturation, value = rgb_to_hsv(images)  # 3 x [B, H, W]
+  hue = hue + _per_plane(hue_delta)  # hsv_to_rgb takes it modulo 1.
+  saturation = jnp.clip(saturation * _per_plane(saturation_factor), 0., 1.)
+  return hsv_to_rgb(jnp.stack([hue, saturation, value]))
 
 
 def adjust_saturation(images: jax.Array, factor: jax.Array) -> jax.Array:
@@ -174,14 +193,15 @@ def color_jitter(
     hue_delta: jax.Array,
     order: jax.Array | None = None,
 ) -> jax.Array:
-  """Brightness, contrast, saturation and hue with per-image [B] parameters, clipping after each.
+  """Brightness, contrast, saturation and hue of [3, B, H, W] (per-image [B] parameters), clipped.
 
-  `order` [B] indexes JITTER_ORDERS per image; None applies the fixed order (brightness, contrast,
-  saturation, hue) and lets the unused slots of the scheme above be skipped at trace time.
+  Each op is followed by a clip to [0, 1]. `order` [B] indexes JITTER_ORDERS per image; None
+  applies the fixed order (brightness, contrast, saturation, hue) and lets the unused slots of the
+  scheme above be skipped at trace time.
   """
   if order is None:
     table = _SLOT_TABLE[:1]
-    order = jnp.zeros(images.shape[:1], jnp.int32)
+    order = jnp.zeros(images.shape[1:2], jnp.int32)
   else:
     table = _SLOT_TABLE
   for slot, kind in enumerate(_SLOT_KINDS):
@@ -193,7 +213,7 @@ def color_jitter(
     if kind == 'r':
       factor = jnp.where(uses(1), contrast_factor, 1.)
       delta = jnp.where(uses(0), brightness_delta, 0.)
-      mean = jnp.mean(images, axis=(1, 2), keepdims=True)  # [B, 1, 1, C]
+      mean = jnp.mean(images, axis=(2, 3), keepdims=True)  # [3, B, 1, 1]
       # With factor 1 the offset is exactly delta, so brightness alone is exactly x + delta.
       images = images * _per_image(factor) + (mean * _per_image(1. - factor) + _per_image(delta))
     else:
@@ -206,10 +226,10 @@ def color_jitter(
 
 
 def to_grayscale(images: jax.Array) -> jax.Array:
-  """0.2989 R + 0.5870 G + 0.1140 B, repeated on the three channels."""
+  """0.2989 R + 0.5870 G + 0.1140 B of [3, ...], repeated on the three channels."""
   # A weighted sum rather than a dot with the weights: exact float32 on every backend (no TPU
   # bfloat16 matmul passes) and fused with its neighbours.
-  red, green, blue = images[..., 0:1], images[..., 1:2], images[..., 2:3]
+  red, green, blue = images[0], images[1], images[2]
   gray = _GRAYSCALE_WEIGHTS[0] * red + _GRAYSCALE_WEIGHTS[1] * green + _GRAYSCALE_WEIGHTS[2] * blue
   return jnp.broadcast_to(gray, images.shape)
 
@@ -226,7 +246,7 @@ def _blur_matrices(kernel: jax.Array, size: int) -> jax.Array:
 
 
 def gaussian_blur(images: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
-  """Separable Gaussian blur with `2 * radius + 1` taps and per-image `sigma` [B], zero-padded SAME.
+  """Separable Gaussian blur of [3, B, H, W]: `2 * radius + 1` taps, per-image `sigma` [B], SAME.
 
   Depthwise (each channel on its own), vertical then horizontal; the kernel sums to 1. Each pass
   is a product with banded matrices rather than a sum of shifted slices: XLA:CPU fuses the cheap
@@ -238,9 +258,11 @@ def gaussian_blur(images: jax.Array, sigma: jax.Array, radius: int) -> jax.Array
   kernel = jnp.exp(-jnp.square(offsets) / (2. * jnp.square(sigma[:, None])))  # [B, taps]
   kernel = kernel / jnp.sum(kernel, axis=1, keepdims=True)
   highest = jax.lax.Precision.HIGHEST
-  vertical = jnp.einsum('bij,bjwc->biwc', _blur_matrices(kernel, images.shape[1]), images,
+  # Zero padding at the borders. Both products are plain matrix products per image and channel:
+  # [H, H] x [H, W], then [H, W] x [W, W].
+  vertical = jnp.einsum('bij,cbjw->cbiw', _blur_matrices(kernel, images.shape[2]), images,
                         precision=highest)
-  return jnp.einsum('bkw,bhwc->bhkc', _blur_matrices(kernel, images.shape[2]), vertical,
+  return jnp.einsum('bkw,cbhw->cbhk', _blur_matrices(kernel, images.shape[3]), vertical,
                     precision=highest)
 
 
@@ -302,7 +324,7 @@ def apply_decisions(
   """Augments [B, H, W, 3] images with drawn `decisions` (the config decides what is traced)."""
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'Expected RGB images [B, H, W, 3], got shape {images.shape}.')
-  images = images.astype(jnp.float32)
+  images = jnp.moveaxis(images.astype(jnp.float32), -1, 0)  # [3, B, H, W]
   color = view_config['color_transform']
   blur = view_config['gaussian_blur']
   if view_config['random_flip']:
@@ -315,7 +337,7 @@ def apply_decisions(
       images, decisions.color_jitter, color['apply_prob'] * color['color_jitter_prob'])
   images = _maybe_apply(
       to_grayscale, images, decisions.grayscale, color['apply_prob'] * color['to_grayscale_prob'])
-  radius = int(images.shape[1] / blur['blur_divider'] / 2)
+  radius = int(images.shape[2] / blur['blur_divider'] / 2)
   if radius > 0:  # A single tap of weight 1 would leave the images as they are.
     images = _maybe_apply(
         lambda x: gaussian_blur(x, decisions.blur_sigma, radius),
@@ -324,7 +346,7 @@ def apply_decisions(
   images = _maybe_apply(
       lambda x: solarize(x, threshold),
       images, decisions.solarize, view_config['solarize']['apply_prob'])
-  return jnp.clip(images, 0., 1.)
+  return jnp.moveaxis(jnp.clip(images, 0., 1.), 0, -1)  # [B, H, W, 3]
 
 
 def augment_images(
