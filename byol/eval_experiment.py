@@ -201,7 +201,8 @@ class EvalExperiment(experiment.Experiment):
             'encoder.')
       logging.warning('Training a linear classifier on a RANDOM encoder (a baseline).')
     else:
-      state = self._state_with_optimisers(pretrained[0], state.classif_params, pretrained[1])
+      backbone_params, backbone_state = pretrained
+      state = self._state_with_optimisers(backbone_params, state.classif_params, backbone_state)
     self._state = jax.device_put(state, self._replicated)
 
   def step(self, *, global_step: int, rng: jax.Array) -> Scalars:

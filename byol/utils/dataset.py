@@ -11,7 +11,7 @@ centre crop of evaluation, batching. The colour augmentations run later, on the 
 from collections.abc import Callable, Iterator, Sequence
 import enum
 import math
-from typing import TypeVar
+from typing import Any, Mapping, TypeVar
 
 import jax
 import numpy as np
@@ -215,6 +215,35 @@ def load(
     ds = ds.batch(size, drop_remainder=True)
   ds = ds.prefetch(tf.data.AUTOTUNE)
   return iter(tfds.as_numpy(ds))
+
+
+def load_to_devices(
+    split: Split,
+    *,
+    preprocess_mode: PreprocessMode,
+    global_batch_size: int,
+    dataset_config: Mapping[str, Any],
+    sharding: jax.sharding.NamedSharding,
+    seed: int | None = None,
+) -> Iterator[dict[str, jax.Array]]:
+  """Global batches of `split` on the devices of `sharding`, the next one copied ahead.
+
+  This process reads its devices' shards (`helpers.local_shards`) and contributes their rows of
+  each global batch of `global_batch_size`; `dataset_config` gives the dataset's name, data
+  folder and image size. Otherwise as `load`.
+  """
+  shards, num_shards = helpers.local_shards(sharding.mesh)
+  batches = load(
+      split,
+      preprocess_mode=preprocess_mode,
+      batch_dims=[global_batch_size // num_shards * len(shards)],
+      image_size=dataset_config['image_size'],
+      dataset_name=dataset_config['name'],
+      data_dir=dataset_config['data_dir'],
+      shards=shards,
+      num_shards=num_shards,
+      seed=seed)
+  return helpers.prefetch_to_device(batches, sharding)
 
 
 def _split_range(source: sources.Source, split: Split) -> tuple[str, int, int]:

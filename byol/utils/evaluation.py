@@ -40,18 +40,14 @@ def evaluate_split(
   """Top-1, top-5, mean loss and example count of `batch_sums_fn` over the evaluation split."""
   start = time.time()
   split = dataset.Split.from_string(evaluation_config['subset'])
-  shards, num_shards = helpers.local_shards(sharding.mesh)
-  batches = dataset.load(
+  batches = dataset.load_to_devices(
       split,
       preprocess_mode=dataset.PreprocessMode.EVAL,
-      batch_dims=[evaluation_config['batch_size'] // num_shards * len(shards)],
-      image_size=dataset_config['image_size'],
-      dataset_name=dataset_config['name'],
-      data_dir=dataset_config['data_dir'],
-      shards=shards,
-      num_shards=num_shards)
+      global_batch_size=evaluation_config['batch_size'],
+      dataset_config=dataset_config,
+      sharding=sharding)
   totals = None
-  for batch in helpers.prefetch_to_device(batches, sharding):
+  for batch in batches:
     sums = batch_sums_fn(batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:

@@ -105,18 +105,13 @@ class Experiment:
   def _next_train_batch(self) -> Batch:
     """The next training batch on the devices; the input pipeline starts on the first call."""
     if self._train_input is None:
-      shards, num_shards = helpers.local_shards(self._batch_sharding.mesh)
-      batches = dataset.load(
+      self._train_input = dataset.load_to_devices(
           dataset.Split.from_string(self._dataset_config['train_split']),
           preprocess_mode=self._train_preprocess_mode,
-          batch_dims=[self._batch_size // num_shards * len(shards)],
-          image_size=self._dataset_config['image_size'],
-          dataset_name=self._dataset_config['name'],
-          data_dir=self._dataset_config['data_dir'],
-          shards=shards,
-          num_shards=num_shards,
+          global_batch_size=self._batch_size,
+          dataset_config=self._dataset_config,
+          sharding=self._batch_sharding,
           seed=self._random_seed)
-      self._train_input = helpers.prefetch_to_device(batches, self._batch_sharding)
     return next(self._train_input)
 
   def _evaluate_with(
