@@ -490,3 +490,31 @@ def test_unknown_compute_dtype_is_refused():
   with pytest.raises(ValueError, match="Unknown compute dtype 'float16'"):
     with networks.mixed_precision('float16'):
       pass
+
+
+@pytest.mark.parametrize('shape, levels', [
+    ((3, 9, 9, 4), None),  # Odd sides: SAME pads one after.
+    ((2, 8, 10, 3), None),
+    ((3, 8, 8, 4), 2),  # Values on a coarse grid: many ties inside windows.
+    ((2, 7, 6, 2), 1),
+])
+def test_max_pool_equals_haiku_in_values_and_gradients(shape, levels):
+  rng = np.random.default_rng(0)
+  inputs = rng.normal(size=shape).astype(np.float32)
+  if levels:
+    inputs = np.maximum(np.round(inputs * levels) / levels, 0.)  # ReLU-like zeros too.
+
+  def haiku_pool(x):
+    return hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
+
+  outputs, vjp = jax.vjp(lambda x: networks.max_pool(x, window=3, stride=2), inputs)
+  haiku_outputs, haiku_vjp = jax.vjp(haiku_pool, inputs)
+  np.testing.assert_array_equal(outputs, haiku_outputs)
+  grads = rng.normal(size=outputs.shape).astype(np.float32)
+  # On ties, both give the gradient to the first maximum of the window (row-major).
+  np.testing.assert_allclose(vjp(grads)[0], haiku_vjp(grads)[0], rtol=0, atol=1e-6)
+  # On CPU the gradient avoids XLA's select-and-scatter (its slow path there).
+  gradient = jax.make_jaxpr(jax.grad(lambda x: jnp.sum(networks.max_pool(x, 3, 2))))(inputs)
+  assert 'select_and_scatter' not in str(gradient)
+  assert 'select_and_scatter' in str(jax.make_jaxpr(jax.grad(
+      lambda x: jnp.sum(haiku_pool(x))))(inputs))
