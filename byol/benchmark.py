@@ -44,6 +44,8 @@ flags.DEFINE_integer('batch_size', 64, 'Total batch size.', lower_bound=1)
 flags.DEFINE_integer('steps', 5, 'Timed steps (after one compile step).', lower_bound=1)
 flags.DEFINE_string('dataset', 'synthetic', 'Images of the input rows: synthetic (embedded), '
                     'folder:PATH, imagenette, or any dataset of --dataset in byol.main_loop.')
+flags.DEFINE_string('data_dir', None, 'TFDS data folder of --dataset (default: $TFDS_DATA_DIR or '
+                    '~/tensorflow_datasets).')
 flags.DEFINE_enum('compute_dtype', 'float32', list(networks.COMPUTE_DTYPES),
                   'Dtype the networks compute in (parameters stay float32).')
 flags.DEFINE_string('output', None, 'Where to write the figures as JSON.')
@@ -113,11 +115,13 @@ def small_map_convolution(batch_size: int, steps: int) -> list[Row]:
 
 
 def pretraining(encoder: str, dataset_name: str, image_size: int, batch_size: int,
-                compute_dtype: str = 'float32') -> byol_experiment.ByolExperiment:
+                compute_dtype: str = 'float32',
+                data_dir: str | None = None) -> byol_experiment.ByolExperiment:
   """An initialised pretraining experiment on `dataset_name` (`initialize` reads a first batch)."""
-  config = byol_config.get_config(100, batch_size, num_classes=dataset.num_classes(dataset_name))
+  config = byol_config.get_config(
+      100, batch_size, num_classes=dataset.num_classes(dataset_name, data_dir=data_dir))
   config['network_config'].update(encoder_class=encoder, compute_dtype=compute_dtype)
-  config['dataset_config'].update(name=dataset_name, image_size=image_size)
+  config['dataset_config'].update(name=dataset_name, image_size=image_size, data_dir=data_dir)
   experiment = byol_experiment.ByolExperiment(**config)
   experiment.initialize(jax.random.key(0))
   return experiment
@@ -181,13 +185,15 @@ def linear_eval_update(encoder: str, image_size: int, batch_size: int, steps: in
                images_per_s=batch_size / update_s)]
 
 
-def input_pipeline(dataset_name: str, image_size: int, batch_size: int, steps: int) -> list[Row]:
+def input_pipeline(dataset_name: str, image_size: int, batch_size: int, steps: int,
+                   data_dir: str | None = None) -> list[Row]:
   """Images/s of the tf.data pipeline alone (decode, crops, batching), per preprocessing mode."""
   rows = []
   for mode in dataset.PreprocessMode:
     split = dataset.Split.TEST if mode is dataset.PreprocessMode.EVAL else dataset.Split.TRAIN
     batches = dataset.load(split, preprocess_mode=mode, batch_dims=[batch_size],
-                           image_size=image_size, dataset_name=dataset_name, seed=0)
+                           image_size=image_size, dataset_name=dataset_name, data_dir=data_dir,
+                           seed=0)
     next(batches)  # Starts the pipeline's threads.
     start, images = time.perf_counter(), 0
     # Enough batches that the buffers filled meanwhile do not count for much.
@@ -246,15 +252,16 @@ def main(argv: list[str]) -> None:
   rows += small_map_convolution(FLAGS.batch_size, FLAGS.steps)
   # One experiment for the compute-only and the end-to-end rows: the update compiles once.
   experiment = pretraining(FLAGS.encoder, FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size,
-                           FLAGS.compute_dtype)
+                           FLAGS.compute_dtype, FLAGS.data_dir)
   description = (f'{FLAGS.encoder} {FLAGS.image_size}px batch {FLAGS.batch_size}'
                  f'{_dtype_suffix(FLAGS.compute_dtype)}')
   rows += pretrain_update(
       experiment, description, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
-      num_classes=dataset.num_classes(FLAGS.dataset), steps=FLAGS.steps)
+      num_classes=dataset.num_classes(FLAGS.dataset, data_dir=FLAGS.data_dir), steps=FLAGS.steps)
   rows += linear_eval_update(FLAGS.encoder, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps,
                              FLAGS.compute_dtype)
-  rows += input_pipeline(FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps)
+  rows += input_pipeline(FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps,
+                         FLAGS.data_dir)
   rows += end_to_end(experiment, f'{description}, on {FLAGS.dataset}',
                      batch_size=FLAGS.batch_size, steps=FLAGS.steps)
   conv_rate = rows[1]['gflop_per_s']
