@@ -181,13 +181,18 @@ def test_unknown_override_key_is_a_clear_error(tmp_path):
   assert_one_clear_error(code, output, 'unknown key `weight_dacay`', 'weight_decay')
 
 
-def test_random_encoder_baseline_by_override(tmp_path):
+def test_random_encoder_baseline_by_override_computed_in_bfloat16(tmp_path):
   code, output = run('--experiment_mode=linear-eval', '--worker_mode=train',
                      f'--checkpoint_root={tmp_path}', '--max_steps=1', *TINY_RUN,
-                     '--override=allow_train_from_scratch=true')
+                     '--override=allow_train_from_scratch=true', '--compute_dtype=bfloat16')
   assert code == 0, output
   assert 'RANDOM encoder' in output
-  assert checkpointing.load_checkpoint(str(tmp_path / 'linear-eval.pkl'))['step'] == 1
+  checkpoint = checkpointing.load_checkpoint(str(tmp_path / 'linear-eval.pkl'))
+  assert checkpoint['step'] == 1
+  # bfloat16 is the compute dtype only: everything saved stays float32 (or integer).
+  leaves = jax.tree.leaves(checkpoint['experiment_state'])
+  assert {np.asarray(leaf).dtype for leaf in leaves} <= {np.dtype('float32'), np.dtype('int32')}
+  assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
 
 
 def test_linear_eval_without_pretrain_checkpoint_is_a_clear_error(tmp_path):
