@@ -85,10 +85,24 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
     assert len(two_process_copies) == len(copies) == 4, key
     for copy in two_process_copies[1:]:
       np.testing.assert_array_equal(copy, two_process_copies[0], err_msg=key)
-    # ... and the state of one process with four devices, to float tolerance.
-    np.testing.assert_allclose(two_process_copies[0], copies[0], rtol=1e-5, atol=1e-6, err_msg=key)
-    largest = max(largest, float(np.max(np.abs(two_process_copies[0] - copies[0]), initial=0.)))
-  print(f'largest difference between 2 processes x 2 devices and 1 x 4: {largest:.3g}')
+    # ... and, close to it, the state of one process of four devices. Not to float tolerance: the
+    # collectives sum in another order, and a ReLU or max-pool near-tie that this flips after the
+    # first step sends some gradients elsewhere (measured once: 3 of the 1M momentum entries of a
+    # predictor layer off by 1e-4, one BatchNorm's by 1e-3 in 0.1). Another batch or a missing
+    # reduction would change every array by about its own size.
+    difference = float(np.linalg.norm(two_process_copies[0] - copies[0]))
+    size = float(np.linalg.norm(copies[0]))
+    # Arrays that are float noise (biases before a BatchNorm) get an absolute allowance.
+    assert difference <= 0.05 * size + 1e-5 * np.sqrt(copies[0].size), (key, difference, size)
+    if size > 1e-3:
+      largest = max(largest, difference / size)
+  print(f'largest relative difference between 2 processes x 2 devices and 1 x 4: {largest:.3g}')
+  # Every step trained on the same batches: the logged scalars agree closely.
+  logs = {layout: [json.loads(line) for line in open(root / 'pretrain_train.jsonl')]
+          for layout, root in roots.items()}
+  for step_2x2, step_1x4 in zip(logs['2x2'], logs['1x4'], strict=True):
+    for name in ('loss', 'repr_loss', 'classif_loss'):
+      np.testing.assert_allclose(step_2x2[name], step_1x4[name], rtol=1e-4, err_msg=name)
 
   # Process 0 alone wrote the checkpoint and the logs; the other process only trained.
   (_, output0), (_, output1) = training
