@@ -143,10 +143,8 @@ def max_pool(inputs: jax.Array, window: int, stride: int) -> jax.Array:
     return pool(inputs)
   batch, height, width, channels = inputs.shape
   out_height, out_width = -(-height // stride), -(-width // stride)
-  # SAME padding, the larger half after; padded elements are -inf and never the maximum.
-  pads = [(total // 2, total - total // 2) for total in (
-      max((out_height - 1) * stride + window - height, 0),
-      max((out_width - 1) * stride + window - width, 0))]
+  # Padded elements are -inf and never the maximum.
+  pads = jax.lax.padtype_to_pads((height, width), (window, window), (stride, stride), 'SAME')
   padded_shape = (batch, height + sum(pads[0]), width + sum(pads[1]), channels)
   offsets = [divmod(k, window) for k in range(window * window)]  # (row, column), row-major.
 
