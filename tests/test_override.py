@@ -38,7 +38,8 @@ def test_top_level_entries_and_the_last_assignment_wins():
     ('optimizer_config.weight_dacay=1e-5', r'unknown key `weight_dacay`; the keys there are: '
                                            r'eta, exclude_bias_from_adaption, momentum'),
     ('optimiser_config.eta=1', r'`optimiser_config` is not a group.*optimizer_config'),
-    ('network_config=3', r'is a group; set one of its keys: bn_config, compute_dtype, encoder_class'),
+    ('network_config=3',
+     r'is a group; set one of its keys: bn_config, compute_dtype, encoder_class'),
     ('max_steps=ten', r'max_steps=ten: expected an integer'),
     ('optimizer_config.eta=big', r'expected a number'),
     ('network_config.encoder_config.resnet_v2=maybe', r'expected true or false'),
