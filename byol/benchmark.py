@@ -72,6 +72,12 @@ def _flops(jitted: Any, *args: Any) -> float:
   return float((cost[0] if isinstance(cost, list) else cost)['flops'])
 
 
+def _xla_convolution(images: jax.Array, kernel: jax.Array) -> jax.Array:
+  """XLA's own SAME convolution, stride 1: [B, H, W, C] x [kh, kw, C, O] -> [B, H, W, O]."""
+  return jax.lax.conv_general_dilated(
+      images, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
 def machine_rates(steps: int) -> list[Row]:
   """The machine's fp32 matrix-product and 3x3-convolution rates (GFLOP/s)."""
   rng = np.random.default_rng(0)
@@ -81,8 +87,7 @@ def machine_rates(steps: int) -> list[Row]:
   _, matmul_s = _timed(lambda _: matmul(a, b), steps)
   images = jnp.asarray(rng.normal(size=(16, 56, 56, 64)), jnp.float32)  # [B, H, W, C]
   kernel = jnp.asarray(rng.normal(size=(3, 3, 64, 64)), jnp.float32)  # [kh, kw, C, O]
-  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
-      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  conv = jax.jit(_xla_convolution)
   _, conv_s = _timed(lambda _: conv(images, kernel), steps)
   return [
       dict(what=f'matrix product {size}^3 fp32', ms=1e3 * matmul_s,
@@ -103,8 +108,7 @@ def small_map_convolution(batch_size: int, steps: int) -> list[Row]:
 
   rows = []
   for name, conv in (
-      ('XLA convolution', lambda x, w: jax.lax.conv_general_dilated(
-          x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))),
+      ('XLA convolution', _xla_convolution),
       ('patch product (ours)', lambda x, w: networks.conv_as_patch_product(
           x, w, (1, 1), 'SAME'))):
     step = forward_backward(conv)

@@ -51,6 +51,8 @@ _STATE_MODULE_PREFIXES = ('byol.', 'optax.')
 
 # Numpy 1.x pickles name `numpy.core`, which numpy 2 keeps only as a deprecated alias.
 _RENAMED_MODULES = {'numpy.core.multiarray': 'numpy._core.multiarray'}
+# A write goes through `<checkpoint file name>.<random>.tmp`, renamed over the file at the end.
+_TEMPORARY_SUFFIX = '.tmp'
 
 
 class CheckpointError(ValueError):
@@ -195,13 +197,17 @@ class Checkpointer:
     self._write_error: BaseException | None = None  # What made the last background write fail.
 
   @property
+  def _temporary_prefix(self) -> str:
+    """Start of the names of the temporary files a write goes through, e.g. 'pretrain.pkl.'."""
+    return os.path.basename(self._path) + '.'
+
+  @property
   def path(self) -> str:
     """Where the checkpoint lives."""
     return self._path
 
   def check_writable(self) -> None:
-    """Creates the checkpoint folder, checks that a file can be written there, and removes the
-    temporary files of writes that a crash interrupted."""
+    """Creates the checkpoint folder, checks it is writable, removes interrupted writes' files."""
     if jax.process_index() != 0:
       return
     folder = os.path.dirname(self._path) or '.'
@@ -210,7 +216,7 @@ class Checkpointer:
       with tempfile.TemporaryFile(dir=folder):
         pass
       for name in os.listdir(folder):
-        if name.startswith(os.path.basename(self._path) + '.') and name.endswith('.tmp'):
+        if name.startswith(self._temporary_prefix) and name.endswith(_TEMPORARY_SUFFIX):
           os.unlink(os.path.join(folder, name))
     except OSError as error:
       raise CheckpointError(
@@ -267,7 +273,7 @@ class Checkpointer:
     """Pickles `checkpoint` to a temporary file, syncs it, and renames it over the checkpoint."""
     folder = os.path.dirname(self._path) or '.'
     with tempfile.NamedTemporaryFile(
-        dir=folder, prefix=os.path.basename(self._path) + '.', suffix='.tmp', delete=False) as f:
+        dir=folder, prefix=self._temporary_prefix, suffix=_TEMPORARY_SUFFIX, delete=False) as f:
       try:
         dill.dump(checkpoint, f, protocol=pickle.HIGHEST_PROTOCOL)
         f.flush()
