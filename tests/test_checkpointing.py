@@ -1,4 +1,4 @@
-"""Checkpoints: round trip, atomic writes, clear errors, and no code run from the file."""
+"""Checkpoints: round trip, atomic writes, clear errors (security: test_checkpoint_security.py)."""
 
 import os
 import pickle
@@ -11,18 +11,14 @@ import numpy as np
 import optax
 import pytest
 
+# As in byol.main_loop: a file naming the state class by reference, without its fields, gets the
+# real class only from a module already imported (the reader never imports what a file names).
+from byol import byol_experiment
 from byol.utils import checkpointing
 import pickle_like_2020
 
 
-class _Payload:
-  """Pickles to `os.system(<command>)`: the classic malicious checkpoint."""
-
-  def __init__(self, command):
-    self.command = command
-
-  def __reduce__(self):
-    return (os.system, (self.command,))
+RNG = np.array([0, 42], np.uint32)  # The raw data of a PRNG key, as checkpoints store it.
 
 
 def make_state():
@@ -136,20 +132,9 @@ def test_missing_file_is_a_clear_error(tmp_path):
     checkpointing.load_checkpoint(str(tmp_path / 'absent.pkl'))
 
 
-@pytest.mark.parametrize('pickler', [pickle, dill])
-def test_loading_never_runs_code_from_the_file(tmp_path, pickler):
-  marker = tmp_path / 'pwned'
-  path = tmp_path / 'evil.pkl'
-  path.write_bytes(pickler.dumps(
-      {'experiment_state': _Payload(f'touch {marker}'), 'step': 0, 'rng': None}, protocol=2))
-  with pytest.raises(checkpointing.CheckpointError, match='posix.system|os.system'):
-    checkpointing.load_checkpoint(str(path))
-  assert not marker.exists()
-
-
 def test_numpy_1x_module_names_are_accepted(tmp_path):
   # Numpy 1.x pickles name `numpy.core.multiarray`; such files must load on numpy 2.
-  data = pickle.dumps({'experiment_state': np.ones(3, np.float32), 'step': 0, 'rng': None},
+  data = pickle.dumps({'experiment_state': np.ones(3, np.float32), 'step': 0, 'rng': RNG},
                       protocol=2)
   data = data.replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
   assert b'numpy.core.multiarray' in data
@@ -165,7 +150,7 @@ class _LocalState(NamedTuple):
 
 def test_state_namedtuples_outside_allowed_modules_are_refused(tmp_path):
   path = tmp_path / 'local.pkl'
-  path.write_bytes(pickle.dumps({'experiment_state': _LocalState({}), 'step': 0, 'rng': None}))
+  path.write_bytes(pickle.dumps({'experiment_state': _LocalState({}), 'step': 0, 'rng': RNG}))
   with pytest.raises(checkpointing.CheckpointError, match='_LocalState'):
     checkpointing.load_checkpoint(str(path))
 
@@ -181,7 +166,7 @@ def test_unwritable_folder_is_a_clear_error(tmp_path):
 def test_dill_namedtuples_of_other_modules_are_refused(tmp_path):
   # dill pickles NamedTuples through `_create_namedtuple`, which would import the named module.
   path = tmp_path / 'local.pkl'
-  path.write_bytes(dill.dumps({'experiment_state': _LocalState({}), 'step': 0, 'rng': None}))
+  path.write_bytes(dill.dumps({'experiment_state': _LocalState({}), 'step': 0, 'rng': RNG}))
   with pytest.raises(checkpointing.CheckpointError, match='_LocalState'):
     checkpointing.load_checkpoint(str(path))
 
@@ -197,8 +182,7 @@ def test_2020_release_file_loads_with_stand_ins_for_removed_classes(tmp_path, mo
 
   checkpoint = checkpointing.load_checkpoint(path)
   state = checkpoint['experiment_state']
-  assert type(state).__module__ == 'byol.byol_experiment'
-  assert state._fields[:3] == ('online_params', 'target_params', 'online_state')
+  assert type(state) is byol_experiment._ByolExperimentState
   jax.tree.map(np.testing.assert_array_equal, state.online_params, online_params)
   jax.tree.map(np.testing.assert_array_equal, state.online_state, online_state)
   # byol no longer defines the 2020 LARS states: stand-ins keep their names and values.
@@ -216,5 +200,5 @@ def test_existing_function_of_byol_is_refused(tmp_path):
   path.write_bytes(pickle.dumps(
       {'experiment_state': checkpointing.load_checkpoint}, protocol=2))
   with pytest.raises(checkpointing.CheckpointError,
-                     match='Refusing to load `byol.utils.checkpointing.load_checkpoint`'):
+                     match='Refusing to load .* names `byol.utils.checkpointing.load_checkpoint`'):
     checkpointing.load_checkpoint(str(path))

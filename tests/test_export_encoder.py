@@ -1,12 +1,14 @@
 """Export of a trained encoder to .npz, and its use outside the experiment classes."""
 
 import os
+import pickle
 import subprocess
 import sys
 
 import haiku as hk
 import jax
 import numpy as np
+import pytest
 
 from byol import export_encoder
 from byol.configs import byol as byol_config
@@ -14,7 +16,8 @@ from byol.utils import checkpointing
 from byol.utils import dataset
 from byol.utils import helpers
 from byol.utils import networks
-from test_eval_experiment import IMAGE_SIZE, make_experiment, write_pretrain_checkpoint
+from test_eval_experiment import IMAGE_SIZE, make_experiment, write_2020_release_file
+from test_eval_experiment import write_pretrain_checkpoint
 
 
 def test_export_of_a_pretraining_checkpoint_round_trips_the_online_encoder(tmp_path):
@@ -56,17 +59,50 @@ def test_exported_encoder_gives_the_embedding_of_the_linear_evaluation_backbone(
                run_state.classif_params)
 
 
-def test_command_line_reports_a_bad_checkpoint_and_writes_nothing(tmp_path):
+class _RunsACommand:
+  """Pickles to `os.system(command)`."""
+
+  def __init__(self, command):
+    self.command = command
+
+  def __reduce__(self):
+    return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize('contents, message', [
+    (lambda marker: b'not a pickle at all', 'truncated or not a checkpoint'),
+    (lambda marker: pickle.dumps({'experiment_state': _RunsACommand(f'touch {marker}')}),
+     'Refusing to load'),
+])
+def test_command_line_reports_a_bad_checkpoint_and_writes_nothing(tmp_path, contents, message):
+  marker = tmp_path / 'pwned'
   bad = tmp_path / 'pretrain.pkl'
-  bad.write_bytes(b'not a pickle at all')
+  bad.write_bytes(contents(marker))
   output = tmp_path / 'encoder.npz'
   result = subprocess.run(
       [sys.executable, '-m', 'byol.export_encoder', f'--checkpoint={bad}', f'--output={output}'],
       capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert result.returncode != 0
-  assert 'error:' in result.stderr and 'truncated or not a checkpoint' in result.stderr
+  assert 'error:' in result.stderr and message in result.stderr
   assert 'Traceback' not in result.stderr
-  assert not output.exists()
+  assert os.listdir(tmp_path) == ['pretrain.pkl']
+
+
+def test_a_2020_release_file_exports_the_encoder_of_our_file_with_the_same_embedding(tmp_path):
+  checkpoint, pretrain_state = write_pretrain_checkpoint(tmp_path)
+  release_file = write_2020_release_file(tmp_path / 'pretrain_res50x1.pkl', pretrain_state)
+  embeddings = []
+  for source in (checkpoint, release_file):
+    output = f'{source}.npz'
+    assert export_encoder.export_encoder(source, output) == 'tiny_res_net width 1'
+    params, state = export_encoder.load_encoder(output)
+    bn_config = byol_config.get_config(100, 8)['network_config']['bn_config']
+    encoder = hk.without_apply_rng(hk.transform_with_state(
+        lambda images: networks.TinyResNet(bn_config=bn_config)(images, is_training=False)))
+    images = np.random.default_rng(0).uniform(size=(2, IMAGE_SIZE, IMAGE_SIZE, 3))
+    embeddings.append(encoder.apply(params, state, images.astype(np.float32))[0])
+  np.testing.assert_array_equal(embeddings[0], embeddings[1])
+  assert np.std(embeddings[0]) > 0
 
 
 def test_command_line_exports(tmp_path):

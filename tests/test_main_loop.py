@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import pickle
 import re
 import signal
 import subprocess
@@ -200,6 +201,27 @@ def test_linear_eval_without_pretrain_checkpoint_is_a_clear_error(tmp_path):
                      f'--checkpoint_root={tmp_path}', '--max_steps=1', *TINY_RUN)
   assert_one_clear_error(code, output, 'No pretraining checkpoint', 'Pretrain first')
   assert not (tmp_path / 'linear-eval.pkl').exists()
+
+
+class _RunsACommand:
+  """Pickles to `os.system(command)`: a malicious download saved as pretrain.pkl."""
+
+  def __init__(self, command):
+    self.command = command
+
+  def __reduce__(self):
+    return (os.system, (self.command,))
+
+
+def test_linear_eval_refuses_a_pretrain_checkpoint_that_names_code_and_writes_nothing(tmp_path):
+  marker = tmp_path.parent / f'{tmp_path.name}-pwned'
+  (tmp_path / 'pretrain.pkl').write_bytes(pickle.dumps(
+      {'experiment_state': _RunsACommand(f'touch {marker}'), 'step': 0}, protocol=2))
+  code, output = run('--experiment_mode=linear-eval', '--worker_mode=train',
+                     f'--checkpoint_root={tmp_path}', '--max_steps=1', *TINY_RUN)
+  assert_one_clear_error(code, output, 'Refusing to load', 'names `posix.system`')
+  assert not marker.exists()
+  assert os.listdir(tmp_path) == ['pretrain.pkl']
 
 
 def test_paper_protocol_chooses_on_valid_and_reports_only_the_chosen_run_on_test(tmp_path):

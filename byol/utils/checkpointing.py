@@ -4,21 +4,18 @@ A checkpoint is `{'experiment_state': <state NamedTuple of numpy arrays>, 'step'
 where `rng` is the raw uint32 data of the training loop's PRNG key. Only process 0 writes it, and
 only process 0 reads it: in a run of several processes the others get the bytes it read.
 
-Loading uses an allow-list unpickler: a pickle can name any callable (`os.system`, `eval`) and a plain
-`pickle.load` would call it, while checkpoints are downloaded and shared between people. Only numpy
-arrays and dtypes, builtin containers and scalars, and experiment/optimiser state NamedTuples may be
-named; anything else is refused with an error that names it.
+Checkpoints are downloaded and shared between people, and a pickle can name any callable
+(`os.system`, `eval`) that `pickle.load` would call. They are read by `safe_pickle.loads`, which
+evaluates the file as data only: numeric numpy arrays and scalars, builtin containers and scalars,
+and experiment/optimiser state NamedTuples; a file that names anything else is refused with an error
+that names it, before anything of it has run.
 
 DeepMind's 2020 release files (dill protocol 2, numpy 1.x) name state classes that today's byol and
 optax no longer define (`byol.utils.optimizers.ScaleByLarsState`, `optax._src.transform.ScaleState`,
-...): those load as plain stand-in tuples that keep their values, so that `online_params` and
-`online_state` can be used whatever became of the optimiser's classes.
+...): those load as stand-in tuples of the same names and fields that keep their values, so that
+`online_params` and `online_state` can be used whatever became of the optimiser's classes.
 """
 
-import collections
-import functools
-import importlib
-import io
 import os
 import pickle
 import tempfile
@@ -31,131 +28,18 @@ import jax
 import numpy as np
 
 from byol.utils import distributed
+from byol.utils import safe_pickle
 
-# Globals a checkpoint may name, besides state NamedTuples (see `_SafeUnpickler.find_class`).
-_ALLOWED_GLOBALS = frozenset({
-    'builtins.dict', 'builtins.list', 'builtins.tuple', 'builtins.set', 'builtins.frozenset',
-    'builtins.int', 'builtins.float', 'builtins.complex', 'builtins.bool', 'builtins.str',
-    'builtins.bytes', 'builtins.bytearray', 'collections.OrderedDict',
-    # Protocol 2 pickles carry array bytes as latin-1 strings re-encoded by this function.
-    '_codecs.encode',
-    'numpy.ndarray', 'numpy.dtype',
-    'numpy._core.multiarray._reconstruct', 'numpy._core.multiarray.scalar',
-    # dill rebuilds arrays as `_create_array(f, args, state)`; `f` itself is resolved through this
-    # allow-list, and `_load_type` only maps names to builtin types.
-    'dill._dill._create_array', 'dill._dill._load_type',
-})
-
-# Modules whose NamedTuple classes (experiment and optimiser states) a checkpoint may name.
-_STATE_MODULE_PREFIXES = ('byol.', 'optax.')
-
-# Numpy 1.x pickles name `numpy.core`, which numpy 2 keeps only as a deprecated alias.
-_RENAMED_MODULES = {'numpy.core.multiarray': 'numpy._core.multiarray'}
 # A write goes through `<checkpoint file name>.<random>.tmp`, renamed over the file at the end.
 _TEMPORARY_SUFFIX = '.tmp'
+# dill writes our NamedTuples with their field names (`_create_namedtuple`) and arrays as numpy does
+# (`_create_array`): the globals of the 2020 release files, all that `safe_pickle` needs. Protocol 4
+# (Python 3.4+) is pinned so that files do not change with the Python that writes them.
+_PROTOCOL = 4
 
 
 class CheckpointError(ValueError):
   """A checkpoint that is missing, unreadable, truncated, unsafe or of the wrong kind."""
-
-
-def _is_namedtuple_class(cls: Any) -> bool:
-  return isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, '_fields')
-
-
-def _state_class(module: str, name: str) -> type | None:
-  """The NamedTuple class `module.name` if it is a state class of an allowed module, else None."""
-  if not module.startswith(_STATE_MODULE_PREFIXES):
-    return None
-  try:
-    cls = getattr(importlib.import_module(module), name, None)
-  except ImportError:
-    return None
-  return cls if _is_namedtuple_class(cls) else None
-
-
-class _StandIn(tuple):
-  """Base of the stand-ins for state classes that no longer exist: a tuple of the saved values."""
-  __slots__ = ()
-
-  def __new__(cls, *values: Any) -> '_StandIn':
-    return super().__new__(cls, values)
-
-  def __repr__(self) -> str:
-    return f'{type(self).__name__}{tuple.__repr__(self)}'
-
-
-@functools.cache
-def _stand_in_class(module: str, name: str) -> type[_StandIn]:
-  """A `_StandIn` subclass named after `module.name`, registered as a pytree of its values."""
-  cls = type(name, (_StandIn,), {'__slots__': (), '__module__': module, '__qualname__': name})
-  jax.tree_util.register_pytree_node(
-      cls, lambda stand_in: (tuple(stand_in), None), lambda _, values: cls(*values))
-  return cls
-
-
-@functools.cache
-def _state_factory(module: str, name: str) -> type:
-  """What a pickle gets for the global `module.name` of an allowed module (see `find_class`).
-
-  Pickles rebuild NamedTuples as `cls.__new__(cls, *values)`: this class builds the real state
-  class when it still exists with that many fields, and a stand-in otherwise (a 2020 class that
-  was removed or has other fields today).
-  """
-  real_class = _state_class(module, name)
-
-  def build(cls: type, *values: Any) -> tuple:
-    del cls
-    if real_class is not None and len(values) == len(real_class._fields):
-      return real_class(*values)
-    return _stand_in_class(module, name)(*values)
-
-  return type(name, (), {'__new__': build, '__module__': module})
-
-
-def _namedtuple_class(
-    name: str, fieldnames: tuple[str, ...], modulename: str, defaults: Any = None) -> type:
-  """Stands in for dill's `_create_namedtuple`, which would import any module the file names.
-
-  Returns the real state class when it exists with these fields, else a plain namedtuple with the
-  same name and fields (for state classes that the installed byol/optax no longer have).
-  """
-  del defaults  # Checkpoints always store every field.
-  if not modulename.startswith(_STATE_MODULE_PREFIXES):
-    raise CheckpointError(
-        f'Refusing to load the class `{modulename}.{name}`: only experiment and optimiser states '
-        f'({", ".join(_STATE_MODULE_PREFIXES)}*) may appear in a checkpoint.')
-  cls = _state_class(modulename, name)
-  if cls is not None and tuple(cls._fields) == tuple(fieldnames):
-    return cls
-  return collections.namedtuple(name, fieldnames, module=modulename)
-
-
-class _SafeUnpickler(pickle.Unpickler):
-  """Unpickler that resolves only allow-listed globals."""
-
-  def find_class(self, module: str, name: str) -> Any:
-    module = _RENAMED_MODULES.get(module, module)
-    qualified_name = f'{module}.{name}'
-    if qualified_name == 'dill._dill._create_namedtuple':
-      return _namedtuple_class
-    if qualified_name in _ALLOWED_GLOBALS:
-      return super().find_class(module, name)
-    if module.startswith(_STATE_MODULE_PREFIXES) and not _exists_as_non_state(module, name):
-      return _state_factory(module, name)
-    raise CheckpointError(
-        f'Refusing to load `{qualified_name}`: a checkpoint may only hold arrays, builtin '
-        'containers and experiment state, and this file names something else. Do not load files '
-        'from sources you do not trust.')
-
-
-def _exists_as_non_state(module: str, name: str) -> bool:
-  """Whether `module.name` exists but is not a state NamedTuple (a function, say): refused."""
-  try:
-    value = getattr(importlib.import_module(module), name)
-  except (ImportError, AttributeError):
-    return False  # Removed since the file was written: a stand-in will hold its values.
-  return not _is_namedtuple_class(value)
 
 
 def load_checkpoint(path: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
@@ -173,19 +57,26 @@ def load_checkpoint(path: str, *, missing_ok: bool = False) -> dict[str, Any] | 
       return None
     raise CheckpointError(f'No checkpoint at {path}.')
   try:
-    checkpoint = _SafeUnpickler(io.BytesIO(data)).load()
-  except CheckpointError:
-    raise
-  except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
-          ImportError, IndexError, KeyError) as error:
+    checkpoint = safe_pickle.loads(data)
+  except safe_pickle.UnsafePickleError as error:
     raise CheckpointError(
-        f'{path} is truncated or not a checkpoint ({type(error).__name__}: {error}). Delete or '
-        'replace it to start afresh.') from None
-  if not isinstance(checkpoint, dict) or 'experiment_state' not in checkpoint:
+        f'Refusing to load {path}: the file {error}. Nothing from it was run. Do not load files '
+        'from sources you do not trust.') from None
+  except pickle.UnpicklingError as error:
+    raise CheckpointError(
+        f'{path} is truncated or not a checkpoint ({error}). Delete or replace it to start '
+        'afresh.') from None
+  if (not isinstance(checkpoint, dict) or 'experiment_state' not in checkpoint
+      or type(checkpoint.get('step')) is not int or not _is_key_data(checkpoint.get('rng'))):
     raise CheckpointError(
         f'{path} is a pickle but not a checkpoint: expected a dict with `experiment_state`, '
-        f'`step` and `rng`.')
+        '`step` (an int) and `rng` (the uint32 data of a PRNG key).')
   return checkpoint
+
+
+def _is_key_data(rng: Any) -> bool:
+  """Whether `rng` is the raw data of a PRNG key, as `Checkpointer.save` writes it."""
+  return isinstance(rng, np.ndarray) and rng.dtype == np.uint32 and rng.ndim == 1 and rng.size > 0
 
 
 class Checkpointer:
@@ -275,7 +166,7 @@ class Checkpointer:
     with tempfile.NamedTemporaryFile(
         dir=folder, prefix=self._temporary_prefix, suffix=_TEMPORARY_SUFFIX, delete=False) as f:
       try:
-        dill.dump(checkpoint, f, protocol=pickle.HIGHEST_PROTOCOL)
+        dill.dump(checkpoint, f, protocol=_PROTOCOL)
         f.flush()
         os.fsync(f.fileno())
       except BaseException:
@@ -295,7 +186,12 @@ class Checkpointer:
     checkpoint = load_checkpoint(self._path, missing_ok=True)
     if checkpoint is None:
       return None
-    checkpoint['rng'] = jax.random.wrap_key_data(checkpoint['rng'])
+    try:
+      checkpoint['rng'] = jax.random.wrap_key_data(checkpoint['rng'])
+    except (TypeError, ValueError) as error:
+      raise CheckpointError(
+          f'{self._path} holds no PRNG key of this JAX ({error}). Delete it to start afresh.'
+      ) from None
     return checkpoint
 
 
