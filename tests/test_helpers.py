@@ -42,6 +42,28 @@ def test_topk_accuracy_counts_true_class_among_largest():
   np.testing.assert_array_equal(helpers.topk_accuracy(logits, labels, topk=3), [1., 1., 1.])
 
 
+def test_topk_accuracy_counts_ties_and_nans_against_the_true_class():
+  dead = np.zeros((3, 10), np.float32)  # A dead output: every logit equal.
+  labels = np.array([0, 4, 9])
+  for topk in (1, 5):
+    np.testing.assert_array_equal(helpers.topk_accuracy(dead, labels, topk=topk), [0., 0., 0.])
+  tied = np.array([[0., 2., 2., 1.], [0., 2., 2., 1.], [0., 2., 2., 1.]], np.float32)
+  # Class 1 ties with class 2: among the top 2, not the top 1; class 3 is third.
+  np.testing.assert_array_equal(helpers.topk_accuracy(tied, np.array([1, 2, 3]), topk=1),
+                                [0., 0., 0.])
+  np.testing.assert_array_equal(helpers.topk_accuracy(tied, np.array([1, 2, 3]), topk=2),
+                                [1., 1., 0.])
+  with_nan = np.array([[np.nan, 1., 0.], [0., 1., np.nan]], np.float32)
+  np.testing.assert_array_equal(helpers.topk_accuracy(with_nan, np.array([0, 1]), topk=1), [0., 0.])
+  # The same verdicts as numpy's definition: fewer than k other logits at least as large.
+  rng = np.random.default_rng(0)
+  logits = rng.integers(0, 3, size=(64, 6)).astype(np.float32)  # Many ties.
+  labels = rng.integers(0, 6, size=64)
+  true = logits[np.arange(64), labels][:, None]
+  expected = (np.sum(logits >= true, axis=-1) - 1 < 2).astype(np.float32)
+  np.testing.assert_array_equal(helpers.topk_accuracy(logits, labels, topk=2), expected)
+
+
 def test_check_batch_size_names_device_count():
   helpers.check_batch_size(jax.device_count() * 3)
   with pytest.raises(helpers.BatchSizeError, match='multiple of the number of devices'):

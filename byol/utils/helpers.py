@@ -33,12 +33,14 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def topk_accuracy(logits: jax.Array, labels: jax.Array, topk: int) -> jax.Array:
   """1.0 where the true class is among the `topk` largest logits, else 0.0: [B, C], [B] -> [B].
 
-  Counts the logits strictly greater than the true class's, so a tie counts in its favour
-  (deterministic, unlike an argsort whose tie order is arbitrary).
+  A tie counts against the true class: it is among the top k only if fewer than k other logits are
+  at least as large (or NaN). So a dead output, all logits equal, is never correct, and neither is
+  a NaN; unlike an argsort, the result does not depend on an arbitrary order of tied classes.
   """
   true_logit = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)  # [B, 1]
-  num_strictly_greater = jnp.sum(logits > true_logit, axis=-1)  # [B]
-  return (num_strictly_greater < topk).astype(jnp.float32)
+  # `~(x < y)` is `x >= y` that also holds for NaN; the true class counts itself once.
+  num_others_not_smaller = jnp.sum(~(logits < true_logit), axis=-1) - 1  # [B]
+  return (num_others_not_smaller < topk).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- devices and batches
