@@ -69,7 +69,8 @@ flags.DEFINE_integer('image_size', None, 'Side of the crops (default: 224 for Im
 flags.DEFINE_string('data_dir', None, 'TFDS data folder (default: $TFDS_DATA_DIR or '
                     '~/tensorflow_datasets).')
 flags.DEFINE_integer('eval_batch_size', None, 'Evaluation batch size (default 100, or the '
-                     'dataset preset\'s).', lower_bound=1)
+                     'dataset preset\'s), rounded up to a multiple of the device count.',
+                     lower_bound=1)
 flags.DEFINE_integer('save_checkpoint_interval', 300, 'Seconds between two checkpoints.',
                      lower_bound=0)
 flags.DEFINE_float('eval_poll_interval', 10., 'Seconds between two looks for a new checkpoint.',

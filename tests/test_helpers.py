@@ -64,6 +64,12 @@ def test_topk_accuracy_counts_ties_and_nans_against_the_true_class():
   np.testing.assert_array_equal(helpers.topk_accuracy(logits, labels, topk=2), expected)
 
 
+def test_evaluation_batches_round_up_to_the_devices_and_must_be_positive():
+  assert helpers.round_up_to_devices(25) == 25  # One device here; 2 and 4: test_multi_device.py.
+  with pytest.raises(helpers.BatchSizeError, match='must be positive'):
+    helpers.round_up_to_devices(0)
+
+
 def test_check_batch_size_names_device_count():
   helpers.check_batch_size(jax.device_count() * 3)
   with pytest.raises(helpers.BatchSizeError, match='multiple of the number of devices'):

@@ -8,6 +8,7 @@ input, evaluation over a split, and checkpoints that are checked before they are
 
 from typing import Any, Callable, Iterator, Mapping
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
@@ -45,7 +46,11 @@ class Experiment:
       checkpointing_config: Mapping[str, Any],
   ):
     helpers.check_batch_size(batch_size)
-    helpers.check_batch_size(evaluation_config['batch_size'], 'evaluation batch_size')
+    eval_batch_size = helpers.round_up_to_devices(evaluation_config['batch_size'])
+    if eval_batch_size != evaluation_config['batch_size']:
+      logging.info('Evaluating in batches of %d, the evaluation batch size %d rounded up to a '
+                   'multiple of the %d devices (the extra examples are padding, masked out).',
+                   eval_batch_size, evaluation_config['batch_size'], jax.device_count())
     if max_steps <= 0:
       raise ValueError(f'max_steps must be positive, got {max_steps}.')
     self._random_seed = random_seed
@@ -58,7 +63,7 @@ class Experiment:
     self._compute_dtype = network_config['compute_dtype']
     self._lr_schedule_config = dict(lr_schedule_config)
     self._dataset_config = dict(dataset_config)
-    self._evaluation_config = dict(evaluation_config)
+    self._evaluation_config = dict(evaluation_config, batch_size=eval_batch_size)
     # Validates the warm-up against the run length now rather than at the first step.
     self._learning_rate(0)
 

@@ -78,14 +78,26 @@ class BatchSizeError(ValueError):
   """A batch size that does not split evenly over the devices."""
 
 
-def check_batch_size(batch_size: int, what: str = 'batch_size') -> None:
+def check_batch_size(batch_size: int) -> None:
   """Raises BatchSizeError unless `batch_size` splits evenly over all devices of all processes."""
   num_devices = jax.device_count()
   if batch_size <= 0 or batch_size % num_devices:
     raise BatchSizeError(
-        f'{what}={batch_size} must be a positive multiple of the number of devices '
+        f'batch_size={batch_size} must be a positive multiple of the number of devices '
         f'({num_devices} over {jax.process_count()} process(es)). Pick e.g. '
         f'{max(num_devices, batch_size - batch_size % num_devices)}.')
+
+
+def round_up_to_devices(batch_size: int) -> int:
+  """The smallest multiple of the device count (over all processes) that is at least `batch_size`.
+
+  For evaluation batches: evaluation pads and masks its last batches, so a larger batch changes
+  nothing but speed, while a preset's batch (e.g. 25) need not divide 2, 4 or 8 devices.
+  """
+  if batch_size <= 0:
+    raise BatchSizeError(f'The evaluation batch size must be positive, got {batch_size}.')
+  num_devices = jax.device_count()
+  return -(-batch_size // num_devices) * num_devices
 
 
 def to_global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
