@@ -315,7 +315,7 @@ def _build(target: Any, state: Any) -> Any:
 
 
 def _filled(value: Any) -> Any:
-  """What the memo holds for `value`: an array or dtype that BUILD has filled is the array."""
+  """What the memo holds for `value`: an array or dtype that BUILD has filled is its value."""
   return value.value if isinstance(value, _Pending) and value.value is not None else value
 
 
