@@ -392,6 +392,140 @@ def test_presets_differ_only_in_blur_and_solarize_probabilities():
   assert view1 == view2
 
 
+# --- The whole on-device pipeline: the order of its stages. ---
+
+# The on-device stages in the order of SPEC section 6. The random resized crop is not one of them:
+# it runs earlier, on the host in tf.data (byol/utils/dataset.py), so only this order is tested.
+PIPELINE_STAGES = ('flip', 'color_jitter', 'grayscale', 'blur', 'solarize', 'clip')
+
+
+def np_flip_from_decisions(images, _):
+  return images[:, :, ::-1]
+
+
+def np_grayscale_from_decisions(images, _):
+  return np.stack([np_grayscale(image) for image in images])
+
+
+def np_solarize_from_decisions(images, _):
+  return np_solarize(images)
+
+
+NP_STAGES = dict(
+    flip=np_flip_from_decisions,
+    color_jitter=np_jitter_from_decisions,
+    grayscale=np_grayscale_from_decisions,
+    blur=np_blur_from_decisions,
+    solarize=np_solarize_from_decisions,
+    clip=lambda images, _: np.clip(images, 0., 1.))
+
+
+def np_pipeline(images, decisions, stages):
+  """The numpy stages in the order `stages`, each where its decision selects it (clip: always)."""
+  images = images.astype(np.float64)
+  for stage in stages:
+    staged = NP_STAGES[stage](images, decisions)
+    selected = True if stage == 'clip' else getattr(decisions, stage)[:, None, None, None]
+    images = np.where(selected, staged, images)
+  return images
+
+
+def stage_order_case():
+  """Three images and fixed decisions under which every stage changes the result.
+
+  20x20 is the smallest side the preset blurs: radius int(side / 20) = 1, three taps.
+
+  Images 0 and 1 are noise in [0, 1] and go through every stage (1 without grayscale, so that
+  colour survives the blur), each with its own jitter order. Image 2 skips the jitter, which
+  clips, and reaches outside [0, 1]: tf.data feeds images in [0, 1] and every later stage keeps
+  them there, so only such an image shows where the final clip runs (on images 0 and 1 it changes
+  nothing anywhere after the jitter). It is a ramp from -0.4 to 1.4 across the width, so that
+  grayscale and blur (averages) do not bring it back into [0, 1].
+  """
+  rng = np.random.default_rng(31)
+  ramp = np.linspace(-0.4, 1.4, 20)[None, :, None] + rng.uniform(-0.1, 0.1, size=(20, 20, 3))
+  images = np.concatenate([rng.uniform(size=(2, 20, 20, 3)), ramp[None]]).astype(np.float32)
+  orders = augmentations.JITTER_ORDERS.tolist()
+  decisions = augmentations.Decisions(
+      flip=np.array([True, True, False]),
+      color_jitter=np.array([True, True, False]),
+      jitter_order=np.array([orders.index([3, 0, 2, 1]), orders.index([1, 2, 3, 0]), 0], np.int32),
+      brightness_delta=np.array([0.25, -0.3, 0.], np.float32),
+      contrast_factor=np.array([1.3, 0.7, 1.], np.float32),
+      saturation_factor=np.array([1.2, 0.8, 1.], np.float32),
+      hue_delta=np.array([0.08, -0.06, 0.], np.float32),
+      grayscale=np.array([True, False, True]),
+      blur=np.array([True, True, True]),
+      blur_sigma=np.array([1.5, 0.9, 1.2], np.float32),
+      solarize=np.array([True, True, True]))
+  return images, decisions
+
+
+PIPELINE_ATOL = 1e-5
+
+
+def test_apply_decisions_runs_the_stages_in_the_spec_order():
+  # The view-2 preset traces every stage with a per-image select (no probability is 0 or 1),
+  # so the fixed decisions alone say which stages each image goes through. A pipeline with a
+  # stage moved fails here: the test below checks that every such order (but those no input can
+  # tell apart) lands far outside the tolerance.
+  images, decisions = stage_order_case()
+  apply = jax.jit(functools.partial(
+      augmentations.apply_decisions, view_config=augmentations.VIEW2_PRESET))
+  got = np.asarray(apply(jnp.asarray(images), jax.tree.map(jnp.asarray, decisions)))
+  want = np_pipeline(images, decisions, PIPELINE_STAGES)
+  np.testing.assert_allclose(got, want, rtol=0, atol=PIPELINE_ATOL)
+
+
+def moved_stage_orders():
+  """Every order with one stage of PIPELINE_STAGES moved elsewhere (adjacent swaps included)."""
+  orders = set()
+  for index, stage in enumerate(PIPELINE_STAGES):
+    others = PIPELINE_STAGES[:index] + PIPELINE_STAGES[index + 1:]
+    for position in range(len(PIPELINE_STAGES)):
+      orders.add(others[:position] + (stage,) + others[position:])
+  orders.discard(PIPELINE_STAGES)
+  return sorted(orders)
+
+
+def is_swap_of(order, first, second):
+  """Whether `order` is PIPELINE_STAGES with the adjacent stages `first` and `second` swapped."""
+  swapped = list(PIPELINE_STAGES)
+  index = swapped.index(first)
+  swapped[index:index + 2] = [second, first]
+  return order == tuple(swapped)
+
+
+def without_flip(stages):
+  return tuple(stage for stage in stages if stage != 'flip')
+
+
+def test_stage_order_case_tells_every_moved_or_dropped_stage_apart():
+  # The test above catches a pipeline with a stage moved or missing only if the numpy result of
+  # that pipeline differs from the spec's by far more than its tolerance: this checks it does.
+  images, decisions = stage_order_case()
+  want = np_pipeline(images, decisions, PIPELINE_STAGES)
+  margin = 1000 * PIPELINE_ATOL
+
+  def difference(stages):
+    return np.abs(np_pipeline(images, decisions, stages) - want).max()
+
+  for stage in PIPELINE_STAGES:
+    dropped = tuple(other for other in PIPELINE_STAGES if other != stage)
+    assert difference(dropped) > margin, f'without {stage}'
+  for order in moved_stage_orders():
+    # No input can reveal these moves, as the stages commute: the flip with every colour op (the
+    # contrast's mean is over the whole image) and with the symmetric, zero-padded blur;
+    # grayscale with the blur (both linear); solarize with the clip (at threshold 0.5, both send
+    # values outside [0, 1] to the same bound). Asserted, so that this list of the test's blind
+    # spots stays exact.
+    if (without_flip(order) == without_flip(PIPELINE_STAGES) or
+        is_swap_of(order, 'grayscale', 'blur') or is_swap_of(order, 'solarize', 'clip')):
+      assert difference(order) < PIPELINE_ATOL / 10, order
+    else:
+      assert difference(order) > margin, order
+
+
 # --- postprocess. ---
 
 postprocess = jax.jit(augmentations.postprocess)

@@ -132,6 +132,41 @@ def test_classifier_loss_does_not_reach_the_encoder(tmp_path):
       assert norm == 0, module
 
 
+def test_repr_loss_pairs_each_views_prediction_with_the_other_views_target_projection(tmp_path):
+  experiment = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  experiment.initialize(jax.random.key(0))
+  state = experiment.state
+  inputs = random_batch(experiment)
+  # Online and target start from different keys, so the target projections are not the online
+  # ones: the pairing is checked on the two networks' own outputs, as `_update_fn` computes them.
+  forward = jax.jit(experiment._forward.apply, static_argnames='is_training')
+  target_outputs, _ = forward(state.target_params, state.target_state, inputs, is_training=True)
+  online_outputs, _ = forward(state.online_params, state.online_state, inputs, is_training=True)
+  _, (_, logs) = experiment._loss_fn(
+      state.online_params, state.online_state, target_outputs, inputs)
+  prediction = {view: np.asarray(online_outputs[view]['prediction'], np.float64)
+                for view in ('view1', 'view2')}
+  projection = {view: np.asarray(target_outputs[view]['projection'], np.float64)
+                for view in ('view1', 'view2')}
+
+  def numpy_loss(x, y):
+    # Per example 2 - 2 cos(x, y) (the squared distance of the unit vectors), batch mean.
+    cosine = np.sum(x * y, axis=-1) / (np.linalg.norm(x, axis=-1) * np.linalg.norm(y, axis=-1))
+    return np.mean(2 - 2 * cosine)
+
+  # BYOL symmetrised: each view's online prediction regresses the other view's target projection.
+  expected = (numpy_loss(prediction['view1'], projection['view2']) +
+              numpy_loss(prediction['view2'], projection['view1']))
+  # What a loss pairing each view with itself would report: it must be told apart.
+  self_paired = (numpy_loss(prediction['view1'], projection['view1']) +
+                 numpy_loss(prediction['view2'], projection['view2']))
+  rtol = 1e-5
+  repr_loss = float(logs['repr_loss'])
+  np.testing.assert_allclose(repr_loss, expected, rtol=rtol)
+  assert abs(self_paired - expected) > 100 * rtol * expected, (self_paired, expected)
+  assert abs(repr_loss - self_paired) > 100 * rtol * expected, (repr_loss, self_paired)
+
+
 def test_checkpoint_of_another_encoder_is_refused_with_both_names(tmp_path):
   writer = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
   writer.initialize(jax.random.key(0))

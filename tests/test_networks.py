@@ -518,3 +518,125 @@ def test_max_pool_equals_haiku_in_values_and_gradients(shape, levels):
   assert 'select_and_scatter' not in str(gradient)
   assert 'select_and_scatter' in str(jax.make_jaxpr(jax.grad(
       lambda x: jnp.sum(haiku_pool(x))))(inputs))
+
+
+# ------------------------------------------------------------- equality with Haiku's ResNet
+
+# `hk.nets.ResNet` strides its four groups (1, 2, 2, 2) (its `strides` default).
+_HAIKU_RESNET_STRIDES = (1, 2, 2, 2)
+
+
+def _first_two_groups(block_group_class, blocks, channels, strides, bn_config):
+  """Block groups 0 and 1 of a v1 bottleneck ResNet; returns both groups' outputs."""
+  def forward(images, is_training):
+    outputs = [images]
+    for i in range(2):
+      group = block_group_class(
+        channels=channels[i], num_blocks=blocks[i], stride=strides[i], bn_config=bn_config,
+        resnet_v2=False, bottleneck=True, use_projection=True, name=f'block_group_{i}')
+      outputs.append(group(outputs[-1], is_training, False))
+    return outputs[1:]
+  return hk.transform_with_state(forward)
+
+
+def _leaves(tree):
+  """{(module, leaf name): value} of a Haiku params/state dict."""
+  return {(module, name): value
+          for module, leaves in tree.items() for name, value in leaves.items()}
+
+
+def _renamed(tree, mapping):
+  """`tree` with each (module, leaf) moved to `mapping[(module, leaf)]`."""
+  renamed = {}
+  for key, value in _leaves(tree).items():
+    module, name = mapping[key]
+    renamed.setdefault(module, {})[name] = value
+  return renamed
+
+
+@pytest.mark.parametrize('size, atol', [
+    # Plain convolutions throughout (group 1 ends on 4x4 maps): measured bit-equal.
+    (8, 1e-5),
+    # Group 1 ends on 2x2 maps, where our 3x3 convolutions take the CPU patch product, which
+    # rounds unlike XLA's convolution; three blocks on, with BatchNorm statistics over only 8
+    # values per channel, outputs of magnitude ~10 differ by up to 1.1e-5 (measured over seeds),
+    # still float32 rounding (~1e-6 relative) but up to 0.8 of a 1e-5 atol.
+    (4, 5e-5),
+])
+def test_resnet50_bottleneck_groups_equal_haiku_block_group_numerically(size, atol):
+  """Groups 0 (3 x 256, stride 1) and 1 (4 x 512, stride 2) of our ResNet-50 compute what
+  `hk.nets.ResNet.BlockGroup` (the original's network) does with the same parameters."""
+  # Each side is built as its ResNet-50 builds it, once the two presets are seen to agree.
+  haiku_config = hk.nets.ResNet.CONFIGS[50]
+  blocks, channels = networks.ResNet50.blocks_per_group, networks.ResNet50.channels_per_group
+  assert blocks == haiku_config['blocks_per_group'] and haiku_config['bottleneck']
+  assert channels == haiku_config['channels_per_group'] and all(haiku_config['use_projection'])
+  assert networks._GROUP_STRIDES == _HAIKU_RESNET_STRIDES
+  ours = _first_two_groups(networks.BlockGroup, blocks, channels, networks._GROUP_STRIDES,
+                           networks._with_bn_defaults(BN_CONFIG))
+  # The original BYOL passed its bn_config (decay 0.9, eps 1e-5, scale, offset) in full, which
+  # also overrides BlockV1's own default decay of 0.999.
+  theirs = _first_two_groups(hk.nets.ResNet.BlockGroup, blocks, channels,
+                             _HAIKU_RESNET_STRIDES, BN_CONFIG)
+  rng = np.random.default_rng(size)
+  images = jnp.asarray(rng.normal(size=(2, size, size, 64)), jnp.float32)
+  # Shapes only: running the initialisers would take most of the test's time.
+  params, state = jax.eval_shape(lambda x: ours.init(jax.random.key(0), x, True), images)
+  haiku_params, haiku_state = jax.eval_shape(
+      lambda x: theirs.init(jax.random.key(0), x, True), images)
+
+  # Our names are Haiku's (SPEC 3: the released checkpoints are keyed by them), so the mapping
+  # is the identity on (module, leaf). Checked, not assumed: one-to-one onto Haiku's names with
+  # equal shapes, covering every parameter and every BatchNorm moving-average entry.
+  mappings = []
+  for tree, haiku_tree, count in (
+      (params, haiku_params, 23 + 23 * 2),  # 23 kernels; 23 BatchNorms' scale and offset.
+      (state, haiku_state, 23 * 2 * 3)):  # mean_ema, var_ema: average, hidden, counter.
+    leaves, haiku_leaves = _leaves(tree), _leaves(haiku_tree)
+    mapping = {key: key for key in leaves}
+    assert len(mapping) == len(set(mapping.values())) == len(haiku_leaves) == count
+    assert set(mapping.values()) == set(haiku_leaves)
+    for key, haiku_key in mapping.items():
+      assert leaves[key].shape == haiku_leaves[haiku_key].shape, key
+    mappings.append(mapping)
+  param_mapping, state_mapping = mappings
+
+  # Random values for every entry, so that each one counts: kernels at the scale of Haiku's
+  # initialiser, scales around 1, offsets around 0, moving averages away from their initial
+  # zeros (positive for variances) and EMA counters past 0. Neither side's initial values are
+  # used, so Haiku's zero-initialised batchnorm_2 scale (ours starts at 1, README "Differences
+  # from the original") is an intended difference that does not enter here.
+  def draw(module, name, leaf):
+    noise = rng.normal(size=leaf.shape)
+    if name == 'w':
+      value = noise / np.sqrt(np.prod(leaf.shape[:-1]))
+    elif name == 'counter':
+      value = 5
+    elif name == 'scale':
+      value = 1 + 0.3 * noise
+    elif module.endswith('var_ema'):
+      value = np.exp(0.3 * noise)
+    else:
+      value = 0.3 * noise
+    return jnp.asarray(value, leaf.dtype)
+
+  params, state = ({m: {n: draw(m, n, v) for n, v in leaves.items()}
+                    for m, leaves in tree.items()} for tree in (params, state))
+  for is_training in (True, False):
+    outputs, new_state = ours.apply(params, state, None, images, is_training)
+    haiku_outputs, haiku_new_state = theirs.apply(
+        _renamed(params, param_mapping), _renamed(state, state_mapping), None, images,
+        is_training)
+    assert [o.shape for o in outputs] == [(2, size, size, 256), (2, size // 2, size // 2, 512)]
+    for output, haiku_output in zip(outputs, haiku_outputs):
+      np.testing.assert_allclose(output, haiku_output, rtol=1e-5, atol=atol)
+    haiku_new_state = _leaves(haiku_new_state)
+    # Training mode moved every average (each counter went 5 -> 6); inference left them.
+    assert {int(v) for (_, n), v in _leaves(new_state).items() if n == 'counter'} == {
+        6 if is_training else 5}
+    for key, value in _leaves(new_state).items():
+      np.testing.assert_allclose(value, haiku_new_state[state_mapping[key]],
+                                 rtol=1e-5, atol=1e-5, err_msg=str(key))
+  # The 2x2 maps of group 1 did take our patch-product route (a matrix product) on CPU.
+  jaxpr = str(jax.make_jaxpr(ours.apply, static_argnums=4)(params, state, None, images, True))
+  assert ('dot_general' in jaxpr) == (size == 4 and jax.default_backend() == 'cpu')
