@@ -5,7 +5,8 @@ r"""Speed of the BYOL updates on batches already on the device, beside the machi
 Prints one table and writes it as JSON to `--output`:
 - the machine: an fp32 matrix product and a 3x3 convolution (GFLOP/s), the ceilings to compare with;
 - the small-map trap: a 3x3 convolution over 2x2 maps (forward and backward), as XLA:CPU computes
-  it and as the ResNets compute it (patches times a matrix, `networks.conv_as_patch_product`);
+  it and as the ResNets compute it on CPU (patches times a matrix,
+  `cpu_kernels.conv_as_patch_product`);
 - the pretraining update: compile time, ms/step, images/s, and its FLOPs (XLA's count of the
   forward and backward passes) per second as a share of the convolution rate;
 - the device augmentations alone, as a share of the update;
@@ -15,9 +16,11 @@ Prints one table and writes it as JSON to `--output`:
   100%, input or host work limits training.
 The update rows use a random batch already on the device, so they measure the compute alone.
 `--compute_dtype=bfloat16` runs the networks in bfloat16 (parameters stay float32), for
-accelerators; on CPU it is slower than float32.
+accelerators; on CPU it is slower than float32. `--cpu_kernels=off` times the updates without the
+CPU-only routes of `byol.utils.cpu_kernels` (`auto`, the default: on for the CPU backend only).
 """
 
+import functools
 import json
 import time
 from typing import Any, Callable
@@ -33,6 +36,7 @@ from byol import eval_experiment
 from byol.configs import byol as byol_config
 from byol.configs import eval as eval_config
 from byol.utils import augmentations
+from byol.utils import cpu_kernels
 from byol.utils import dataset
 from byol.utils import helpers
 from byol.utils import networks
@@ -48,6 +52,9 @@ flags.DEFINE_string('data_dir', None, 'TFDS data folder of --dataset (default: $
                     '~/tensorflow_datasets).')
 flags.DEFINE_enum('compute_dtype', 'float32', list(networks.COMPUTE_DTYPES),
                   'Dtype the networks compute in (parameters stay float32).')
+flags.DEFINE_enum('cpu_kernels', 'auto', list(cpu_kernels.SWITCH_VALUES),
+                  'Take the CPU-only routes (byol.utils.cpu_kernels): on, off, or auto (on for the '
+                  'CPU backend only).')
 flags.DEFINE_string('output', None, 'Where to write the figures as JSON.')
 
 Row = dict[str, Any]
@@ -109,7 +116,7 @@ def small_map_convolution(batch_size: int, steps: int) -> list[Row]:
   rows = []
   for name, conv in (
       ('XLA convolution', _xla_convolution),
-      ('patch product (ours)', lambda x, w: networks.conv_as_patch_product(
+      ('patch product (ours)', lambda x, w: cpu_kernels.conv_as_patch_product(
           x, w, (1, 1), 'SAME'))):
     step = forward_backward(conv)
     _, seconds = _timed(lambda _: step(images, kernel), steps)
@@ -119,12 +126,16 @@ def small_map_convolution(batch_size: int, steps: int) -> list[Row]:
 
 
 def pretraining(encoder: str, dataset_name: str, image_size: int, batch_size: int,
-                compute_dtype: str = 'float32',
-                data_dir: str | None = None) -> byol_experiment.ByolExperiment:
-  """An initialised pretraining experiment on `dataset_name` (`initialize` reads a first batch)."""
+                compute_dtype: str = 'float32', data_dir: str | None = None,
+                cpu_kernels_setting: str = 'auto') -> byol_experiment.ByolExperiment:
+  """An initialised pretraining experiment on `dataset_name` (`initialize` reads a first batch).
+
+  `cpu_kernels_setting` is the config's `network_config.cpu_kernels` ('auto', 'on' or 'off').
+  """
   config = byol_config.get_config(
       100, batch_size, num_classes=dataset.num_classes(dataset_name, data_dir=data_dir))
-  config['network_config'].update(encoder_class=encoder, compute_dtype=compute_dtype)
+  config['network_config'].update(
+      encoder_class=encoder, compute_dtype=compute_dtype, cpu_kernels=cpu_kernels_setting)
   config['dataset_config'].update(name=dataset_name, image_size=image_size, data_dir=data_dir)
   experiment = byol_experiment.ByolExperiment(**config)
   experiment.initialize(jax.random.key(0))
@@ -150,7 +161,8 @@ def pretrain_update(experiment: byol_experiment.ByolExperiment, description: str
     return logs
 
   compile_s, update_s = _timed(update, steps)
-  augment = jax.jit(augmentations.postprocess)
+  augment = jax.jit(functools.partial(
+      augmentations.postprocess, use_cpu_kernels=experiment.use_cpu_kernels))
   _, augment_s = _timed(lambda step: augment(inputs, jax.random.key(step)), steps)
   return [
       dict(what=f'pretrain update, {description}', compile_and_first_step_s=compile_s,
@@ -162,11 +174,14 @@ def pretrain_update(experiment: byol_experiment.ByolExperiment, description: str
 
 
 def linear_eval_update(encoder: str, image_size: int, batch_size: int, steps: int,
-                       compute_dtype: str = 'float32') -> list[Row]:
-  """The jitted linear-evaluation update on a frozen (random) encoder."""
+                       compute_dtype: str = 'float32',
+                       cpu_kernels_setting: str = 'auto') -> list[Row]:
+  """The jitted linear-evaluation update on a frozen (random) encoder (`cpu_kernels_setting` as
+  in `pretraining`)."""
   config = eval_config.get_config(None, batch_size)
   config.update(allow_train_from_scratch=True)
-  config['network_config'].update(encoder_class=encoder, compute_dtype=compute_dtype)
+  config['network_config'].update(
+      encoder_class=encoder, compute_dtype=compute_dtype, cpu_kernels=cpu_kernels_setting)
   config['dataset_config'].update(name='synthetic', image_size=image_size)
   experiment = eval_experiment.EvalExperiment(**config)
   experiment.initialize(jax.random.key(0))
@@ -256,14 +271,14 @@ def main(argv: list[str]) -> None:
   rows += small_map_convolution(FLAGS.batch_size, FLAGS.steps)
   # One experiment for the compute-only and the end-to-end rows: the update compiles once.
   experiment = pretraining(FLAGS.encoder, FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size,
-                           FLAGS.compute_dtype, FLAGS.data_dir)
+                           FLAGS.compute_dtype, FLAGS.data_dir, FLAGS.cpu_kernels)
   description = (f'{FLAGS.encoder} {FLAGS.image_size}px batch {FLAGS.batch_size}'
                  f'{_dtype_suffix(FLAGS.compute_dtype)}')
   rows += pretrain_update(
       experiment, description, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
       num_classes=dataset.num_classes(FLAGS.dataset, data_dir=FLAGS.data_dir), steps=FLAGS.steps)
   rows += linear_eval_update(FLAGS.encoder, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps,
-                             FLAGS.compute_dtype)
+                             FLAGS.compute_dtype, FLAGS.cpu_kernels)
   rows += input_pipeline(FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps,
                          FLAGS.data_dir)
   rows += end_to_end(experiment, f'{description}, on {FLAGS.dataset}',
@@ -272,13 +287,15 @@ def main(argv: list[str]) -> None:
   compute = next(row for row in rows if row['what'].startswith('pretrain update'))
   compute['conv_share'] = compute['gflop_per_s'] / conv_rate
   rows[-1]['share_of_compute'] = rows[-1]['images_per_s'] / compute['images_per_s']
-  print(f'{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}')
+  print(f'{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}, '
+        f'CPU-only routes {"on" if experiment.use_cpu_kernels else "off"}')
   for row in rows:
     print(_format(row))
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
       json.dump(dict(devices=jax.device_count(), platform=jax.devices()[0].platform,
-                     jax_version=jax.__version__, rows=rows), f, indent=2)
+                     jax_version=jax.__version__, cpu_kernels=experiment.use_cpu_kernels,
+                     rows=rows), f, indent=2)
 
 
 if __name__ == '__main__':

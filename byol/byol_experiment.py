@@ -76,7 +76,8 @@ class ByolExperiment(experiment.Experiment):
   def _forward_fn(self, inputs: Batch, is_training: bool) -> dict[str, Any]:
     """Encoder, projector, predictor and online classifier, on both views when training."""
     config = self._network_config
-    encoder = self._encoder_class(bn_config=config['bn_config'], **config['encoder_config'])
+    encoder = self._encoder_class(bn_config=config['bn_config'], **config['encoder_config'],
+                                  use_cpu_kernels=self._use_cpu_kernels)
     projector = networks.MLP(
         name='projector',
         hidden_size=config['projector_hidden_size'],
@@ -175,7 +176,7 @@ class ByolExperiment(experiment.Experiment):
       global_step: jax.Array,
   ) -> tuple[_ByolExperimentState, Scalars]:
     """One BYOL step: augment, LARS update of the online network, EMA update of the target."""
-    inputs = augmentations.postprocess(inputs, rng)
+    inputs = augmentations.postprocess(inputs, rng, use_cpu_kernels=self._use_cpu_kernels)
     target_outputs, target_state = self._forward.apply(
         state.target_params, state.target_state, inputs, is_training=True)
     grads, (online_state, logs) = jax.grad(self._loss_fn, has_aux=True)(

@@ -79,7 +79,8 @@ class EvalExperiment(experiment.Experiment):
   def _backbone_fn(self, images: jax.Array, is_training: bool) -> jax.Array:
     """The pretrained encoder, under the same module name as in pretraining: [B,H,W,3] -> [B,D]."""
     config = self._network_config
-    encoder = self._encoder_class(bn_config=config['bn_config'], **config['encoder_config'])
+    encoder = self._encoder_class(bn_config=config['bn_config'], **config['encoder_config'],
+                                  use_cpu_kernels=self._use_cpu_kernels)
     with networks.mixed_precision(self._compute_dtype):
       embedding = encoder(
           dataset.normalize_images(images).astype(self._compute_dtype), is_training=is_training)

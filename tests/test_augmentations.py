@@ -121,32 +121,44 @@ def test_solarize_inverts_values_at_or_above_threshold_only():
   np.testing.assert_allclose(got, [0., 0.2, 0.2999, 0.7, 0.25, 0.], rtol=0, atol=1e-7)
 
 
-def test_gaussian_blur_matches_numpy_separable_zero_padded_convolution():
+# Both ways of computing the blur: shifted slices, and matrix products (the CPU-only route).
+blur_routes = pytest.mark.parametrize('use_cpu_kernels', [False, True])
+
+
+@blur_routes
+def test_gaussian_blur_matches_numpy_separable_zero_padded_convolution(use_cpu_kernels):
   images = random_images(2, 3, 9)
   sigma = np.array([0.1, 0.8, 2.0], np.float32)
-  blur = jax.jit(channels_last(augmentations.gaussian_blur), static_argnames='radius')
-  got = np.asarray(blur(jnp.asarray(images), jnp.asarray(sigma), radius=3))
+  blur = jax.jit(channels_last(augmentations.gaussian_blur),
+                 static_argnames=('radius', 'use_cpu_kernels'))
+  got = np.asarray(blur(jnp.asarray(images), jnp.asarray(sigma), radius=3,
+                        use_cpu_kernels=use_cpu_kernels))
   for image, image_sigma, image_got in zip(images, sigma, got):
     np.testing.assert_allclose(
         image_got, np_gaussian_blur(image, image_sigma, 3), rtol=0, atol=1e-6)
 
 
-def test_gaussian_blur_of_non_square_images_matches_numpy():
+@blur_routes
+def test_gaussian_blur_of_non_square_images_matches_numpy(use_cpu_kernels):
   images = np.random.default_rng(7).uniform(size=(2, 10, 15, 3)).astype(np.float32)
   sigma = np.array([0.6, 1.7], np.float32)
   blur = channels_last(augmentations.gaussian_blur)
-  got = np.asarray(blur(jnp.asarray(images), jnp.asarray(sigma), radius=4))
+  got = np.asarray(blur(jnp.asarray(images), jnp.asarray(sigma), radius=4,
+                        use_cpu_kernels=use_cpu_kernels))
   for image, image_sigma, image_got in zip(images, sigma, got):
     np.testing.assert_allclose(
         image_got, np_gaussian_blur(image, image_sigma, 4), rtol=0, atol=1e-6)
 
 
-def test_gaussian_blur_keeps_constant_image_constant_away_from_border():
+@blur_routes
+def test_gaussian_blur_keeps_constant_image_constant_away_from_border(use_cpu_kernels):
   radius = 2
   images = np.full((2, 10, 10, 3), 0.7, np.float32)
   sigma = jnp.array([0.5, 2.0])
-  blur = jax.jit(channels_last(augmentations.gaussian_blur), static_argnames='radius')
-  got = np.asarray(blur(jnp.asarray(images), sigma, radius=radius))
+  blur = jax.jit(channels_last(augmentations.gaussian_blur),
+                 static_argnames=('radius', 'use_cpu_kernels'))
+  got = np.asarray(blur(jnp.asarray(images), sigma, radius=radius,
+                        use_cpu_kernels=use_cpu_kernels))
   np.testing.assert_allclose(got[:, radius:-radius, radius:-radius], 0.7, rtol=0, atol=1e-6)
   # Zero padding darkens the border, most at the corners of the widest kernel.
   assert got[1, 0, 0, 0] < got[1, 0, 5, 0] < 0.7
@@ -596,6 +608,22 @@ def test_postprocess_blocks_gradients():
 
   gradient = jax.jit(jax.grad(augmented_sum))(inputs['view1'])
   np.testing.assert_array_equal(gradient, 0.)
+
+
+def test_cpu_kernels_switch_chooses_the_blur_route_with_the_same_numbers():
+  """Switched on, the blur is matrix products; off, shifted slices; the images agree."""
+  # 40 pixels: blur radius 2 (a radius of 0, below 20 pixels, would skip the blur).
+  inputs = dict(view1=jnp.asarray(random_images(31, 4, 40)),
+                view2=jnp.asarray(random_images(32, 4, 40)))
+  outputs, jaxprs = {}, {}
+  for use_cpu_kernels in (True, False):
+    augment = functools.partial(augmentations.postprocess, use_cpu_kernels=use_cpu_kernels)
+    outputs[use_cpu_kernels] = jax.jit(augment)(inputs, jax.random.key(31))
+    jaxprs[use_cpu_kernels] = str(jax.make_jaxpr(augment)(inputs, jax.random.key(31)))
+  # No other op of the augmentations is a matrix product.
+  assert 'dot_general' in jaxprs[True] and 'dot_general' not in jaxprs[False]
+  for view in ('view1', 'view2'):
+    np.testing.assert_allclose(outputs[True][view], outputs[False][view], rtol=0, atol=1e-6)
 
 
 def test_postprocess_leaves_evaluation_batches_unchanged():

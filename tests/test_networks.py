@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from byol.utils import cpu_kernels
 from byol.utils import networks
 
 BN_CONFIG = {'decay_rate': 0.9, 'eps': 1e-5, 'create_scale': True,
@@ -398,7 +399,7 @@ def test_block_v2_matches_numpy_in_training_mode():
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
-# ------------------------------------------------------------- small-map convolution route
+# ------------------------------------------------------------- CPU-only routes (cpu_kernels)
 
 @pytest.mark.parametrize('input_size, kernel, stride', [
     (2, 3, 1), (2, 3, 2), (2, 7, 2), (4, 3, 2), (5, 3, 1), (3, 1, 1)])
@@ -412,7 +413,7 @@ def test_patch_product_equals_the_convolution_in_values_and_gradients(input_size
                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
   def routed(inputs, w):
-    return networks.conv_as_patch_product(inputs, w, (stride, stride), 'SAME')
+    return cpu_kernels.conv_as_patch_product(inputs, w, (stride, stride), 'SAME')
 
   expected, plain_vjp = jax.vjp(plain, inputs, w)
   actual, routed_vjp = jax.vjp(routed, inputs, w)
@@ -423,8 +424,8 @@ def test_patch_product_equals_the_convolution_in_values_and_gradients(input_size
 
 
 @pytest.mark.parametrize('input_size', [2, 4])
-def test_resnet_convolution_has_the_parameter_and_output_of_haiku_conv(input_size):
-  """On 2x2 maps the ResNets' convolution takes the patch route; its parameter is hk.Conv2D's."""
+def test_patch_product_conv_has_the_parameter_and_output_of_haiku_conv(input_size):
+  """On 2x2 maps PatchProductConv2D takes the patch route; its parameter is hk.Conv2D's."""
   def apply(conv_class):
     def forward(inputs):
       return conv_class(output_channels=16, kernel_shape=3, stride=1, with_bias=False,
@@ -435,7 +436,7 @@ def test_resnet_convolution_has_the_parameter_and_output_of_haiku_conv(input_siz
     params = net.init(jax.random.key(3), inputs)
     return params, net.apply(params, None, inputs), jax.make_jaxpr(net.apply)(params, None, inputs)
 
-  params, outputs, jaxpr = apply(networks._Conv2D)
+  params, outputs, jaxpr = apply(cpu_kernels.PatchProductConv2D)
   haiku_params, haiku_outputs, _ = apply(hk.Conv2D)
   jax.tree.map(np.testing.assert_array_equal, params, haiku_params)
   assert list(params) == ['conv_1'] and list(params['conv_1']) == ['w']
@@ -507,17 +508,52 @@ def test_max_pool_equals_haiku_in_values_and_gradients(shape, levels):
   def haiku_pool(x):
     return hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
 
-  outputs, vjp = jax.vjp(lambda x: networks.max_pool(x, window=3, stride=2), inputs)
+  outputs, vjp = jax.vjp(lambda x: cpu_kernels.max_pool(x, window=3, stride=2), inputs)
   haiku_outputs, haiku_vjp = jax.vjp(haiku_pool, inputs)
   np.testing.assert_array_equal(outputs, haiku_outputs)
   grads = rng.normal(size=outputs.shape).astype(np.float32)
   # On ties, both give the gradient to the first maximum of the window (row-major).
   np.testing.assert_allclose(vjp(grads)[0], haiku_vjp(grads)[0], rtol=0, atol=1e-6)
-  # On CPU the gradient avoids XLA's select-and-scatter (its slow path there).
-  gradient = jax.make_jaxpr(jax.grad(lambda x: jnp.sum(networks.max_pool(x, 3, 2))))(inputs)
+  # The gradient avoids XLA's select-and-scatter (its slow path on CPU).
+  gradient = jax.make_jaxpr(jax.grad(lambda x: jnp.sum(cpu_kernels.max_pool(x, 3, 2))))(inputs)
   assert 'select_and_scatter' not in str(gradient)
   assert 'select_and_scatter' in str(jax.make_jaxpr(jax.grad(
       lambda x: jnp.sum(haiku_pool(x))))(inputs))
+
+
+def _tiny_resnet_gradient(use_cpu_kernels):
+  """Params, embedding, input gradient and gradient jaxpr of a TinyResNet on 32x32 images.
+
+  At 32 px the stem leaves 8x8 maps and block groups 2 and 3 convolve 2x2 maps.
+  """
+  net = hk.transform_with_state(lambda x: networks.TinyResNet(
+      bn_config=BN_CONFIG, use_cpu_kernels=use_cpu_kernels)(x, is_training=True))
+  images = jnp.asarray(np.random.default_rng(5).normal(size=(4, 32, 32, 3)), jnp.float32)
+  params, state = jax.jit(net.init)(jax.random.key(6), images)
+
+  def loss(params, images):
+    embedding, _ = net.apply(params, state, None, images)
+    return jnp.sum(jnp.square(embedding)), embedding
+
+  gradient = jax.grad(loss, argnums=(0, 1), has_aux=True)
+  grads, embedding = jax.jit(gradient)(params, images)
+  return params, embedding, grads, str(jax.make_jaxpr(gradient)(params, images))
+
+
+def test_cpu_kernels_switch_chooses_the_route_with_the_same_parameters_and_numbers():
+  """Switched off, the ResNets use Haiku's convolution and max pool; the numbers stay the same."""
+  params_on, embedding_on, grads_on, jaxpr_on = _tiny_resnet_gradient(use_cpu_kernels=True)
+  params_off, embedding_off, grads_off, jaxpr_off = _tiny_resnet_gradient(use_cpu_kernels=False)
+  # The same parameter names, shapes and initial values (SPEC 3), whichever the route.
+  jax.tree.map(np.testing.assert_array_equal, params_on, params_off)
+  # On: 2x2 maps as a matrix product, the max-pool gradient without select-and-scatter.
+  assert 'dot_general' in jaxpr_on and 'select_and_scatter' not in jaxpr_on
+  # Off: no matrix product at all (no logits layer), and XLA's own max-pool gradient.
+  assert 'dot_general' not in jaxpr_off and 'select_and_scatter' in jaxpr_off
+  np.testing.assert_allclose(embedding_on, embedding_off, rtol=1e-5, atol=1e-5)
+  # Gradients of magnitude up to ~50 differ by up to 7e-5 (measured): float32 rounding.
+  for got, want in zip(jax.tree.leaves(grads_on), jax.tree.leaves(grads_off)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------- equality with Haiku's ResNet
@@ -526,14 +562,14 @@ def test_max_pool_equals_haiku_in_values_and_gradients(shape, levels):
 _HAIKU_RESNET_STRIDES = (1, 2, 2, 2)
 
 
-def _first_two_groups(block_group_class, blocks, channels, strides, bn_config):
+def _first_two_groups(block_group_class, blocks, channels, strides, bn_config, **kwargs):
   """Block groups 0 and 1 of a v1 bottleneck ResNet; returns both groups' outputs."""
   def forward(images, is_training):
     outputs = [images]
     for i in range(2):
       group = block_group_class(
         channels=channels[i], num_blocks=blocks[i], stride=strides[i], bn_config=bn_config,
-        resnet_v2=False, bottleneck=True, use_projection=True, name=f'block_group_{i}')
+        resnet_v2=False, bottleneck=True, use_projection=True, name=f'block_group_{i}', **kwargs)
       outputs.append(group(outputs[-1], is_training, False))
     return outputs[1:]
   return hk.transform_with_state(forward)
@@ -554,16 +590,19 @@ def _renamed(tree, mapping):
   return renamed
 
 
-@pytest.mark.parametrize('size, atol', [
+@pytest.mark.parametrize('size, use_cpu_kernels, atol', [
     # Plain convolutions throughout (group 1 ends on 4x4 maps): measured bit-equal.
-    (8, 1e-5),
+    (8, True, 1e-5),
     # Group 1 ends on 2x2 maps, where our 3x3 convolutions take the CPU patch product, which
     # rounds unlike XLA's convolution; three blocks on, with BatchNorm statistics over only 8
     # values per channel, outputs of magnitude ~10 differ by up to 1.1e-5 (measured over seeds),
     # still float32 rounding (~1e-6 relative) but up to 0.8 of a 1e-5 atol.
-    (4, 5e-5),
+    (4, True, 5e-5),
+    # The same maps with the routes switched off: XLA's convolution, as Haiku computes it.
+    (4, False, 1e-5),
 ])
-def test_resnet50_bottleneck_groups_equal_haiku_block_group_numerically(size, atol):
+def test_resnet50_bottleneck_groups_equal_haiku_block_group_numerically(
+    size, use_cpu_kernels, atol):
   """Groups 0 (3 x 256, stride 1) and 1 (4 x 512, stride 2) of our ResNet-50 compute what
   `hk.nets.ResNet.BlockGroup` (the original's network) does with the same parameters."""
   # Each side is built as its ResNet-50 builds it, once the two presets are seen to agree.
@@ -573,7 +612,7 @@ def test_resnet50_bottleneck_groups_equal_haiku_block_group_numerically(size, at
   assert channels == haiku_config['channels_per_group'] and all(haiku_config['use_projection'])
   assert networks._GROUP_STRIDES == _HAIKU_RESNET_STRIDES
   ours = _first_two_groups(networks.BlockGroup, blocks, channels, networks._GROUP_STRIDES,
-                           networks._with_bn_defaults(BN_CONFIG))
+                           networks._with_bn_defaults(BN_CONFIG), use_cpu_kernels=use_cpu_kernels)
   # The original BYOL passed its bn_config (decay 0.9, eps 1e-5, scale, offset) in full, which
   # also overrides BlockV1's own default decay of 0.999.
   theirs = _first_two_groups(hk.nets.ResNet.BlockGroup, blocks, channels,
@@ -637,6 +676,6 @@ def test_resnet50_bottleneck_groups_equal_haiku_block_group_numerically(size, at
     for key, value in _leaves(new_state).items():
       np.testing.assert_allclose(value, haiku_new_state[state_mapping[key]],
                                  rtol=1e-5, atol=1e-5, err_msg=str(key))
-  # The 2x2 maps of group 1 did take our patch-product route (a matrix product) on CPU.
+  # The 2x2 maps of group 1 took the patch-product route (a matrix product) where switched on.
   jaxpr = str(jax.make_jaxpr(ours.apply, static_argnums=4)(params, state, None, images, True))
-  assert ('dot_general' in jaxpr) == (size == 4 and jax.default_backend() == 'cpu')
+  assert ('dot_general' in jaxpr) == (size == 4 and use_cpu_kernels)

@@ -81,6 +81,9 @@ def get_config(
           bn_config=dict(decay_rate=0.9, eps=1e-5, create_scale=True, create_offset=True),
           # 'bfloat16' computes the networks in bfloat16; parameters and statistics stay float32.
           compute_dtype='float32',
+          # The routes of byol.utils.cpu_kernels (the same numbers, computed the way that is fast
+          # on XLA:CPU): 'on', 'off', or 'auto' for on when JAX computes on the CPU only.
+          cpu_kernels='auto',
       ),
       optimizer_config=dict(
           weight_decay=preset['weight_decay'],

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from byol.utils import cpu_kernels
+
 # The original's augment_config: one nested dict per view.
 VIEW1_PRESET = dict(
     random_flip=True,
@@ -234,36 +236,34 @@ def to_grayscale(images: jax.Array) -> jax.Array:
   return jnp.broadcast_to(gray, images.shape)
 
 
-def _blur_matrices(kernel: jax.Array, size: int) -> jax.Array:
-  """[B, size, size] banded matrices that convolve a length-`size` axis with `kernel` [B, taps].
-
-  Row i holds the kernel centred on column i, cut at the borders: zero padding, SAME output.
-  """
+def _blur_along(images: jax.Array, kernel: jax.Array, axis: int) -> jax.Array:
+  """Per-image 1-D blur of [3, B, H, W] with `kernel` [B, taps] along `axis`, zero-padded."""
   radius = (kernel.shape[1] - 1) // 2
-  tap = jnp.arange(size)[None, :] - jnp.arange(size)[:, None] + radius  # [size, size]
-  inside = (tap >= 0) & (tap <= 2 * radius)
-  return jnp.where(inside, kernel[:, jnp.clip(tap, 0, 2 * radius)], 0.)
+  padding = [(0, 0)] * images.ndim
+  padding[axis] = (radius, radius)
+  padded = jnp.pad(images, padding)
+  size = images.shape[axis]
+  # One shifted slice per tap: a single fused elementwise kernel, exact in float32 (a grouped
+  # convolution with 3 * B groups would need a transpose and may run at reduced precision).
+  return sum(
+      _per_image(kernel[:, tap]) * jax.lax.slice_in_dim(padded, tap, tap + size, axis=axis)
+      for tap in range(kernel.shape[1]))
 
 
-def gaussian_blur(images: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
+def gaussian_blur(
+    images: jax.Array, sigma: jax.Array, radius: int, use_cpu_kernels: bool = False) -> jax.Array:
   """Separable Gaussian blur of [3, B, H, W]: `2 * radius + 1` taps, per-image `sigma` [B], SAME.
 
-  Depthwise (each channel on its own), vertical then horizontal; the kernel sums to 1. Each pass
-  is a product with banded matrices rather than a sum of shifted slices: XLA:CPU fuses the cheap
-  ops before the blur (colour jitter, grayscale) into every one of the 2 x taps slices and computes
-  them again for each, while a matrix product reads its operand once (the blur itself costs more
-  FLOPs, at the matrix unit's rate). HIGHEST precision keeps it float32 on every backend.
+  Depthwise (each channel on its own), vertical then horizontal, zero-padded; the kernel sums
+  to 1. `use_cpu_kernels` computes it as matrix products, faster on XLA:CPU
+  (`cpu_kernels.blur_as_products`).
   """
   offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)  # [taps]
   kernel = jnp.exp(-jnp.square(offsets) / (2. * jnp.square(sigma[:, None])))  # [B, taps]
   kernel = kernel / jnp.sum(kernel, axis=1, keepdims=True)
-  highest = jax.lax.Precision.HIGHEST
-  # Zero padding at the borders. Both products are plain matrix products per image and channel:
-  # [H, H] x [H, W], then [H, W] x [W, W].
-  vertical = jnp.einsum('bij,cbjw->cbiw', _blur_matrices(kernel, images.shape[2]), images,
-                        precision=highest)
-  return jnp.einsum('bkw,cbhw->cbhk', _blur_matrices(kernel, images.shape[3]), vertical,
-                    precision=highest)
+  if use_cpu_kernels:
+    return cpu_kernels.blur_as_products(images, kernel)
+  return _blur_along(_blur_along(images, kernel, axis=2), kernel, axis=3)
 
 
 def solarize(images: jax.Array, threshold: float) -> jax.Array:
@@ -320,8 +320,12 @@ def _maybe_apply(
 
 
 def apply_decisions(
-    images: jax.Array, decisions: Decisions, view_config: Mapping[str, Any]) -> jax.Array:
-  """Augments [B, H, W, 3] images with drawn `decisions` (the config decides what is traced)."""
+    images: jax.Array, decisions: Decisions, view_config: Mapping[str, Any],
+    use_cpu_kernels: bool = False) -> jax.Array:
+  """Augments [B, H, W, 3] images with drawn `decisions` (the config decides what is traced).
+
+  `use_cpu_kernels` blurs the way that is fast on XLA:CPU (see `gaussian_blur`).
+  """
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'Expected RGB images [B, H, W, 3], got shape {images.shape}.')
   images = jnp.moveaxis(images.astype(jnp.float32), -1, 0)  # [3, B, H, W]
@@ -340,7 +344,7 @@ def apply_decisions(
   radius = int(images.shape[2] / blur['blur_divider'] / 2)
   if radius > 0:  # A single tap of weight 1 would leave the images as they are.
     images = _maybe_apply(
-        lambda x: gaussian_blur(x, decisions.blur_sigma, radius),
+        lambda x: gaussian_blur(x, decisions.blur_sigma, radius, use_cpu_kernels),
         images, decisions.blur, blur['apply_prob'])
   threshold = view_config['solarize']['threshold']
   images = _maybe_apply(
@@ -357,26 +361,32 @@ def augment_images(
     color_transform: Mapping[str, Any],
     gaussian_blur: Mapping[str, Any],
     solarize: Mapping[str, Any],
+    use_cpu_kernels: bool = False,
 ) -> jax.Array:
-  """Augments one view [B, H, W, 3] in [0, 1]; the keywords are those of VIEW1_PRESET."""
+  """Augments one view [B, H, W, 3] in [0, 1]; the keywords are those of VIEW1_PRESET.
+
+  `use_cpu_kernels` blurs the way that is fast on XLA:CPU (see `gaussian_blur`).
+  """
   view_config = dict(
       random_flip=random_flip,
       color_transform=color_transform,
       gaussian_blur=gaussian_blur,
       solarize=solarize)
   decisions = draw_decisions(rng, images.shape[0], view_config)
-  return apply_decisions(images, decisions, view_config)
+  return apply_decisions(images, decisions, view_config, use_cpu_kernels)
 
 
 def postprocess(
     inputs: Mapping[str, jax.Array],
     rng: jax.Array,
     augment_config: Mapping[str, Mapping[str, Any]] | None = None,
+    use_cpu_kernels: bool = False,
 ) -> dict[str, jax.Array]:
   """Augments `view1` and `view2` of a batch, each with its own key; other entries pass through.
 
   Batches without views (evaluation batches with 'images') come back unchanged. The augmented
-  images are constants for the gradient.
+  images are constants for the gradient. `use_cpu_kernels` (a plain bool, resolved outside traced
+  code) blurs the way that is fast on XLA:CPU, with the same values up to float32 rounding.
   """
   if 'view1' not in inputs and 'view2' not in inputs:
     return dict(inputs)
@@ -385,5 +395,6 @@ def postprocess(
   for view, view_rng in zip(('view1', 'view2'), jax.random.split(rng)):
     if view in inputs:
       outputs[view] = jax.lax.stop_gradient(
-          augment_images(inputs[view], view_rng, **augment_config[view]))
+          augment_images(inputs[view], view_rng, **augment_config[view],
+                         use_cpu_kernels=use_cpu_kernels))
   return outputs

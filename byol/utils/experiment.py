@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from byol.utils import checkpointing
+from byol.utils import cpu_kernels
 from byol.utils import dataset
 from byol.utils import evaluation
 from byol.utils import helpers
@@ -61,6 +62,8 @@ class Experiment:
     self._encoder_class = networks.get_encoder(network_config['encoder_class'])
     networks.check_compute_dtype(network_config['compute_dtype'])
     self._compute_dtype = network_config['compute_dtype']
+    # Resolved here, once: traced code only sees the resulting bool.
+    self._use_cpu_kernels = cpu_kernels.resolve_switch(network_config['cpu_kernels'])
     self._lr_schedule_config = dict(lr_schedule_config)
     self._dataset_config = dict(dataset_config)
     self._evaluation_config = dict(evaluation_config, batch_size=eval_batch_size)
@@ -139,6 +142,11 @@ class Experiment:
   def batch_sharding(self) -> jax.sharding.NamedSharding:
     """How input batches are laid out over the devices (split along the batch axis)."""
     return self._batch_sharding
+
+  @property
+  def use_cpu_kernels(self) -> bool:
+    """Whether the networks and augmentations take the routes of `cpu_kernels`."""
+    return self._use_cpu_kernels
 
   @property
   def checkpoint_path(self) -> str:

@@ -12,20 +12,22 @@ from typing import Any
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from byol.utils import cpu_kernels
 
 # Per-group stride of the four block groups; the first group keeps the
 # resolution because the stem already downsamples by 4.
 _GROUP_STRIDES = (1, 2, 2, 2)
 
 
-def _conv(channels: int, kernel: int, stride: int, name: str) -> hk.Conv2D:
+def _conv(channels: int, kernel: int, stride: int, name: str,
+          use_cpu_kernels: bool) -> hk.Conv2D:
   """Builds every convolution of the ResNets: no bias, SAME padding.
 
-  The only place a convolution is constructed, so that its implementation
-  can be swapped for all networks at once.
+  With `use_cpu_kernels`, one that convolves 2x2 maps faster on XLA:CPU (same parameter).
   """
-  return _Conv2D(
+  conv_class = cpu_kernels.PatchProductConv2D if use_cpu_kernels else hk.Conv2D
+  return conv_class(
     output_channels=channels,
     kernel_shape=kernel,
     stride=stride,
@@ -33,41 +35,6 @@ def _conv(channels: int, kernel: int, stride: int, name: str) -> hk.Conv2D:
     padding='SAME',
     name=name,
   )
-
-
-def conv_as_patch_product(
-    inputs: jax.Array, w: jax.Array, stride: Sequence[int], padding: str) -> jax.Array:
-  """The convolution of NHWC `inputs` with HWIO `w`, as image patches times a matrix.
-
-  [B, H, W, C] x [kh, kw, C, O] -> [B, H', W', O], equal to `jax.lax.conv_general_dilated`.
-  """
-  kernel_height, kernel_width, in_channels, out_channels = w.shape
-  patches = jax.lax.conv_general_dilated_patches(
-      inputs, (kernel_height, kernel_width), tuple(stride), padding,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))  # [B, H', W', C * kh * kw], channel-major.
-  w_matrix = jnp.transpose(w, (2, 0, 1, 3)).reshape(
-      in_channels * kernel_height * kernel_width, out_channels)  # [C * kh * kw, O]
-  return jnp.dot(patches, w_matrix)
-
-
-class _Conv2D(hk.Conv2D):
-  """`hk.Conv2D` with the same parameter, computed as a patch product where XLA:CPU is slow.
-
-  XLA:CPU convolves a 2x2 feature map with a kernel larger than 1x1 some 40 times below its usual
-  rate (a ResNet-18 at 64 px ends on such maps); image patches times a matrix give the same result
-  (and gradients) at the usual rate. Other shapes and other backends take the plain convolution.
-  """
-
-  def __call__(self, inputs: jax.Array, **kwargs: Any) -> jax.Array:
-    if not (jax.default_backend() == 'cpu' and inputs.ndim == 4 and inputs.shape[1:3] == (2, 2)
-            and self.kernel_shape != (1, 1) and isinstance(self.padding, str)):
-      return super().__call__(inputs, **kwargs)
-    w_shape = (*self.kernel_shape, inputs.shape[-1], self.output_channels)
-    # Haiku's default initialiser of a convolution, so the parameter is the one hk.Conv2D makes.
-    fan_in = np.prod(w_shape[:-1])
-    w_init = self.w_init or hk.initializers.TruncatedNormal(stddev=1. / np.sqrt(fan_in))
-    w = hk.get_parameter('w', w_shape, inputs.dtype, init=w_init)
-    return conv_as_patch_product(inputs, w, self.stride, self.padding)
 
 
 # Dtypes the networks can compute in (`mixed_precision`); parameters are float32 in all of them.
@@ -126,61 +93,6 @@ def mixed_precision(compute_dtype: str) -> Iterator[None]:
     yield
 
 
-def max_pool(inputs: jax.Array, window: int, stride: int) -> jax.Array:
-  """`hk.max_pool` of NHWC `inputs` over square windows with SAME padding: same values, gradients.
-
-  On CPU the gradient avoids XLA's select-and-scatter (the usual gradient of a max pool), which
-  XLA:CPU runs some 6x slower than the alternative here: the forward pass also records which
-  element of each window is the maximum (the first one on ties, as select-and-scatter picks), and
-  the backward pass places each output's gradient there with strided pads. Calls that are not
-  differentiated (the target network, evaluation) take the plain pool.
-  """
-  def pool(x: jax.Array) -> jax.Array:
-    return hk.max_pool(x, window_shape=(1, window, window, 1), strides=(1, stride, stride, 1),
-                       padding='SAME')
-
-  if jax.default_backend() != 'cpu':
-    return pool(inputs)
-  batch, height, width, channels = inputs.shape
-  out_height, out_width = -(-height // stride), -(-width // stride)
-  # Padded elements are -inf and never the maximum.
-  pads = jax.lax.padtype_to_pads((height, width), (window, window), (stride, stride), 'SAME')
-  padded_shape = (batch, height + sum(pads[0]), width + sum(pads[1]), channels)
-  offsets = [divmod(k, window) for k in range(window * window)]  # (row, column), row-major.
-
-  def argmax_pool(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    padded = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf)
-    best = index = None
-    for k, (row, column) in enumerate(offsets):
-      piece = jax.lax.slice(  # [B, Ho, Wo, C]: element (row, column) of every window.
-          padded, (0, row, column, 0),
-          (batch, row + (out_height - 1) * stride + 1, column + (out_width - 1) * stride + 1,
-           channels),
-          (1, stride, stride, 1))
-      if best is None:
-        best, index = piece, jnp.zeros(piece.shape, jnp.int8)
-      else:
-        larger = piece > best  # Strictly: a tie keeps the earlier element.
-        best, index = jnp.where(larger, piece, best), jnp.where(larger, jnp.int8(k), index)
-    return best, index
-
-  def backward(index: jax.Array, grads: jax.Array) -> tuple[jax.Array]:
-    zero = jnp.zeros((), grads.dtype)
-    padded_grads = jnp.zeros(padded_shape, grads.dtype)
-    for k, (row, column) in enumerate(offsets):
-      # Interior padding puts output (i, j)'s gradient at padded input (i * stride + row, ...).
-      padded_grads += jax.lax.pad(jnp.where(index == k, grads, zero), zero, (
-          (0, 0, 0),
-          (row, padded_shape[1] - row - (out_height - 1) * stride - 1, stride - 1),
-          (column, padded_shape[2] - column - (out_width - 1) * stride - 1, stride - 1),
-          (0, 0, 0)))
-    return (padded_grads[:, pads[0][0]:pads[0][0] + height, pads[1][0]:pads[1][0] + width],)
-
-  differentiable_pool = jax.custom_vjp(pool)
-  differentiable_pool.defvjp(argmax_pool, backward)
-  return differentiable_pool(inputs)
-
-
 def _with_bn_defaults(bn_config: Mapping[str, Any] | None) -> dict[str, Any]:
   """Returns a copy of `bn_config` with BYOL's BatchNorm defaults filled in."""
   bn_config = dict(bn_config or {})
@@ -219,6 +131,7 @@ class _Block(hk.Module):
     use_projection: bool,
     bn_config: Mapping[str, Any],
     bottleneck: bool,
+    use_cpu_kernels: bool = False,
     name: str | None = None,
   ):
     """Creates the `conv_i`/`batchnorm_i` pairs and the shortcut modules.
@@ -229,19 +142,20 @@ class _Block(hk.Module):
       use_projection: whether the shortcut is a strided 1x1 convolution.
       bn_config: keyword arguments of every `BatchNorm`.
       bottleneck: 1x1-3x3-1x1 bottleneck (True) or two 3x3 convs (False).
+      use_cpu_kernels: convolve 2x2 maps the way that is fast on XLA:CPU (`cpu_kernels`).
       name: module name.
     """
     super().__init__(name=name)
     self.use_projection = use_projection
     if use_projection:
-      self.shortcut_conv = _conv(channels, 1, stride, 'shortcut_conv')
+      self.shortcut_conv = _conv(channels, 1, stride, 'shortcut_conv', use_cpu_kernels)
       if self.normalise_shortcut:
         self.shortcut_batchnorm = BatchNorm(
           name='shortcut_batchnorm', **bn_config)
     # Every BatchNorm scale starts at 1: unlike Haiku's bottleneck block,
     # the last BatchNorm is not zero-initialised.
     self.layers = [
-      (_conv(out_channels, kernel, conv_stride, f'conv_{i}'),
+      (_conv(out_channels, kernel, conv_stride, f'conv_{i}', use_cpu_kernels),
        BatchNorm(name=f'batchnorm_{i}', **bn_config))
       for i, (out_channels, kernel, conv_stride) in enumerate(
         _conv_specs(channels, stride, bottleneck))
@@ -301,6 +215,7 @@ class BlockGroup(hk.Module):
     resnet_v2: bool,
     bottleneck: bool,
     use_projection: bool,
+    use_cpu_kernels: bool = False,
     name: str | None = None,
   ):
     """Creates `num_blocks` blocks named `block_0`, `block_1`, ...
@@ -313,6 +228,7 @@ class BlockGroup(hk.Module):
       resnet_v2: pre-activation blocks (`BlockV2`) instead of `BlockV1`.
       bottleneck: bottleneck blocks instead of basic ones.
       use_projection: whether the first block has a projection shortcut.
+      use_cpu_kernels: take the routes that are fast on XLA:CPU (`cpu_kernels`).
       name: module name.
     """
     super().__init__(name=name)
@@ -324,6 +240,7 @@ class BlockGroup(hk.Module):
         use_projection=use_projection and i == 0,
         bn_config=bn_config,
         bottleneck=bottleneck,
+        use_cpu_kernels=use_cpu_kernels,
         name=f'block_{i}',
       )
       for i in range(num_blocks)
@@ -370,6 +287,7 @@ class ResNetTorso(hk.Module):
     channels_per_group: Sequence[int] = (256, 512, 1024, 2048),
     use_projection: Sequence[bool] = (True, True, True, True),
     width_multiplier: int = 1,
+    use_cpu_kernels: bool = False,
     name: str | None = None,
   ):
     """Creates the stem, the block groups and (optionally) the logits layer.
@@ -378,13 +296,17 @@ class ResNetTorso(hk.Module):
       blocks_per_group: number of blocks in each of the four groups.
       num_classes: size of the logits layer; None for no logits layer.
       bn_config: keyword arguments of `BatchNorm`; missing entries
-      default to decay_rate 0.9, eps 1e-5, with scale and offset.
-    resnet_v2: pre-activation (v2) blocks instead of v1 blocks.
-    bottleneck: bottleneck blocks (ResNet-50 and deeper) or basic ones.
-    channels_per_group: output channels of each group before widening.
-    use_projection: whether each group's first block projects its shortcut.
-    width_multiplier: integer factor applied to every channel count.
-    name: module name; defaults to the snake-cased class name.
+        default to decay_rate 0.9, eps 1e-5, with scale and offset.
+      resnet_v2: pre-activation (v2) blocks instead of v1 blocks.
+      bottleneck: bottleneck blocks (ResNet-50 and deeper) or basic ones.
+      channels_per_group: output channels of each group before widening.
+      use_projection: whether each group's first block projects its shortcut.
+      width_multiplier: integer factor applied to every channel count.
+      use_cpu_kernels: compute the 2x2-map convolutions and the max-pool gradient the ways
+        that are fast on XLA:CPU (`cpu_kernels`): the same parameters and, up to float32
+        rounding, the same values and gradients. A plain bool, resolved by the caller outside
+        traced code.
+      name: module name; defaults to the snake-cased class name.
 
     Raises:
       ValueError: on malformed per-group sequences, channel counts or widths.
@@ -414,7 +336,8 @@ class ResNetTorso(hk.Module):
 
     bn_config = _with_bn_defaults(bn_config)
     self.resnet_v2 = resnet_v2
-    self.initial_conv = _conv(64 * width_multiplier, 7, 2, 'initial_conv')
+    self.use_cpu_kernels = use_cpu_kernels
+    self.initial_conv = _conv(64 * width_multiplier, 7, 2, 'initial_conv', use_cpu_kernels)
     if not resnet_v2:
       self.initial_batchnorm = BatchNorm(
         name='initial_batchnorm', **bn_config)
@@ -427,6 +350,7 @@ class ResNetTorso(hk.Module):
         resnet_v2=resnet_v2,
         bottleneck=bottleneck,
         use_projection=use_projection[i],
+        use_cpu_kernels=use_cpu_kernels,
         name=f'block_group_{i}',
       )
       for i in range(len(_GROUP_STRIDES))
@@ -453,7 +377,10 @@ class ResNetTorso(hk.Module):
     if not self.resnet_v2:
       out = self.initial_batchnorm(out, is_training, test_local_stats)
       out = jax.nn.relu(out)
-    out = max_pool(out, window=3, stride=2)
+    if self.use_cpu_kernels:  # hk.max_pool's values and gradients, the gradient faster on CPU.
+      out = cpu_kernels.max_pool(out, window=3, stride=2)
+    else:
+      out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
     for block_group in self.block_groups:
       out = block_group(out, is_training, test_local_stats)
     if self.resnet_v2:
@@ -478,6 +405,7 @@ class _ResNetPreset(ResNetTorso):
     bn_config: Mapping[str, Any] | None = None,
     resnet_v2: bool = False,
     width_multiplier: int = 1,
+    use_cpu_kernels: bool = False,
     name: str | None = None,
   ):
     """Creates the preset; arguments as in `ResNetTorso`.
@@ -493,6 +421,7 @@ class _ResNetPreset(ResNetTorso):
       bottleneck=self.bottleneck,
       channels_per_group=self.channels_per_group,
       width_multiplier=width_multiplier,
+      use_cpu_kernels=use_cpu_kernels,
       name=name,
     )
 
