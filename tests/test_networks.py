@@ -263,6 +263,41 @@ def test_all_batchnorm_scales_initialise_to_one():
     np.testing.assert_array_equal(leaves['offset'], 0.0, err_msg=module)
 
 
+@pytest.mark.parametrize('bottleneck, last', [(True, 'batchnorm_2'), (False, 'batchnorm_1')])
+def test_zero_init_residual_starts_each_blocks_last_batchnorm_at_zero_so_blocks_are_identities(
+    bottleneck, last):
+  def block_groups(images, zero_init_residual):
+    torso = networks.ResNetTorso(
+      (2, 1, 1, 1), channels_per_group=(8, 8, 8, 8), bottleneck=bottleneck,
+      zero_init_residual=zero_init_residual)
+    torso(images, is_training=True)
+    return torso
+
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), jnp.float32)
+  params, _ = hk.transform_with_state(
+    lambda x: block_groups(x, zero_init_residual=True)).init(jax.random.key(0), images)
+  default, _ = hk.transform_with_state(
+    lambda x: block_groups(x, zero_init_residual=False)).init(jax.random.key(0), images)
+  assert params.keys() == default.keys()
+  scales = {module: leaves['scale'] for module, leaves in params.items() if 'scale' in leaves}
+  zero = {module for module, scale in scales.items() if not np.any(scale)}
+  # The last BatchNorm of each of the five blocks, and nothing else (shortcuts included).
+  assert zero == {module for module in scales if module.endswith(f'/~/{last}')}
+  assert len(zero) == 5
+  assert all(np.all(scales[module] == 1) for module in scales.keys() - zero)
+
+  # So a block without a projection starts as relu(input): block_group_0's second block.
+  def second_block(x):
+    block = networks.BlockV1(8, 1, False, BN_CONFIG, bottleneck, zero_init_residual=True)
+    return block(x, is_training=True)
+
+  block = hk.transform_with_state(second_block)
+  inputs = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 4, 8)), jnp.float32)
+  block_params, block_state = block.init(jax.random.key(1), inputs)
+  outputs, _ = block.apply(block_params, block_state, None, inputs)
+  np.testing.assert_allclose(outputs, jax.nn.relu(inputs), atol=1e-6)
+
+
 def test_preset_default_names_are_snake_cased_class_names():
   def construct():
     return [networks.get_encoder(name)().module_name
@@ -294,6 +329,7 @@ def test_get_encoder_lists_valid_names_for_unknown_name():
   ({'width_multiplier': 0}, 'width_multiplier.*positive int'),
   ({'width_multiplier': 1.5}, 'width_multiplier.*positive int'),
   ({'num_classes': 0}, 'num_classes'),
+  ({'zero_init_residual': True, 'resnet_v2': True}, 'zero_init_residual.*v1 blocks'),
 ])
 def test_bad_torso_arguments_raise_value_error(kwargs, message):
   config = {'blocks_per_group': (1, 1, 1, 1), 'channels_per_group': (8,) * 4,

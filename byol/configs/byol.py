@@ -77,7 +77,9 @@ def get_config(
           projector_output_size=256,
           predictor_hidden_size=4096,
           encoder_class='ResNet50',
-          encoder_config=dict(resnet_v2=False, width_multiplier=1),
+          # zero_init_residual: the last BatchNorm scale of each block starts at 0 (Goyal et al.
+          # 2017), as in the released code's Haiku blocks; the paper's networks start it at 1.
+          encoder_config=dict(resnet_v2=False, width_multiplier=1, zero_init_residual=False),
           bn_config=dict(decay_rate=0.9, eps=1e-5, create_scale=True, create_offset=True),
           # 'bfloat16' computes the networks in bfloat16; parameters and statistics stay float32.
           compute_dtype='float32',

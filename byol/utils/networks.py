@@ -132,6 +132,7 @@ class _Block(hk.Module):
     bn_config: Mapping[str, Any],
     bottleneck: bool,
     use_cpu_kernels: bool = False,
+    zero_init_residual: bool = False,
     name: str | None = None,
   ):
     """Creates the `conv_i`/`batchnorm_i` pairs and the shortcut modules.
@@ -143,6 +144,7 @@ class _Block(hk.Module):
       bn_config: keyword arguments of every `BatchNorm`.
       bottleneck: 1x1-3x3-1x1 bottleneck (True) or two 3x3 convs (False).
       use_cpu_kernels: convolve 2x2 maps the way that is fast on XLA:CPU (`cpu_kernels`).
+      zero_init_residual: start the last BatchNorm's scale at 0 (see `ResNetTorso`).
       name: module name.
     """
     super().__init__(name=name)
@@ -152,13 +154,14 @@ class _Block(hk.Module):
       if self.normalise_shortcut:
         self.shortcut_batchnorm = BatchNorm(
           name='shortcut_batchnorm', **bn_config)
-    # Every BatchNorm scale starts at 1: unlike Haiku's bottleneck block,
-    # the last BatchNorm is not zero-initialised.
+    specs = _conv_specs(channels, stride, bottleneck)
+    # By default every BatchNorm scale starts at 1, as in the paper; Haiku's bottleneck block (the
+    # released code's) starts the last one at 0, which `zero_init_residual` offers.
     self.layers = [
       (_conv(out_channels, kernel, conv_stride, f'conv_{i}', use_cpu_kernels),
-       BatchNorm(name=f'batchnorm_{i}', **bn_config))
-      for i, (out_channels, kernel, conv_stride) in enumerate(
-        _conv_specs(channels, stride, bottleneck))
+       BatchNorm(name=f'batchnorm_{i}', **bn_config, **(
+           dict(scale_init=jnp.zeros) if zero_init_residual and i == len(specs) - 1 else {})))
+      for i, (out_channels, kernel, conv_stride) in enumerate(specs)
     ]
 
 
@@ -216,6 +219,7 @@ class BlockGroup(hk.Module):
     bottleneck: bool,
     use_projection: bool,
     use_cpu_kernels: bool = False,
+    zero_init_residual: bool = False,
     name: str | None = None,
   ):
     """Creates `num_blocks` blocks named `block_0`, `block_1`, ...
@@ -229,6 +233,7 @@ class BlockGroup(hk.Module):
       bottleneck: bottleneck blocks instead of basic ones.
       use_projection: whether the first block has a projection shortcut.
       use_cpu_kernels: take the routes that are fast on XLA:CPU (`cpu_kernels`).
+      zero_init_residual: start each block's last BatchNorm scale at 0 (see `ResNetTorso`).
       name: module name.
     """
     super().__init__(name=name)
@@ -241,6 +246,7 @@ class BlockGroup(hk.Module):
         bn_config=bn_config,
         bottleneck=bottleneck,
         use_cpu_kernels=use_cpu_kernels,
+        zero_init_residual=zero_init_residual,
         name=f'block_{i}',
       )
       for i in range(num_blocks)
@@ -288,6 +294,7 @@ class ResNetTorso(hk.Module):
     use_projection: Sequence[bool] = (True, True, True, True),
     width_multiplier: int = 1,
     use_cpu_kernels: bool = False,
+    zero_init_residual: bool = False,
     name: str | None = None,
   ):
     """Creates the stem, the block groups and (optionally) the logits layer.
@@ -306,6 +313,9 @@ class ResNetTorso(hk.Module):
         that are fast on XLA:CPU (`cpu_kernels`): the same parameters and, up to float32
         rounding, the same values and gradients. A plain bool, resolved by the caller outside
         traced code.
+      zero_init_residual: start the scale of the last BatchNorm of each (v1) residual block at 0,
+        so that each block starts as the identity (Goyal et al. 2017). The released code's Haiku
+        bottleneck blocks did this; the paper's networks, and this default, do not.
       name: module name; defaults to the snake-cased class name.
 
     Raises:
@@ -330,6 +340,9 @@ class ResNetTorso(hk.Module):
     if not _is_positive_int(width_multiplier):
       raise ValueError('`width_multiplier` must be a positive int (1, 2, '
                        f'4, ...), got {width_multiplier!r}.')
+    if zero_init_residual and resnet_v2:
+      raise ValueError('`zero_init_residual` applies to v1 blocks, whose last BatchNorm ends the '
+                       'residual branch; pre-activation (v2) blocks end on a convolution.')
     if num_classes is not None and not _is_positive_int(num_classes):
       raise ValueError('`num_classes` must be None (no logits layer) or '
                        f'a positive int, got {num_classes!r}.')
@@ -351,6 +364,7 @@ class ResNetTorso(hk.Module):
         bottleneck=bottleneck,
         use_projection=use_projection[i],
         use_cpu_kernels=use_cpu_kernels,
+        zero_init_residual=zero_init_residual,
         name=f'block_group_{i}',
       )
       for i in range(len(_GROUP_STRIDES))
@@ -406,6 +420,7 @@ class _ResNetPreset(ResNetTorso):
     resnet_v2: bool = False,
     width_multiplier: int = 1,
     use_cpu_kernels: bool = False,
+    zero_init_residual: bool = False,
     name: str | None = None,
   ):
     """Creates the preset; arguments as in `ResNetTorso`.
@@ -422,6 +437,7 @@ class _ResNetPreset(ResNetTorso):
       channels_per_group=self.channels_per_group,
       width_multiplier=width_multiplier,
       use_cpu_kernels=use_cpu_kernels,
+      zero_init_residual=zero_init_residual,
       name=name,
     )
 
