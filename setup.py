@@ -13,14 +13,14 @@ def _requirements() -> list[str]:
 
 
 setuptools.setup(
-    name='byol',
-    version='0.1.0',
-    description='BYOL (Bootstrap Your Own Latent) self-supervised learning in JAX/Haiku.',
-    long_description=(_HERE / 'README.md').read_text(),
-    long_description_content_type='text/markdown',
-    license='Apache-2.0',
-    packages=setuptools.find_packages(include=['byol', 'byol.*']),
-    python_requires='>=3.11',
-    install_requires=_requirements(),
-    entry_points={'console_scripts': ['byol=byol.main_loop:run']},
+  name='byol',
+  version='0.1.0',
+  description='BYOL (Bootstrap Your Own Latent) self-supervised learning in JAX/Haiku.',
+  long_description=(_HERE / 'README.md').read_text(),
+  long_description_content_type='text/markdown',
+  license='Apache-2.0',
+  packages=setuptools.find_packages(include=['byol', 'byol.*']),
+  python_requires='>=3.11',
+  install_requires=_requirements(),
+  entry_points={'console_scripts': ['byol=byol.main_loop:run']},
 )

@@ -46,15 +46,30 @@ flags.DEFINE_enum('encoder', 'ResNet18', sorted(networks.ENCODERS), 'Encoder to 
 flags.DEFINE_integer('image_size', 64, 'Side of the input images.', lower_bound=8)
 flags.DEFINE_integer('batch_size', 64, 'Total batch size.', lower_bound=1)
 flags.DEFINE_integer('steps', 5, 'Timed steps (after one compile step).', lower_bound=1)
-flags.DEFINE_string('dataset', 'synthetic', 'Images of the input rows: synthetic (embedded), '
-                    'folder:PATH, imagenette, or any dataset of --dataset in byol.main_loop.')
-flags.DEFINE_string('data_dir', None, 'TFDS data folder of --dataset (default: $TFDS_DATA_DIR or '
-                    '~/tensorflow_datasets).')
-flags.DEFINE_enum('compute_dtype', 'float32', list(networks.COMPUTE_DTYPES),
-                  'Dtype the networks compute in (parameters stay float32).')
-flags.DEFINE_enum('cpu_kernels', 'auto', list(cpu_kernels.SWITCH_VALUES),
-                  'Take the CPU-only routes (byol.utils.cpu_kernels): on, off, or auto (on for the '
-                  'CPU backend only).')
+flags.DEFINE_string(
+  'dataset',
+  'synthetic',
+  'Images of the input rows: synthetic (embedded), '
+  'folder:PATH, imagenette, or any dataset of --dataset in byol.main_loop.',
+)
+flags.DEFINE_string(
+  'data_dir',
+  None,
+  'TFDS data folder of --dataset (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).',
+)
+flags.DEFINE_enum(
+  'compute_dtype',
+  'float32',
+  list(networks.COMPUTE_DTYPES),
+  'Dtype the networks compute in (parameters stay float32).',
+)
+flags.DEFINE_enum(
+  'cpu_kernels',
+  'auto',
+  list(cpu_kernels.SWITCH_VALUES),
+  'Take the CPU-only routes (byol.utils.cpu_kernels): on, off, or auto (on for the '
+  'CPU backend only).',
+)
 flags.DEFINE_string('output', None, 'Where to write the figures as JSON.')
 
 Row = dict[str, Any]
@@ -82,7 +97,8 @@ def _flops(jitted: Any, *args: Any) -> float:
 def _xla_convolution(images: jax.Array, kernel: jax.Array) -> jax.Array:
   """XLA's own SAME convolution, stride 1: [B, H, W, C] x [kh, kw, C, O] -> [B, H, W, O]."""
   return jax.lax.conv_general_dilated(
-      images, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    images, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
 
 
 def machine_rates(steps: int) -> list[Row]:
@@ -97,10 +113,16 @@ def machine_rates(steps: int) -> list[Row]:
   conv = jax.jit(_xla_convolution)
   _, conv_s = _timed(lambda _: conv(images, kernel), steps)
   return [
-      dict(what=f'matrix product {size}^3 fp32', ms=1e3 * matmul_s,
-           gflop_per_s=2 * size ** 3 / matmul_s / 1e9),
-      dict(what='3x3 convolution, 64 channels, 56x56, batch 16', ms=1e3 * conv_s,
-           gflop_per_s=_flops(conv, images, kernel) / conv_s / 1e9),
+    dict(
+      what=f'matrix product {size}^3 fp32',
+      ms=1e3 * matmul_s,
+      gflop_per_s=2 * size**3 / matmul_s / 1e9,
+    ),
+    dict(
+      what='3x3 convolution, 64 channels, 56x56, batch 16',
+      ms=1e3 * conv_s,
+      gflop_per_s=_flops(conv, images, kernel) / conv_s / 1e9,
+    ),
   ]
 
 
@@ -108,49 +130,72 @@ def small_map_convolution(batch_size: int, steps: int) -> list[Row]:
   """A 3x3 convolution over 2x2 maps, 512 -> 512 channels, forward and backward, both ways."""
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.normal(size=(batch_size, 2, 2, 512)), jnp.float32)
-  kernel = jnp.asarray(rng.normal(size=(3, 3, 512, 512)), jnp.float32) / 48.
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 512, 512)), jnp.float32) / 48.0
 
   def forward_backward(conv: Callable[..., jax.Array]) -> Callable[..., Any]:
     return jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
 
   rows = []
   for name, conv in (
-      ('XLA convolution', _xla_convolution),
-      ('patch product (ours)', lambda x, w: cpu_kernels.conv_as_patch_product(
-          x, w, (1, 1), 'SAME'))):
+    ('XLA convolution', _xla_convolution),
+    ('patch product (ours)', lambda x, w: cpu_kernels.conv_as_patch_product(x, w, (1, 1), 'SAME')),
+  ):
     step = forward_backward(conv)
     _, seconds = _timed(lambda _: step(images, kernel), steps)
-    rows.append(dict(what=f'3x3 conv on 2x2 maps, 512 channels, batch {batch_size}, fwd+bwd: '
-                     f'{name}', ms=1e3 * seconds))
+    rows.append(
+      dict(
+        what=f'3x3 conv on 2x2 maps, 512 channels, batch {batch_size}, fwd+bwd: {name}',
+        ms=1e3 * seconds,
+      )
+    )
   return rows
 
 
-def pretraining(encoder: str, dataset_name: str, image_size: int, batch_size: int,
-                compute_dtype: str = 'float32', data_dir: str | None = None,
-                cpu_kernels_setting: str = 'auto') -> byol_experiment.ByolExperiment:
+def pretraining(
+  encoder: str,
+  dataset_name: str,
+  image_size: int,
+  batch_size: int,
+  compute_dtype: str = 'float32',
+  data_dir: str | None = None,
+  cpu_kernels_setting: str = 'auto',
+) -> byol_experiment.ByolExperiment:
   """An initialised pretraining experiment on `dataset_name` (`initialize` reads a first batch).
 
   `cpu_kernels_setting` is the config's `network_config.cpu_kernels` ('auto', 'on' or 'off').
   """
   config = byol_config.get_config(
-      100, batch_size, num_classes=dataset.num_classes(dataset_name, data_dir=data_dir))
+    100, batch_size, num_classes=dataset.num_classes(dataset_name, data_dir=data_dir)
+  )
   config['network_config'].update(
-      encoder_class=encoder, compute_dtype=compute_dtype, cpu_kernels=cpu_kernels_setting)
+    encoder_class=encoder, compute_dtype=compute_dtype, cpu_kernels=cpu_kernels_setting
+  )
   config['dataset_config'].update(name=dataset_name, image_size=image_size, data_dir=data_dir)
   experiment = byol_experiment.ByolExperiment(**config)
   experiment.initialize(jax.random.key(0))
   return experiment
 
 
-def pretrain_update(experiment: byol_experiment.ByolExperiment, description: str, *,
-                    image_size: int, batch_size: int, num_classes: int, steps: int) -> list[Row]:
+def pretrain_update(
+  experiment: byol_experiment.ByolExperiment,
+  description: str,
+  *,
+  image_size: int,
+  batch_size: int,
+  num_classes: int,
+  steps: int,
+) -> list[Row]:
   """The jitted pretraining update on a random batch, and the device augmentations alone."""
   rng = np.random.default_rng(0)
   images = rng.uniform(size=(2, batch_size, image_size, image_size, 3)).astype(np.float32)
   inputs = helpers.to_global_batch(
-      dict(view1=images[0], view2=images[1],
-           labels=rng.integers(0, num_classes, batch_size).astype(np.int32)),
-      experiment.batch_sharding)
+    dict(
+      view1=images[0],
+      view2=images[1],
+      labels=rng.integers(0, num_classes, batch_size).astype(np.int32),
+    ),
+    experiment.batch_sharding,
+  )
   flops = _flops(experiment.update, experiment.state, inputs, jax.random.key(1), np.int32(0))
   # A copy: the update donates its state, and the experiment's own is trained on afterwards.
   state = jax.tree.map(jnp.copy, experiment.state)
@@ -161,35 +206,53 @@ def pretrain_update(experiment: byol_experiment.ByolExperiment, description: str
     return logs
 
   compile_s, update_s = _timed(update, steps)
-  augment = jax.jit(functools.partial(
-      augmentations.postprocess, use_cpu_kernels=experiment.use_cpu_kernels))
+  augment = jax.jit(
+    functools.partial(augmentations.postprocess, use_cpu_kernels=experiment.use_cpu_kernels)
+  )
   _, augment_s = _timed(lambda step: augment(inputs, jax.random.key(step)), steps)
   return [
-      dict(what=f'pretrain update, {description}', compile_and_first_step_s=compile_s,
-           ms=1e3 * update_s, images_per_s=batch_size / update_s, gflop_per_step=flops / 1e9,
-           gflop_per_s=flops / update_s / 1e9),
-      dict(what=f'device augmentations of both views, {description}', ms=1e3 * augment_s,
-           share_of_update=augment_s / update_s),
+    dict(
+      what=f'pretrain update, {description}',
+      compile_and_first_step_s=compile_s,
+      ms=1e3 * update_s,
+      images_per_s=batch_size / update_s,
+      gflop_per_step=flops / 1e9,
+      gflop_per_s=flops / update_s / 1e9,
+    ),
+    dict(
+      what=f'device augmentations of both views, {description}',
+      ms=1e3 * augment_s,
+      share_of_update=augment_s / update_s,
+    ),
   ]
 
 
-def linear_eval_update(encoder: str, image_size: int, batch_size: int, steps: int,
-                       compute_dtype: str = 'float32',
-                       cpu_kernels_setting: str = 'auto') -> list[Row]:
+def linear_eval_update(
+  encoder: str,
+  image_size: int,
+  batch_size: int,
+  steps: int,
+  compute_dtype: str = 'float32',
+  cpu_kernels_setting: str = 'auto',
+) -> list[Row]:
   """The jitted linear-evaluation update on a frozen (random) encoder (`cpu_kernels_setting` as
   in `pretraining`)."""
   config = eval_config.get_config(None, batch_size)
   config.update(allow_train_from_scratch=True)
   config['network_config'].update(
-      encoder_class=encoder, compute_dtype=compute_dtype, cpu_kernels=cpu_kernels_setting)
+    encoder_class=encoder, compute_dtype=compute_dtype, cpu_kernels=cpu_kernels_setting
+  )
   config['dataset_config'].update(name='synthetic', image_size=image_size)
   experiment = eval_experiment.EvalExperiment(**config)
   experiment.initialize(jax.random.key(0))
   rng = np.random.default_rng(0)
   inputs = helpers.to_global_batch(
-      dict(images=rng.uniform(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
-           labels=rng.integers(0, config['num_classes'], batch_size).astype(np.int32)),
-      experiment.batch_sharding)
+    dict(
+      images=rng.uniform(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
+      labels=rng.integers(0, config['num_classes'], batch_size).astype(np.int32),
+    ),
+    experiment.batch_sharding,
+  )
   state = experiment.state
 
   def update(step: int) -> Any:
@@ -198,21 +261,33 @@ def linear_eval_update(encoder: str, image_size: int, batch_size: int, steps: in
     return logs
 
   compile_s, update_s = _timed(update, steps)
-  return [dict(what=f'linear-eval update (frozen), {encoder} {image_size}px batch {batch_size}'
-               f'{_dtype_suffix(compute_dtype)}',
-               compile_and_first_step_s=compile_s, ms=1e3 * update_s,
-               images_per_s=batch_size / update_s)]
+  return [
+    dict(
+      what=f'linear-eval update (frozen), {encoder} {image_size}px batch {batch_size}'
+      f'{_dtype_suffix(compute_dtype)}',
+      compile_and_first_step_s=compile_s,
+      ms=1e3 * update_s,
+      images_per_s=batch_size / update_s,
+    )
+  ]
 
 
-def input_pipeline(dataset_name: str, image_size: int, batch_size: int, steps: int,
-                   data_dir: str | None = None) -> list[Row]:
+def input_pipeline(
+  dataset_name: str, image_size: int, batch_size: int, steps: int, data_dir: str | None = None
+) -> list[Row]:
   """Images/s of the tf.data pipeline alone (decode, crops, batching), per preprocessing mode."""
   rows = []
   for mode in dataset.PreprocessMode:
     split = dataset.Split.TEST if mode is dataset.PreprocessMode.EVAL else dataset.Split.TRAIN
-    batches = dataset.load(split, preprocess_mode=mode, batch_dims=[batch_size],
-                           image_size=image_size, dataset_name=dataset_name, data_dir=data_dir,
-                           seed=0)
+    batches = dataset.load(
+      split,
+      preprocess_mode=mode,
+      batch_dims=[batch_size],
+      image_size=image_size,
+      dataset_name=dataset_name,
+      data_dir=data_dir,
+      seed=0,
+    )
     next(batches)  # Starts the pipeline's threads.
     start, images = time.perf_counter(), 0
     # Enough batches that the buffers filled meanwhile do not count for much.
@@ -221,13 +296,19 @@ def input_pipeline(dataset_name: str, image_size: int, batch_size: int, steps: i
         images += len(next(batches)['labels'])
       except StopIteration:  # A small test split.
         break
-    rows.append(dict(what=f'tf.data {mode.name.lower()} batches, {dataset_name} {image_size}px '
-                     f'batch {batch_size}', images_per_s=images / (time.perf_counter() - start)))
+    rows.append(
+      dict(
+        what=f'tf.data {mode.name.lower()} batches, {dataset_name} {image_size}px '
+        f'batch {batch_size}',
+        images_per_s=images / (time.perf_counter() - start),
+      )
+    )
   return rows
 
 
-def end_to_end(experiment: byol_experiment.ByolExperiment, description: str, *,
-               batch_size: int, steps: int) -> list[Row]:
+def end_to_end(
+  experiment: byol_experiment.ByolExperiment, description: str, *, batch_size: int, steps: int
+) -> list[Row]:
   """Images/s of pretraining steps that read the experiment's dataset through the pipeline."""
   start = time.perf_counter()
   jax.block_until_ready(experiment.step(global_step=0, rng=jax.random.key(0)))
@@ -238,8 +319,14 @@ def end_to_end(experiment: byol_experiment.ByolExperiment, description: str, *,
     logs = experiment.step(global_step=step, rng=jax.random.key(step))
   jax.block_until_ready(logs)
   step_s = (time.perf_counter() - start) / steps
-  return [dict(what=f'pretraining loop end to end, {description}', first_step_s=first_s,
-               ms=1e3 * step_s, images_per_s=batch_size / step_s)]
+  return [
+    dict(
+      what=f'pretraining loop end to end, {description}',
+      first_step_s=first_s,
+      ms=1e3 * step_s,
+      images_per_s=batch_size / step_s,
+    )
+  ]
 
 
 def _dtype_suffix(compute_dtype: str) -> str:
@@ -270,32 +357,64 @@ def main(argv: list[str]) -> None:
   rows = machine_rates(FLAGS.steps)
   rows += small_map_convolution(FLAGS.batch_size, FLAGS.steps)
   # One experiment for the compute-only and the end-to-end rows: the update compiles once.
-  experiment = pretraining(FLAGS.encoder, FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size,
-                           FLAGS.compute_dtype, FLAGS.data_dir, FLAGS.cpu_kernels)
-  description = (f'{FLAGS.encoder} {FLAGS.image_size}px batch {FLAGS.batch_size}'
-                 f'{_dtype_suffix(FLAGS.compute_dtype)}')
+  experiment = pretraining(
+    FLAGS.encoder,
+    FLAGS.dataset,
+    FLAGS.image_size,
+    FLAGS.batch_size,
+    FLAGS.compute_dtype,
+    FLAGS.data_dir,
+    FLAGS.cpu_kernels,
+  )
+  description = (
+    f'{FLAGS.encoder} {FLAGS.image_size}px batch {FLAGS.batch_size}'
+    f'{_dtype_suffix(FLAGS.compute_dtype)}'
+  )
   rows += pretrain_update(
-      experiment, description, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
-      num_classes=dataset.num_classes(FLAGS.dataset, data_dir=FLAGS.data_dir), steps=FLAGS.steps)
-  rows += linear_eval_update(FLAGS.encoder, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps,
-                             FLAGS.compute_dtype, FLAGS.cpu_kernels)
-  rows += input_pipeline(FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps,
-                         FLAGS.data_dir)
-  rows += end_to_end(experiment, f'{description}, on {FLAGS.dataset}',
-                     batch_size=FLAGS.batch_size, steps=FLAGS.steps)
+    experiment,
+    description,
+    image_size=FLAGS.image_size,
+    batch_size=FLAGS.batch_size,
+    num_classes=dataset.num_classes(FLAGS.dataset, data_dir=FLAGS.data_dir),
+    steps=FLAGS.steps,
+  )
+  rows += linear_eval_update(
+    FLAGS.encoder,
+    FLAGS.image_size,
+    FLAGS.batch_size,
+    FLAGS.steps,
+    FLAGS.compute_dtype,
+    FLAGS.cpu_kernels,
+  )
+  rows += input_pipeline(
+    FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps, FLAGS.data_dir
+  )
+  rows += end_to_end(
+    experiment, f'{description}, on {FLAGS.dataset}', batch_size=FLAGS.batch_size, steps=FLAGS.steps
+  )
   conv_rate = rows[1]['gflop_per_s']
   compute = next(row for row in rows if row['what'].startswith('pretrain update'))
   compute['conv_share'] = compute['gflop_per_s'] / conv_rate
   rows[-1]['share_of_compute'] = rows[-1]['images_per_s'] / compute['images_per_s']
-  print(f'{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}, '
-        f'CPU-only routes {"on" if experiment.use_cpu_kernels else "off"}')
+  print(
+    f'{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}, '
+    f'CPU-only routes {"on" if experiment.use_cpu_kernels else "off"}'
+  )
   for row in rows:
     print(_format(row))
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
-      json.dump(dict(devices=jax.device_count(), platform=jax.devices()[0].platform,
-                     jax_version=jax.__version__, cpu_kernels=experiment.use_cpu_kernels,
-                     rows=rows), f, indent=2)
+      json.dump(
+        dict(
+          devices=jax.device_count(),
+          platform=jax.devices()[0].platform,
+          jax_version=jax.__version__,
+          cpu_kernels=experiment.use_cpu_kernels,
+          rows=rows,
+        ),
+        f,
+        indent=2,
+      )
 
 
 if __name__ == '__main__':

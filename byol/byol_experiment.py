@@ -29,6 +29,7 @@ Scalars = dict[str, jax.Array]
 
 class _ByolExperimentState(NamedTuple):
   """Everything that changes during pretraining (and is checkpointed)."""
+
   online_params: hk.Params
   target_params: hk.Params
   online_state: hk.State
@@ -44,30 +45,35 @@ class ByolExperiment(experiment.Experiment):
   _checkpoint_kind = 'BYOL pretraining'
 
   def __init__(
-      self,
-      random_seed: int,
-      num_classes: int,
-      batch_size: int,
-      max_steps: int,
-      base_target_ema: float,
-      network_config: Mapping[str, Any],
-      optimizer_config: Mapping[str, Any],
-      lr_schedule_config: Mapping[str, Any],
-      dataset_config: Mapping[str, Any],
-      evaluation_config: Mapping[str, Any],
-      checkpointing_config: Mapping[str, Any],
+    self,
+    random_seed: int,
+    num_classes: int,
+    batch_size: int,
+    max_steps: int,
+    base_target_ema: float,
+    network_config: Mapping[str, Any],
+    optimizer_config: Mapping[str, Any],
+    lr_schedule_config: Mapping[str, Any],
+    dataset_config: Mapping[str, Any],
+    evaluation_config: Mapping[str, Any],
+    checkpointing_config: Mapping[str, Any],
   ):
     super().__init__(
-        random_seed=random_seed, num_classes=num_classes, batch_size=batch_size,
-        max_steps=max_steps, network_config=network_config,
-        lr_schedule_config=lr_schedule_config, dataset_config=dataset_config,
-        evaluation_config=evaluation_config, checkpointing_config=checkpointing_config)
+      random_seed=random_seed,
+      num_classes=num_classes,
+      batch_size=batch_size,
+      max_steps=max_steps,
+      network_config=network_config,
+      lr_schedule_config=lr_schedule_config,
+      dataset_config=dataset_config,
+      evaluation_config=evaluation_config,
+      checkpointing_config=checkpointing_config,
+    )
     self._base_target_ema = base_target_ema
     self._optimizer_config = dict(optimizer_config)
     self._forward = hk.without_apply_rng(hk.transform_with_state(self._forward_fn))
     # The state is donated: its buffers are reused for the new state, halving peak memory.
-    self.update = jax.jit(
-        self._update_fn, out_shardings=self._replicated, donate_argnums=(0,))
+    self.update = jax.jit(self._update_fn, out_shardings=self._replicated, donate_argnums=(0,))
     """`update(state, inputs, rng, global_step) -> (state, scalars)`, jitted; donates `state`."""
     self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._replicated)
 
@@ -76,18 +82,23 @@ class ByolExperiment(experiment.Experiment):
   def _forward_fn(self, inputs: Batch, is_training: bool) -> dict[str, Any]:
     """Encoder, projector, predictor and online classifier, on both views when training."""
     config = self._network_config
-    encoder = self._encoder_class(bn_config=config['bn_config'], **config['encoder_config'],
-                                  use_cpu_kernels=self._use_cpu_kernels)
+    encoder = self._encoder_class(
+      bn_config=config['bn_config'],
+      **config['encoder_config'],
+      use_cpu_kernels=self._use_cpu_kernels,
+    )
     projector = networks.MLP(
-        name='projector',
-        hidden_size=config['projector_hidden_size'],
-        output_size=config['projector_output_size'],
-        bn_config=config['bn_config'])
+      name='projector',
+      hidden_size=config['projector_hidden_size'],
+      output_size=config['projector_output_size'],
+      bn_config=config['bn_config'],
+    )
     predictor = networks.MLP(
-        name='predictor',
-        hidden_size=config['predictor_hidden_size'],
-        output_size=config['projector_output_size'],
-        bn_config=config['bn_config'])
+      name='predictor',
+      hidden_size=config['predictor_hidden_size'],
+      output_size=config['projector_output_size'],
+      bn_config=config['bn_config'],
+    )
     classifier = hk.Linear(output_size=self._num_classes, name='classifier')
 
     def apply_once(images: jax.Array) -> dict[str, jax.Array]:
@@ -98,7 +109,8 @@ class ByolExperiment(experiment.Experiment):
         prediction = predictor(projection, is_training)  # [B, 256]
       # The loss and the classifier in float32, whatever the networks computed in.
       embedding, projection, prediction = (
-          x.astype(jnp.float32) for x in (embedding, projection, prediction))
+        x.astype(jnp.float32) for x in (embedding, projection, prediction)
+      )
       # The classifier only reads the embedding: labels must not shape the representation.
       logits = classifier(jax.lax.stop_gradient(embedding))  # [B, num_classes]
       return dict(projection=projection, prediction=prediction, logits=logits)
@@ -114,12 +126,13 @@ class ByolExperiment(experiment.Experiment):
     config = self._optimizer_config
     mask = optimizers.exclude_bias_and_norm if config['exclude_bias_from_adaption'] else None
     return optimizers.lars(
-        learning_rate,
-        weight_decay=config['weight_decay'],
-        momentum=config['momentum'],
-        eta=config['eta'],
-        weight_decay_mask=mask,
-        trust_ratio_mask=mask)
+      learning_rate,
+      weight_decay=config['weight_decay'],
+      momentum=config['momentum'],
+      eta=config['eta'],
+      weight_decay_mask=mask,
+      trust_ratio_mask=mask,
+    )
 
   # ------------------------------------------------------------------------------- pure functions
 
@@ -134,25 +147,27 @@ class ByolExperiment(experiment.Experiment):
     online_params, online_state = self._forward.init(online_rng, views, is_training=True)
     target_params, target_state = self._forward.init(target_rng, views, is_training=True)
     # The optimiser state does not depend on the learning rate.
-    opt_state = self._optimizer(0.).init(online_params)
-    return _ByolExperimentState(
-        online_params, target_params, online_state, target_state, opt_state)
+    opt_state = self._optimizer(0.0).init(online_params)
+    return _ByolExperimentState(online_params, target_params, online_state, target_state, opt_state)
 
   def _loss_fn(
-      self,
-      online_params: hk.Params,
-      online_state: hk.State,
-      target_outputs: Mapping[str, Any],
-      inputs: Batch,
+    self,
+    online_params: hk.Params,
+    online_state: hk.State,
+    target_outputs: Mapping[str, Any],
+    inputs: Batch,
   ) -> tuple[jax.Array, tuple[hk.State, Scalars]]:
     """Symmetric BYOL regression loss plus the online classifier's cross-entropy."""
     outputs, online_state = self._forward.apply(
-        online_params, online_state, inputs, is_training=True)
+      online_params, online_state, inputs, is_training=True
+    )
     target_projection = jax.lax.stop_gradient(
-        {view: target_outputs[view]['projection'] for view in ('view1', 'view2')})
+      {view: target_outputs[view]['projection'] for view in ('view1', 'view2')}
+    )
     repr_loss = jnp.mean(
-        helpers.regression_loss(outputs['view1']['prediction'], target_projection['view2']) +
-        helpers.regression_loss(outputs['view2']['prediction'], target_projection['view1']))
+      helpers.regression_loss(outputs['view1']['prediction'], target_projection['view2'])
+      + helpers.regression_loss(outputs['view2']['prediction'], target_projection['view1'])
+    )
 
     logits = outputs['view1']['logits']  # [B, num_classes]
     labels = inputs['labels']  # [B]
@@ -160,49 +175,51 @@ class ByolExperiment(experiment.Experiment):
     classif_loss = jnp.mean(helpers.softmax_cross_entropy(logits, one_hot))
     loss = repr_loss + classif_loss
     logs = dict(
-        loss=loss,
-        repr_loss=repr_loss,
-        classif_loss=classif_loss,
-        top1_accuracy=jnp.mean(helpers.topk_accuracy(logits, labels, topk=1)),
-        top5_accuracy=jnp.mean(helpers.topk_accuracy(logits, labels, topk=5)),
+      loss=loss,
+      repr_loss=repr_loss,
+      classif_loss=classif_loss,
+      top1_accuracy=jnp.mean(helpers.topk_accuracy(logits, labels, topk=1)),
+      top5_accuracy=jnp.mean(helpers.topk_accuracy(logits, labels, topk=5)),
     )
     return loss, (online_state, logs)
 
   def _update_fn(
-      self,
-      state: _ByolExperimentState,
-      inputs: Batch,
-      rng: jax.Array,
-      global_step: jax.Array,
+    self, state: _ByolExperimentState, inputs: Batch, rng: jax.Array, global_step: jax.Array
   ) -> tuple[_ByolExperimentState, Scalars]:
     """One BYOL step: augment, LARS update of the online network, EMA update of the target."""
     inputs = augmentations.postprocess(inputs, rng, use_cpu_kernels=self._use_cpu_kernels)
     target_outputs, target_state = self._forward.apply(
-        state.target_params, state.target_state, inputs, is_training=True)
+      state.target_params, state.target_state, inputs, is_training=True
+    )
     grads, (online_state, logs) = jax.grad(self._loss_fn, has_aux=True)(
-        state.online_params, state.online_state, target_outputs, inputs)
+      state.online_params, state.online_state, target_outputs, inputs
+    )
 
     learning_rate = self._learning_rate(global_step)
     updates, opt_state = self._optimizer(learning_rate).update(
-        grads, state.opt_state, state.online_params)
+      grads, state.opt_state, state.online_params
+    )
     online_params = optax.apply_updates(state.online_params, updates)
 
     tau = schedules.target_ema(global_step, self._base_target_ema, self._max_steps)
     target_params = jax.tree.map(
-        lambda target, online: target + (1. - tau) * (online - target),
-        state.target_params, online_params)
+      lambda target, online: target + (1.0 - tau) * (online - target),
+      state.target_params,
+      online_params,
+    )
 
     logs.update(learning_rate=learning_rate, tau=tau)
     new_state = _ByolExperimentState(
-        online_params, target_params, online_state, target_state, opt_state)
+      online_params, target_params, online_state, target_state, opt_state
+    )
     return new_state, logs
 
-  def _eval_batch_fn(
-      self, params: hk.Params, state: hk.State, batch: Batch) -> Scalars:
+  def _eval_batch_fn(self, params: hk.Params, state: hk.State, batch: Batch) -> Scalars:
     """Sums over the real (unmasked) examples of a batch: counts, correct top-1/5 and loss."""
     outputs, _ = self._forward.apply(params, state, batch, is_training=False)
     return evaluation.masked_classification_sums(
-        outputs['logits'], batch['labels'], batch['mask'], self._num_classes)
+      outputs['logits'], batch['labels'], batch['mask'], self._num_classes
+    )
 
   # ------------------------------------------------------------------------------- worker API
 
@@ -215,7 +232,8 @@ class ByolExperiment(experiment.Experiment):
     Consumes the first training batch, as the original did: training starts on the second.
     """
     self._state = jax.jit(self._init_fn, out_shardings=self._replicated)(
-        rng, self._next_train_batch())
+      rng, self._next_train_batch()
+    )
 
   def step(self, *, global_step: int, rng: jax.Array) -> Scalars:
     """Trains on the next batch; returns the step's scalars as device arrays (no host sync)."""
@@ -227,5 +245,5 @@ class ByolExperiment(experiment.Experiment):
     """Top-1, top-5 and loss of the online classifier over the whole evaluation split."""
     state = self._current_state('evaluate')
     return self._evaluate_with(
-        lambda batch: self._eval_batch(state.online_params, state.online_state, batch),
-        global_step)
+      lambda batch: self._eval_batch(state.online_params, state.online_state, batch), global_step
+    )

@@ -28,6 +28,7 @@ Scalars = dict[str, jax.Array]
 
 class _EvalExperimentState(NamedTuple):
   """Everything that changes during linear evaluation (and is checkpointed)."""
+
   backbone_params: hk.Params
   classif_params: hk.Params
   backbone_state: hk.State
@@ -43,34 +44,39 @@ class EvalExperiment(experiment.Experiment):
   _checkpoint_kind = 'linear-evaluation'
 
   def __init__(
-      self,
-      random_seed: int,
-      num_classes: int,
-      batch_size: int,
-      max_steps: int,
-      checkpoint_to_evaluate: str | None,
-      allow_train_from_scratch: bool,
-      freeze_backbone: bool,
-      network_config: Mapping[str, Any],
-      optimizer_config: Mapping[str, Any],
-      lr_schedule_config: Mapping[str, Any],
-      dataset_config: Mapping[str, Any],
-      evaluation_config: Mapping[str, Any],
-      checkpointing_config: Mapping[str, Any],
+    self,
+    random_seed: int,
+    num_classes: int,
+    batch_size: int,
+    max_steps: int,
+    checkpoint_to_evaluate: str | None,
+    allow_train_from_scratch: bool,
+    freeze_backbone: bool,
+    network_config: Mapping[str, Any],
+    optimizer_config: Mapping[str, Any],
+    lr_schedule_config: Mapping[str, Any],
+    dataset_config: Mapping[str, Any],
+    evaluation_config: Mapping[str, Any],
+    checkpointing_config: Mapping[str, Any],
   ):
     super().__init__(
-        random_seed=random_seed, num_classes=num_classes, batch_size=batch_size,
-        max_steps=max_steps, network_config=network_config,
-        lr_schedule_config=lr_schedule_config, dataset_config=dataset_config,
-        evaluation_config=evaluation_config, checkpointing_config=checkpointing_config)
+      random_seed=random_seed,
+      num_classes=num_classes,
+      batch_size=batch_size,
+      max_steps=max_steps,
+      network_config=network_config,
+      lr_schedule_config=lr_schedule_config,
+      dataset_config=dataset_config,
+      evaluation_config=evaluation_config,
+      checkpointing_config=checkpointing_config,
+    )
     self._checkpoint_to_evaluate = checkpoint_to_evaluate
     self._allow_train_from_scratch = allow_train_from_scratch
     self._freeze_backbone = freeze_backbone
     self._optimizer_config = dict(optimizer_config)
     self._backbone = hk.without_apply_rng(hk.transform_with_state(self._backbone_fn))
     self._classifier = hk.without_apply_rng(hk.transform(self._classifier_fn))
-    self.update = jax.jit(
-        self._update_fn, out_shardings=self._replicated, donate_argnums=(0,))
+    self.update = jax.jit(self._update_fn, out_shardings=self._replicated, donate_argnums=(0,))
     """`update(state, inputs, global_step) -> (state, scalars)`, jitted; donates `state`."""
     self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._replicated)
 
@@ -79,11 +85,15 @@ class EvalExperiment(experiment.Experiment):
   def _backbone_fn(self, images: jax.Array, is_training: bool) -> jax.Array:
     """The pretrained encoder, under the same module name as in pretraining: [B,H,W,3] -> [B,D]."""
     config = self._network_config
-    encoder = self._encoder_class(bn_config=config['bn_config'], **config['encoder_config'],
-                                  use_cpu_kernels=self._use_cpu_kernels)
+    encoder = self._encoder_class(
+      bn_config=config['bn_config'],
+      **config['encoder_config'],
+      use_cpu_kernels=self._use_cpu_kernels,
+    )
     with networks.mixed_precision(self._compute_dtype):
       embedding = encoder(
-          dataset.normalize_images(images).astype(self._compute_dtype), is_training=is_training)
+        dataset.normalize_images(images).astype(self._compute_dtype), is_training=is_training
+      )
     return embedding.astype(jnp.float32)  # The classifier and its loss in float32.
 
   def _classifier_fn(self, embedding: jax.Array) -> jax.Array:
@@ -94,9 +104,10 @@ class EvalExperiment(experiment.Experiment):
   def _optimizer(self, learning_rate: jax.typing.ArrayLike) -> optax.GradientTransformation:
     # Momentum first, then the step's learning rate, as in the original.
     return optax.sgd(
-        learning_rate,
-        momentum=self._optimizer_config['momentum'],
-        nesterov=self._optimizer_config['nesterov'])
+      learning_rate,
+      momentum=self._optimizer_config['momentum'],
+      nesterov=self._optimizer_config['nesterov'],
+    )
 
   # ------------------------------------------------------------------------------- pure functions
 
@@ -111,77 +122,88 @@ class EvalExperiment(experiment.Experiment):
     images = inputs['images']  # [B, H, W, 3]
     backbone_params, backbone_state = self._backbone.init(backbone_rng, images, is_training=True)
     embedding = jax.eval_shape(
-        lambda: self._backbone.apply(backbone_params, backbone_state, images, is_training=False))
-    classif_params = self._classifier.init(
-        classif_rng, jnp.zeros(embedding[0].shape, jnp.float32))
+      lambda: self._backbone.apply(backbone_params, backbone_state, images, is_training=False)
+    )
+    classif_params = self._classifier.init(classif_rng, jnp.zeros(embedding[0].shape, jnp.float32))
     return self._state_with_optimisers(backbone_params, classif_params, backbone_state)
 
   def _state_with_optimisers(
-      self, backbone_params: hk.Params, classif_params: hk.Params,
-      backbone_state: hk.State) -> _EvalExperimentState:
-    optimizer = self._optimizer(0.)  # The optimiser state does not depend on the rate.
+    self, backbone_params: hk.Params, classif_params: hk.Params, backbone_state: hk.State
+  ) -> _EvalExperimentState:
+    optimizer = self._optimizer(0.0)  # The optimiser state does not depend on the rate.
     backbone_opt_state = optimizer.init({} if self._freeze_backbone else backbone_params)
     return _EvalExperimentState(
-        backbone_params, classif_params, backbone_state, backbone_opt_state,
-        optimizer.init(classif_params))
+      backbone_params,
+      classif_params,
+      backbone_state,
+      backbone_opt_state,
+      optimizer.init(classif_params),
+    )
 
   def _loss_fn(
-      self,
-      backbone_params: hk.Params,
-      classif_params: hk.Params,
-      backbone_state: hk.State,
-      inputs: Batch,
+    self,
+    backbone_params: hk.Params,
+    classif_params: hk.Params,
+    backbone_state: hk.State,
+    inputs: Batch,
   ) -> tuple[jax.Array, tuple[hk.State, Scalars]]:
     """Mean softmax cross-entropy of the classifier on the (frozen or trained) embedding."""
     embedding, new_backbone_state = self._backbone.apply(
-        backbone_params, backbone_state, inputs['images'],
-        is_training=not self._freeze_backbone)
+      backbone_params, backbone_state, inputs['images'], is_training=not self._freeze_backbone
+    )
     if self._freeze_backbone:
       # Inference-mode BatchNorm keeps its statistics; no gradient reaches the encoder.
       embedding = jax.lax.stop_gradient(embedding)
       new_backbone_state = backbone_state
     logits = self._classifier.apply(classif_params, embedding)
     labels = inputs['labels']
-    loss = jnp.mean(helpers.softmax_cross_entropy(
-        logits, jax.nn.one_hot(labels, self._num_classes)))
+    loss = jnp.mean(
+      helpers.softmax_cross_entropy(logits, jax.nn.one_hot(labels, self._num_classes))
+    )
     logs = dict(
-        loss=loss,
-        top1_accuracy=jnp.mean(helpers.topk_accuracy(logits, labels, topk=1)),
-        top5_accuracy=jnp.mean(helpers.topk_accuracy(logits, labels, topk=5)),
+      loss=loss,
+      top1_accuracy=jnp.mean(helpers.topk_accuracy(logits, labels, topk=1)),
+      top5_accuracy=jnp.mean(helpers.topk_accuracy(logits, labels, topk=5)),
     )
     return loss, (new_backbone_state, logs)
 
   def _update_fn(
-      self, state: _EvalExperimentState, inputs: Batch, global_step: jax.Array,
+    self, state: _EvalExperimentState, inputs: Batch, global_step: jax.Array
   ) -> tuple[_EvalExperimentState, Scalars]:
     """One SGD step on the classifier (and the encoder when fine-tuning)."""
     grad_fn = jax.grad(self._loss_fn, argnums=(0, 1), has_aux=True)
     (backbone_grads, classif_grads), (backbone_state, logs) = grad_fn(
-        state.backbone_params, state.classif_params, state.backbone_state, inputs)
+      state.backbone_params, state.classif_params, state.backbone_state, inputs
+    )
     learning_rate = self._learning_rate(global_step)
     optimizer = self._optimizer(learning_rate)
 
     classif_updates, classif_opt_state = optimizer.update(
-        classif_grads, state.classif_opt_state, state.classif_params)
+      classif_grads, state.classif_opt_state, state.classif_params
+    )
     classif_params = optax.apply_updates(state.classif_params, classif_updates)
     if self._freeze_backbone:
       backbone_params, backbone_opt_state = state.backbone_params, state.backbone_opt_state
     else:
       backbone_updates, backbone_opt_state = optimizer.update(
-          backbone_grads, state.backbone_opt_state, state.backbone_params)
+        backbone_grads, state.backbone_opt_state, state.backbone_params
+      )
       backbone_params = optax.apply_updates(state.backbone_params, backbone_updates)
 
     logs.update(learning_rate=learning_rate)
     new_state = _EvalExperimentState(
-        backbone_params, classif_params, backbone_state, backbone_opt_state, classif_opt_state)
+      backbone_params, classif_params, backbone_state, backbone_opt_state, classif_opt_state
+    )
     return new_state, logs
 
   def _eval_batch_fn(self, state: _EvalExperimentState, batch: Batch) -> Scalars:
     embedding, _ = self._backbone.apply(
-        state.backbone_params, state.backbone_state, batch['images'], is_training=False)
+      state.backbone_params, state.backbone_state, batch['images'], is_training=False
+    )
     logits = self._classifier.apply(state.classif_params, embedding)
     return evaluation.masked_classification_sums(
-        logits, batch['labels'], batch['mask'], self._num_classes)
+      logits, batch['labels'], batch['mask'], self._num_classes
+    )
 
   # ------------------------------------------------------------------------------- worker API
 
@@ -197,9 +219,10 @@ class EvalExperiment(experiment.Experiment):
       if not self._allow_train_from_scratch:
         where = f' at {self._checkpoint_to_evaluate}' if self._checkpoint_to_evaluate else ''
         raise checkpointing.CheckpointError(
-            f'No pretraining checkpoint to evaluate{where}. Pretrain first '
-            '(--experiment_mode=pretrain with the same --checkpoint_root), or allow a random '
-            'encoder.')
+          f'No pretraining checkpoint to evaluate{where}. Pretrain first '
+          '(--experiment_mode=pretrain with the same --checkpoint_root), or allow a random '
+          'encoder.'
+        )
       logging.warning('Training a linear classifier on a RANDOM encoder (a baseline).')
     else:
       backbone_params, backbone_state = pretrained
@@ -221,7 +244,8 @@ class EvalExperiment(experiment.Experiment):
   # ------------------------------------------------------------------------------- internals
 
   def _pretrained_backbone(
-      self, fresh_state: _EvalExperimentState) -> tuple[hk.Params, hk.State] | None:
+    self, fresh_state: _EvalExperimentState
+  ) -> tuple[hk.Params, hk.State] | None:
     """The encoder's parameters and BatchNorm state from the pretraining checkpoint, if any."""
     path = self._checkpoint_to_evaluate
     checkpoint = None if path is None else checkpointing.load_checkpoint(path, missing_ok=True)
@@ -229,7 +253,8 @@ class EvalExperiment(experiment.Experiment):
       return None
     params, state = checkpointing.encoder_from_state(checkpoint['experiment_state'], path=path)
     checkpointing.check_parameter_shapes(
-        params, fresh_state.backbone_params, path=path, wanted_networks=self._describe_networks())
+      params, fresh_state.backbone_params, path=path, wanted_networks=self._describe_networks()
+    )
     if set(state) != set(fresh_state.backbone_state):
       raise checkpointing.CheckpointError(f'{path} lacks BatchNorm statistics of the encoder.')
     logging.info('Loaded the pretrained encoder from %s.', path)

@@ -32,8 +32,11 @@ _PARTS = ('params', 'state', 'classifier')
 
 
 def _flatten(prefix: str, tree: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
-  return {f'{prefix}/{module}/{name}': np.asarray(value)
-          for module, values in tree.items() for name, value in values.items()}
+  return {
+    f'{prefix}/{module}/{name}': np.asarray(value)
+    for module, values in tree.items()
+    for name, value in values.items()
+  }
 
 
 def export_encoder(checkpoint_path: str, output_path: str) -> str:
@@ -106,7 +109,11 @@ def main(argv: list[str]) -> None:
 if __name__ == '__main__':
   # Defined here rather than at import, so that `load_encoder` can be imported into any program
   # without adding flags to it.
-  flags.DEFINE_string('checkpoint', None, 'Checkpoint to export from (pretrain.pkl, '
-                      'linear-eval.pkl or a 2020 release file).', required=True)
+  flags.DEFINE_string(
+    'checkpoint',
+    None,
+    'Checkpoint to export from (pretrain.pkl, linear-eval.pkl or a 2020 release file).',
+    required=True,
+  )
   flags.DEFINE_string('output', None, 'The .npz file to write.', required=True)
   app.run(main)

@@ -43,62 +43,113 @@ from byol.utils import summaries
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum('experiment_mode', 'pretrain', ['pretrain', 'linear-eval'],
-                  'Pretrain with BYOL, or evaluate a pretrained encoder linearly.')
-flags.DEFINE_enum('worker_mode', 'train', ['train', 'eval'],
-                  'Train and checkpoint, or evaluate each new checkpoint.')
-flags.DEFINE_string('checkpoint_root', '/tmp/byol_checkpoints',
-                    'Folder of the checkpoints (pretrain.pkl) and scalar logs.')
-flags.DEFINE_integer('pretrain_epochs', 1000,
-                     f'Pretraining length; one of the presets {sorted(byol_config.PRESETS)}.')
+flags.DEFINE_enum(
+  'experiment_mode',
+  'pretrain',
+  ['pretrain', 'linear-eval'],
+  'Pretrain with BYOL, or evaluate a pretrained encoder linearly.',
+)
+flags.DEFINE_enum(
+  'worker_mode',
+  'train',
+  ['train', 'eval'],
+  'Train and checkpoint, or evaluate each new checkpoint.',
+)
 flags.DEFINE_string(
-    'dataset', 'imagenet2012', 'imagenet2012, imagenette (TFDS imagenette/160px-v2), cifar10, '
-    'synthetic (embedded, no download), folder:PATH (PATH/train/<class>/* and PATH/val/<class>/* '
-    'or PATH/test/<class>/* images) or any TFDS dataset name.')
-flags.DEFINE_integer('batch_size', None, 'Total batch size over all devices and hosts (default '
-                     f'{byol_config.DEFAULT_BATCH_SIZE}, or the dataset preset\'s).')
+  'checkpoint_root',
+  '/tmp/byol_checkpoints',
+  'Folder of the checkpoints (pretrain.pkl) and scalar logs.',
+)
+flags.DEFINE_integer(
+  'pretrain_epochs', 1000, f'Pretraining length; one of the presets {sorted(byol_config.PRESETS)}.'
+)
+flags.DEFINE_string(
+  'dataset',
+  'imagenet2012',
+  'imagenet2012, imagenette (TFDS imagenette/160px-v2), cifar10, '
+  'synthetic (embedded, no download), folder:PATH (PATH/train/<class>/* and PATH/val/<class>/* '
+  'or PATH/test/<class>/* images) or any TFDS dataset name.',
+)
+flags.DEFINE_integer(
+  'batch_size',
+  None,
+  'Total batch size over all devices and hosts (default '
+  f"{byol_config.DEFAULT_BATCH_SIZE}, or the dataset preset's).",
+)
 flags.DEFINE_integer('log_tensors_interval', 60, 'Seconds between two logs of the scalars.')
-flags.DEFINE_integer('max_steps', None, 'Overrides the preset number of steps (the warm-up keeps '
-                     'its share of the run).', lower_bound=1)
+flags.DEFINE_integer(
+  'max_steps',
+  None,
+  'Overrides the preset number of steps (the warm-up keeps its share of the run).',
+  lower_bound=1,
+)
 flags.DEFINE_enum('encoder', None, sorted(networks.ENCODERS), 'Overrides the preset encoder.')
-flags.DEFINE_enum('compute_dtype', None, list(networks.COMPUTE_DTYPES),
-                  'Overrides the dtype the networks compute in (float32): bfloat16 for '
-                  'accelerators; parameters, optimiser and BatchNorm statistics stay float32.')
-flags.DEFINE_integer('image_size', None, 'Side of the crops (default: 224 for ImageNet, the '
-                     'dataset\'s own otherwise).', lower_bound=8)
-flags.DEFINE_string('data_dir', None, 'TFDS data folder (default: $TFDS_DATA_DIR or '
-                    '~/tensorflow_datasets).')
-flags.DEFINE_integer('eval_batch_size', None, 'Evaluation batch size (default 100, or the '
-                     'dataset preset\'s), rounded up to a multiple of the device count.',
-                     lower_bound=1)
-flags.DEFINE_integer('save_checkpoint_interval', 300, 'Seconds between two checkpoints.',
-                     lower_bound=0)
-flags.DEFINE_float('eval_poll_interval', 10., 'Seconds between two looks for a new checkpoint.',
-                   lower_bound=0.)
+flags.DEFINE_enum(
+  'compute_dtype',
+  None,
+  list(networks.COMPUTE_DTYPES),
+  'Overrides the dtype the networks compute in (float32): bfloat16 for '
+  'accelerators; parameters, optimiser and BatchNorm statistics stay float32.',
+)
+flags.DEFINE_integer(
+  'image_size',
+  None,
+  "Side of the crops (default: 224 for ImageNet, the dataset's own otherwise).",
+  lower_bound=8,
+)
+flags.DEFINE_string(
+  'data_dir', None, 'TFDS data folder (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).'
+)
+flags.DEFINE_integer(
+  'eval_batch_size',
+  None,
+  'Evaluation batch size (default 100, or the '
+  "dataset preset's), rounded up to a multiple of the device count.",
+  lower_bound=1,
+)
+flags.DEFINE_integer(
+  'save_checkpoint_interval', 300, 'Seconds between two checkpoints.', lower_bound=0
+)
+flags.DEFINE_float(
+  'eval_poll_interval', 10.0, 'Seconds between two looks for a new checkpoint.', lower_bound=0.0
+)
 flags.DEFINE_multi_string(
-    'override', [], 'key.path=value: sets any entry of the config (repeatable, applied last), e.g. '
-    'network_config.encoder_config.width_multiplier=2 or freeze_backbone=false.')
-flags.DEFINE_string('coordinator_address', None,
-                    'A run of several processes (e.g. one per host): host:port of process 0, '
-                    'where the others join it. Needs --num_processes and --process_id.')
+  'override',
+  [],
+  'key.path=value: sets any entry of the config (repeatable, applied last), e.g. '
+  'network_config.encoder_config.width_multiplier=2 or freeze_backbone=false.',
+)
+flags.DEFINE_string(
+  'coordinator_address',
+  None,
+  'A run of several processes (e.g. one per host): host:port of process 0, '
+  'where the others join it. Needs --num_processes and --process_id.',
+)
 flags.DEFINE_integer('num_processes', None, 'The number of processes of the run.', lower_bound=1)
-flags.DEFINE_integer('process_id', None, 'This process\'s index in the run, from 0.',
-                     lower_bound=0)
-flags.DEFINE_bool('distributed', False,
-                  'Join a run of several processes, taking from the cluster\'s environment (Cloud '
-                  'TPU pod, SLURM, Open MPI) whatever of --coordinator_address, --num_processes '
-                  'and --process_id is not given.')
-flags.DEFINE_list('base_learning_rates', None,
-                  'Linear evaluation with the paper\'s protocol (train worker only): one classifier '
-                  'per base learning rate trained on TRAIN, the best on VALID reported on TEST, '
-                  'and the table of all runs written to <checkpoint_root>/linear-eval-sweep.json.')
+flags.DEFINE_integer('process_id', None, "This process's index in the run, from 0.", lower_bound=0)
+flags.DEFINE_bool(
+  'distributed',
+  False,
+  "Join a run of several processes, taking from the cluster's environment (Cloud "
+  'TPU pod, SLURM, Open MPI) whatever of --coordinator_address, --num_processes '
+  'and --process_id is not given.',
+)
+flags.DEFINE_list(
+  'base_learning_rates',
+  None,
+  "Linear evaluation with the paper's protocol (train worker only): one classifier "
+  'per base learning rate trained on TRAIN, the best on VALID reported on TEST, '
+  'and the table of all runs written to <checkpoint_root>/linear-eval-sweep.json.',
+)
 
 flags.register_validator(
-    'pretrain_epochs', lambda value: value in byol_config.PRESETS,
-    message=f'--pretrain_epochs must be one of {sorted(byol_config.PRESETS)}.')
+  'pretrain_epochs',
+  lambda value: value in byol_config.PRESETS,
+  message=f'--pretrain_epochs must be one of {sorted(byol_config.PRESETS)}.',
+)
 flags.register_validator(
-    'batch_size', lambda value: value is None or value > 0,
-    message='--batch_size must be positive.')
+  'batch_size', lambda value: value is None or value > 0, message='--batch_size must be positive.'
+)
 
 
 def _are_positive_numbers(values: list[str] | None) -> bool:
@@ -109,39 +160,55 @@ def _are_positive_numbers(values: list[str] | None) -> bool:
 
 
 flags.register_validator(
-    'base_learning_rates', _are_positive_numbers,
-    message='--base_learning_rates must be a comma-separated list of positive numbers, '
-            'e.g. 0.1,0.2,0.4.')
+  'base_learning_rates',
+  _are_positive_numbers,
+  message='--base_learning_rates must be a comma-separated list of positive numbers, '
+  'e.g. 0.1,0.2,0.4.',
+)
 flags.register_multi_flags_validator(
-    ['base_learning_rates', 'experiment_mode', 'worker_mode'],
-    lambda values: values['base_learning_rates'] is None or (
-        values['experiment_mode'] == 'linear-eval' and values['worker_mode'] == 'train'),
-    message='--base_learning_rates runs the linear-evaluation protocol: use it with '
-            '--experiment_mode=linear-eval --worker_mode=train.')
+  ['base_learning_rates', 'experiment_mode', 'worker_mode'],
+  lambda values: (
+    values['base_learning_rates'] is None
+    or (values['experiment_mode'] == 'linear-eval' and values['worker_mode'] == 'train')
+  ),
+  message='--base_learning_rates runs the linear-evaluation protocol: use it with '
+  '--experiment_mode=linear-eval --worker_mode=train.',
+)
 
 _PROCESS_FLAGS = ('coordinator_address', 'num_processes', 'process_id')
 flags.register_multi_flags_validator(
-    [*_PROCESS_FLAGS, 'distributed'],
-    # All three given, or none (one process), unless the cluster's environment supplies them.
-    lambda values: values['distributed'] or len(
-        {values[name] is None for name in _PROCESS_FLAGS}) == 1,
-    message='A run of several processes needs all of --coordinator_address, --num_processes and '
-            '--process_id, or --distributed to detect them from the cluster.')
+  [*_PROCESS_FLAGS, 'distributed'],
+  # All three given, or none (one process), unless the cluster's environment supplies them.
+  lambda values: (
+    values['distributed'] or len({values[name] is None for name in _PROCESS_FLAGS}) == 1
+  ),
+  message='A run of several processes needs all of --coordinator_address, --num_processes and '
+  '--process_id, or --distributed to detect them from the cluster.',
+)
 flags.register_multi_flags_validator(
-    ['num_processes', 'process_id'],
-    lambda values: None in (values['num_processes'], values['process_id']) or (
-        values['process_id'] < values['num_processes']),
-    message='--process_id must be below --num_processes (processes count from 0).')
+  ['num_processes', 'process_id'],
+  lambda values: (
+    None in (values['num_processes'], values['process_id'])
+    or (values['process_id'] < values['num_processes'])
+  ),
+  message='--process_id must be below --num_processes (processes count from 0).',
+)
 
 # Errors that come from the user's input; they are reported in one line, without a traceback.
-_USER_ERRORS = (dataset.DatasetError, checkpointing.CheckpointError, distributed.DistributedError,
-                helpers.BatchSizeError, override.OverrideError, FloatingPointError)
+_USER_ERRORS = (
+  dataset.DatasetError,
+  checkpointing.CheckpointError,
+  distributed.DistributedError,
+  helpers.BatchSizeError,
+  override.OverrideError,
+  FloatingPointError,
+)
 
 
 # The experiment class of each --experiment_mode.
 _EXPERIMENTS = {
-    'pretrain': byol_experiment.ByolExperiment,
-    'linear-eval': eval_experiment.EvalExperiment,
+  'pretrain': byol_experiment.ByolExperiment,
+  'linear-eval': eval_experiment.EvalExperiment,
 }
 
 
@@ -155,27 +222,41 @@ def get_config() -> dict[str, Any]:
   preset = byol_config.dataset_preset(dataset_name)
   batch_size = FLAGS.batch_size or preset.get('batch_size', byol_config.DEFAULT_BATCH_SIZE)
   train_images = dataset.num_examples(
-      dataset.Split.TRAIN_AND_VALID, dataset_name=dataset_name, data_dir=FLAGS.data_dir)
+    dataset.Split.TRAIN_AND_VALID, dataset_name=dataset_name, data_dir=FLAGS.data_dir
+  )
   num_classes = dataset.num_classes(dataset_name, data_dir=FLAGS.data_dir)
   if FLAGS.experiment_mode == 'pretrain':
-    recipe = {key: value for key, value in preset.items()
-              if key in byol_config.PRESETS[FLAGS.pretrain_epochs]}
+    recipe = {
+      key: value
+      for key, value in preset.items()
+      if key in byol_config.PRESETS[FLAGS.pretrain_epochs]
+    }
     config = byol_config.get_config(
-        FLAGS.pretrain_epochs, batch_size, train_images=train_images, num_classes=num_classes,
-        recipe=recipe)
+      FLAGS.pretrain_epochs,
+      batch_size,
+      train_images=train_images,
+      num_classes=num_classes,
+      recipe=recipe,
+    )
   else:
     # Read by process 0 when training starts; a random encoder is trained if it is absent and
     # that is allowed.
     config = eval_config.get_config(
-        os.path.join(FLAGS.checkpoint_root, 'pretrain.pkl'), batch_size,
-        train_images=train_images, num_classes=num_classes)
+      os.path.join(FLAGS.checkpoint_root, 'pretrain.pkl'),
+      batch_size,
+      train_images=train_images,
+      num_classes=num_classes,
+    )
   # The linear evaluation must build the encoder that pretraining built.
   config['network_config']['encoder_class'] = preset.get(
-      'encoder_class', config['network_config']['encoder_class'])
+    'encoder_class', config['network_config']['encoder_class']
+  )
   config['evaluation_config']['batch_size'] = preset.get(
-      'eval_batch_size', config['evaluation_config']['batch_size'])
-  config['dataset_config']['image_size'] = (
-      FLAGS.image_size or dataset.default_image_size(dataset_name, data_dir=FLAGS.data_dir))
+    'eval_batch_size', config['evaluation_config']['batch_size']
+  )
+  config['dataset_config']['image_size'] = FLAGS.image_size or dataset.default_image_size(
+    dataset_name, data_dir=FLAGS.data_dir
+  )
   config['dataset_config'].update(name=dataset_name, data_dir=FLAGS.data_dir)
   if FLAGS.max_steps is not None:
     # Keep the warm-up's share of the run, so a shortened run has the preset's schedule shape.
@@ -189,8 +270,8 @@ def get_config() -> dict[str, Any]:
   if FLAGS.eval_batch_size is not None:
     config['evaluation_config']['batch_size'] = FLAGS.eval_batch_size
   config['checkpointing_config'].update(
-      checkpoint_dir=FLAGS.checkpoint_root,
-      save_checkpoint_interval=FLAGS.save_checkpoint_interval)
+    checkpoint_dir=FLAGS.checkpoint_root, save_checkpoint_interval=FLAGS.save_checkpoint_interval
+  )
   override.apply(config, FLAGS.override)
   return config
 
@@ -217,9 +298,13 @@ def train_loop(config: Mapping[str, Any]) -> Any:
     init_rng, loop_rng = jax.random.split(jax.random.key(config['random_seed']))
     experiment.initialize(init_rng)
     step = 0
-    logging.info('No checkpoint to resume from at %s; starting %s: %d steps of batch %d.',
-                 experiment.checkpoint_path, FLAGS.experiment_mode, max_steps,
-                 config['batch_size'])
+    logging.info(
+      'No checkpoint to resume from at %s; starting %s: %d steps of batch %d.',
+      experiment.checkpoint_path,
+      FLAGS.experiment_mode,
+      max_steps,
+      config['batch_size'],
+    )
   else:
     step, loop_rng = restored
     logging.info('Resumed from %s at step %d of %d.', experiment.checkpoint_path, step, max_steps)
@@ -237,14 +322,21 @@ def train_loop(config: Mapping[str, Any]) -> Any:
     scalars = {name: float(value) for name, value in helpers.to_host(logs).items()}
     if not math.isfinite(scalars['loss']):
       raise FloatingPointError(
-          f'The loss became {scalars["loss"]} at step {step}; stopping without saving. The last '
-          f'good checkpoint is {experiment.checkpoint_path}.')
+        f'The loss became {scalars["loss"]} at step {step}; stopping without saving. The last '
+        f'good checkpoint is {experiment.checkpoint_path}.'
+      )
     if log_due:
       now = time.time()
       images_per_second = (step - last_log_step) * config['batch_size'] / (now - last_log_time)
       eta = (max_steps - step) * config['batch_size'] / images_per_second
-      logging.info('step %d/%d | %.1f images/s | ETA %s | %s', step, max_steps, images_per_second,
-                   _format_duration(eta), _format_scalars(scalars))
+      logging.info(
+        'step %d/%d | %.1f images/s | ETA %s | %s',
+        step,
+        max_steps,
+        images_per_second,
+        _format_duration(eta),
+        _format_scalars(scalars),
+      )
       scalar_log.write(step, dict(scalars, images_per_second=images_per_second))
       last_log_time, last_log_step = now, step
     if save_due:
@@ -287,7 +379,8 @@ def sweep_loop(config: Mapping[str, Any]) -> None:
   One classifier per base learning rate is trained on TRAIN, in its own folder
   `<checkpoint_root>/linear-eval-sweep/lr_<rate>` (so an interrupted sweep resumes where it
   stopped) and scored on VALID; the best one on VALID is then scored on TEST. Only the chosen run
-  is ever evaluated on TEST. The table of all runs goes to `<checkpoint_root>/linear-eval-sweep.json`.
+  is ever evaluated on TEST. The table of all runs goes to
+  `<checkpoint_root>/linear-eval-sweep.json`.
   """
   runs = []
   for rate in sorted({float(value) for value in FLAGS.base_learning_rates}):
@@ -296,13 +389,15 @@ def sweep_loop(config: Mapping[str, Any]) -> None:
     run_config['dataset_config']['train_split'] = 'train'
     run_config['evaluation_config']['subset'] = 'valid'
     run_config['checkpointing_config']['checkpoint_dir'] = os.path.join(
-        FLAGS.checkpoint_root, 'linear-eval-sweep', f'lr_{rate:g}')
+      FLAGS.checkpoint_root, 'linear-eval-sweep', f'lr_{rate:g}'
+    )
     logging.info('Sweep: base learning rate %g.', rate)
     experiment = train_loop(run_config)
     valid = experiment.evaluate(global_step=run_config['max_steps'])
     logging.info('Sweep: base learning rate %g | VALID %s', rate, _format_scalars(valid))
-    runs.append(dict(base_learning_rate=rate, checkpoint=experiment.checkpoint_path,
-                     valid=valid, test=None))
+    runs.append(
+      dict(base_learning_rate=rate, checkpoint=experiment.checkpoint_path, valid=valid, test=None)
+    )
 
   chosen = max(runs, key=lambda run: run['valid']['top1_accuracy'])
   test_config = copy.deepcopy(dict(config))
@@ -311,15 +406,22 @@ def sweep_loop(config: Mapping[str, Any]) -> None:
   experiment = _EXPERIMENTS[FLAGS.experiment_mode](**test_config)
   step, _ = experiment.load_checkpoint()
   chosen['test'] = experiment.evaluate(global_step=step)
-  table = dict(protocol='train on TRAIN, choose on VALID (top-1), report on TEST',
-               chosen_base_learning_rate=chosen['base_learning_rate'], runs=runs)
+  table = dict(
+    protocol='train on TRAIN, choose on VALID (top-1), report on TEST',
+    chosen_base_learning_rate=chosen['base_learning_rate'],
+    runs=runs,
+  )
   path = os.path.join(FLAGS.checkpoint_root, 'linear-eval-sweep.json')
   if jax.process_index() == 0:
     with open(path + '.tmp', 'w') as f:
       json.dump(table, f, indent=2)
     os.replace(path + '.tmp', path)
-  logging.info('Sweep: chose base learning rate %g on VALID | TEST %s | table %s',
-               chosen['base_learning_rate'], _format_scalars(chosen['test']), path)
+  logging.info(
+    'Sweep: chose base learning rate %g on VALID | TEST %s | table %s',
+    chosen['base_learning_rate'],
+    _format_scalars(chosen['test']),
+    path,
+  )
 
 
 def _checkpoint_version(path: str) -> tuple[int, int] | None:
@@ -350,8 +452,11 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   try:
     distributed.initialize(
-        coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-        process_id=FLAGS.process_id, auto_detect=FLAGS.distributed)
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+      auto_detect=FLAGS.distributed,
+    )
     config = get_config()
     if FLAGS.base_learning_rates is not None:
       sweep_loop(config)

@@ -1,4 +1,5 @@
 """Shared test setup: quiet TensorFlow, one compilation cache, the real images of ../shared/data."""
+
 import os
 import pathlib
 import tarfile
@@ -23,16 +24,21 @@ def compilation_cache(tmp_path_factory):
 
 
 # Beside the project, never in it (see ../shared/data/README.md); BYOL_SHARED_DATA overrides.
-SHARED_DATA = pathlib.Path(os.environ.get(
-    'BYOL_SHARED_DATA', pathlib.Path(__file__).resolve().parent.parent.parent / 'shared' / 'data'))
+SHARED_DATA = pathlib.Path(
+  os.environ.get(
+    'BYOL_SHARED_DATA', pathlib.Path(__file__).resolve().parent.parent.parent / 'shared' / 'data'
+  )
+)
 
 
 @pytest.fixture(scope='session')
 def real_folders(tmp_path_factory):
   """Imagenette and CIFAR-10 JPEG folders extracted from ../shared/data (skipped if absent)."""
   folders = {}
-  for name, archive, folder in (('imagenette', 'imagenette2-160.tar', 'imagenette2-160'),
-                                ('cifar10', 'cifar10-jpg.tar.gz', 'cifar10_jpg')):
+  for name, archive, folder in (
+    ('imagenette', 'imagenette2-160.tar', 'imagenette2-160'),
+    ('cifar10', 'cifar10-jpg.tar.gz', 'cifar10_jpg'),
+  ):
     if not (SHARED_DATA / archive).exists():
       pytest.skip(f'{SHARED_DATA / archive} is absent: real-data tests need ../shared/data.')
     target = tmp_path_factory.mktemp(name)

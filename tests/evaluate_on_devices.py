@@ -24,16 +24,17 @@ def main() -> None:
   assert jax.device_count() == num_devices, jax.devices()
   default = byol_config.get_config(100, 8)['evaluation_config']['batch_size']
   results = {}
-  for preset_batch_size in sorted({preset.get('eval_batch_size', default)
-                                   for preset in byol_config.DATASET_PRESETS.values()}):
+  for preset_batch_size in sorted(
+    {preset.get('eval_batch_size', default) for preset in byol_config.DATASET_PRESETS.values()}
+  ):
     config = test_byol_experiment.tiny_config(os.path.dirname(output))
     config['evaluation_config']['batch_size'] = preset_batch_size
     experiment = byol_experiment.ByolExperiment(**config)
     experiment.initialize(jax.random.key(0))
     scalars = experiment.evaluate(global_step=0)
     results[preset_batch_size] = dict(
-        batch_size=experiment._evaluation_config['batch_size'],
-        num_examples=scalars['num_examples'])
+      batch_size=experiment._evaluation_config['batch_size'], num_examples=scalars['num_examples']
+    )
   with open(output, 'w') as f:
     json.dump(results, f)
 

@@ -24,8 +24,9 @@ def train_loop_keeping_state(config):
   for path, leaf in jax.tree_util.tree_leaves_with_path(experiment.state):
     for shard in leaf.addressable_shards:
       copies[f'{jax.tree_util.keystr(path)}@{shard.device.id}'] = np.asarray(shard.data)
-  np.savez(os.path.join(os.environ['BYOL_STATE_FOLDER'], f'state_{jax.process_index()}.npz'),
-           **copies)
+  np.savez(
+    os.path.join(os.environ['BYOL_STATE_FOLDER'], f'state_{jax.process_index()}.npz'), **copies
+  )
   return experiment
 
 

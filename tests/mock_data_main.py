@@ -23,16 +23,17 @@ warnings.filterwarnings('error', category=DeprecationWarning, module='(jax|haiku
 NUM_EXAMPLES = int(os.environ['BYOL_MOCK_NUM_EXAMPLES'])
 
 
-def encoded_examples(builder: tfds.core.DatasetBuilder, split: str, decoders=None,
-                     read_config=None, **kwargs) -> tf.data.Dataset:
+def encoded_examples(
+  builder: tfds.core.DatasetBuilder, split: str, decoders=None, read_config=None, **kwargs
+) -> tf.data.Dataset:
   """NUM_EXAMPLES examples {'image': JPEG bytes, 'label': int64} (images left encoded, as
   `byol.utils.dataset` reads them with `tfds.decode.SkipDecoding`)."""
   del decoders, read_config, kwargs
   rng = np.random.default_rng(zlib.crc32(str(split).encode()))  # The same data in every run.
   num_classes = builder.info.features['label'].num_classes
   images = [
-      tf.io.encode_jpeg(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).numpy()
-      for height, width in rng.integers(24, 64, (NUM_EXAMPLES, 2))
+    tf.io.encode_jpeg(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).numpy()
+    for height, width in rng.integers(24, 64, (NUM_EXAMPLES, 2))
   ]
   labels = rng.integers(0, num_classes, NUM_EXAMPLES)
   return tf.data.Dataset.from_tensor_slices({'image': images, 'label': labels})

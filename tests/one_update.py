@@ -29,8 +29,14 @@ def main() -> None:
   state, logs = experiment.update(experiment.state, batch, jax.random.key(1), np.int32(3))
   state, logs = helpers.to_host((state, logs))
   leaves = jax.tree_util.tree_leaves_with_path(
-      dict(online_params=state.online_params, online_state=state.online_state,
-           target_params=state.target_params, target_state=state.target_state, logs=logs))
+    dict(
+      online_params=state.online_params,
+      online_state=state.online_state,
+      target_params=state.target_params,
+      target_state=state.target_state,
+      logs=logs,
+    )
+  )
   np.savez(output, **{jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves})
 
 

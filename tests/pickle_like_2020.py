@@ -73,16 +73,23 @@ def main(arrays_path: str, output_path: str, mode: str) -> None:
 
   with open(arrays_path, 'rb') as f:
     arrays = pickle.load(f)
-  momentum = {module: {name: np.zeros_like(value) for name, value in params.items()}
-              for module, params in arrays['online_params'].items()}
+  momentum = {
+    module: {name: np.zeros_like(value) for name, value in params.items()}
+    for module, params in arrays['online_params'].items()
+  }
   # The 2020 LARS: optax.chain of weight decay, LARS scaling with momentum, and scale(-lr).
   opt_state = (decay_class(), lars_class(mu=momentum), scale_class())
   checkpoint = dict(
-      experiment_state=state_class(
-          arrays['online_params'], arrays['target_params'], arrays['online_state'],
-          arrays['target_state'], opt_state),
-      step=5004,
-      rng=np.array([0, 42], dtype=np.uint32))  # A 2020 PRNG key: raw uint32 data.
+    experiment_state=state_class(
+      arrays['online_params'],
+      arrays['target_params'],
+      arrays['online_state'],
+      arrays['target_state'],
+      opt_state,
+    ),
+    step=5004,
+    rng=np.array([0, 42], dtype=np.uint32),
+  )  # A 2020 PRNG key: raw uint32 data.
   dumps = pickle.dumps if importable else dill.dumps
   data = dumps(checkpoint, protocol=2)
   # numpy 2 names its pickling functions `numpy._core.*`; numpy 1.x (2020) wrote `numpy.core.*`.
@@ -92,7 +99,7 @@ def main(arrays_path: str, output_path: str, mode: str) -> None:
 
 
 def write(arrays: dict[str, Any], output_path: str, mode: str) -> None:
-  """Writes OUTPUT.pkl from `arrays` in a fresh Python process, away from the real byol and optax."""
+  """Writes OUTPUT.pkl from `arrays` in a fresh process, away from the real byol and optax."""
   arrays_path = output_path + '.arrays'
   with open(arrays_path, 'wb') as f:
     pickle.dump(arrays, f)

@@ -24,10 +24,11 @@ def view_config(**changes):
   """A view config with every op off (probability 0), then `changes`."""
   preset = augmentations.VIEW1_PRESET
   config = dict(
-      random_flip=False,
-      color_transform=dict(preset['color_transform'], apply_prob=0.),
-      gaussian_blur=dict(preset['gaussian_blur'], apply_prob=0.),
-      solarize=dict(preset['solarize'], apply_prob=0.))
+    random_flip=False,
+    color_transform=dict(preset['color_transform'], apply_prob=0.0),
+    gaussian_blur=dict(preset['gaussian_blur'], apply_prob=0.0),
+    solarize=dict(preset['solarize'], apply_prob=0.0),
+  )
   config.update(changes)
   return config
 
@@ -39,8 +40,10 @@ def draw_decisions(rng, batch_size, config):
 
 def channels_last(op):
   """`op` of channel-major arrays [3, ...] (the ops' layout), on channel-last ones [..., 3]."""
+
   def apply(images, *args, **kwargs):
     return jnp.moveaxis(op(jnp.moveaxis(images, -1, 0), *args, **kwargs), 0, -1)
+
   return apply
 
 
@@ -50,11 +53,13 @@ def jitted_augment(config):
 
 # --- Independent numpy references, one image [H, W, 3] at a time. ---
 
-def np_adjust_hsv(image, saturation_factor=1., hue_delta=0.):
+
+def np_adjust_hsv(image, saturation_factor=1.0, hue_delta=0.0):
   hue, saturation, value = np.vectorize(colorsys.rgb_to_hsv)(
-      image[..., 0], image[..., 1], image[..., 2])
-  hue = (hue + hue_delta) % 1.
-  saturation = np.clip(saturation * saturation_factor, 0., 1.)
+    image[..., 0], image[..., 1], image[..., 2]
+  )
+  hue = (hue + hue_delta) % 1.0
+  saturation = np.clip(saturation * saturation_factor, 0.0, 1.0)
   return np.stack(np.vectorize(colorsys.hsv_to_rgb)(hue, saturation, value), axis=-1)
 
 
@@ -74,13 +79,13 @@ def np_color_jitter(image, parameters, order):
   image = image.astype(np.float64)
   for op in order:
     name = JITTER_OP_NAMES[op]
-    image = np.clip(np_jitter_op(name, image, parameters[name]), 0., 1.)
+    image = np.clip(np_jitter_op(name, image, parameters[name]), 0.0, 1.0)
   return image
 
 
 def np_gaussian_blur(image, sigma, radius):
   offsets = np.arange(-radius, radius + 1)
-  kernel = np.exp(-offsets**2 / (2. * sigma**2))
+  kernel = np.exp(-(offsets**2) / (2.0 * sigma**2))
   kernel /= kernel.sum()
   # The kernel is symmetric, so convolution is correlation; 'same' zero-pads by the radius.
   blur = functools.partial(np.convolve, kernel, mode='same')
@@ -92,10 +97,11 @@ def np_grayscale(image):
 
 
 def np_solarize(image, threshold=0.5):
-  return np.where(image >= threshold, 1. - image, image)
+  return np.where(image >= threshold, 1.0 - image, image)
 
 
 # --- Single ops. ---
+
 
 def test_random_flip_reverses_width_of_selected_images_only():
   images = random_images(0, 4, 5)
@@ -115,10 +121,10 @@ def test_to_grayscale_is_weighted_sum_on_three_equal_channels():
 
 
 def test_solarize_inverts_values_at_or_above_threshold_only():
-  values = np.array([0., 0.2, 0.2999, 0.3, 0.75, 1.], np.float32).reshape(1, 1, 6, 1)
+  values = np.array([0.0, 0.2, 0.2999, 0.3, 0.75, 1.0], np.float32).reshape(1, 1, 6, 1)
   solarize = channels_last(augmentations.solarize)
   got = np.asarray(solarize(jnp.asarray(values), threshold=0.3)).ravel()
-  np.testing.assert_allclose(got, [0., 0.2, 0.2999, 0.7, 0.25, 0.], rtol=0, atol=1e-7)
+  np.testing.assert_allclose(got, [0.0, 0.2, 0.2999, 0.7, 0.25, 0.0], rtol=0, atol=1e-7)
 
 
 # Both ways of computing the blur: shifted slices, and matrix products (the CPU-only route).
@@ -129,13 +135,16 @@ blur_routes = pytest.mark.parametrize('use_cpu_kernels', [False, True])
 def test_gaussian_blur_matches_numpy_separable_zero_padded_convolution(use_cpu_kernels):
   images = random_images(2, 3, 9)
   sigma = np.array([0.1, 0.8, 2.0], np.float32)
-  blur = jax.jit(channels_last(augmentations.gaussian_blur),
-                 static_argnames=('radius', 'use_cpu_kernels'))
-  got = np.asarray(blur(jnp.asarray(images), jnp.asarray(sigma), radius=3,
-                        use_cpu_kernels=use_cpu_kernels))
+  blur = jax.jit(
+    channels_last(augmentations.gaussian_blur), static_argnames=('radius', 'use_cpu_kernels')
+  )
+  got = np.asarray(
+    blur(jnp.asarray(images), jnp.asarray(sigma), radius=3, use_cpu_kernels=use_cpu_kernels)
+  )
   for image, image_sigma, image_got in zip(images, sigma, got):
     np.testing.assert_allclose(
-        image_got, np_gaussian_blur(image, image_sigma, 3), rtol=0, atol=1e-6)
+      image_got, np_gaussian_blur(image, image_sigma, 3), rtol=0, atol=1e-6
+    )
 
 
 @blur_routes
@@ -143,11 +152,13 @@ def test_gaussian_blur_of_non_square_images_matches_numpy(use_cpu_kernels):
   images = np.random.default_rng(7).uniform(size=(2, 10, 15, 3)).astype(np.float32)
   sigma = np.array([0.6, 1.7], np.float32)
   blur = channels_last(augmentations.gaussian_blur)
-  got = np.asarray(blur(jnp.asarray(images), jnp.asarray(sigma), radius=4,
-                        use_cpu_kernels=use_cpu_kernels))
+  got = np.asarray(
+    blur(jnp.asarray(images), jnp.asarray(sigma), radius=4, use_cpu_kernels=use_cpu_kernels)
+  )
   for image, image_sigma, image_got in zip(images, sigma, got):
     np.testing.assert_allclose(
-        image_got, np_gaussian_blur(image, image_sigma, 4), rtol=0, atol=1e-6)
+      image_got, np_gaussian_blur(image, image_sigma, 4), rtol=0, atol=1e-6
+    )
 
 
 @blur_routes
@@ -155,10 +166,10 @@ def test_gaussian_blur_keeps_constant_image_constant_away_from_border(use_cpu_ke
   radius = 2
   images = np.full((2, 10, 10, 3), 0.7, np.float32)
   sigma = jnp.array([0.5, 2.0])
-  blur = jax.jit(channels_last(augmentations.gaussian_blur),
-                 static_argnames=('radius', 'use_cpu_kernels'))
-  got = np.asarray(blur(jnp.asarray(images), sigma, radius=radius,
-                        use_cpu_kernels=use_cpu_kernels))
+  blur = jax.jit(
+    channels_last(augmentations.gaussian_blur), static_argnames=('radius', 'use_cpu_kernels')
+  )
+  got = np.asarray(blur(jnp.asarray(images), sigma, radius=radius, use_cpu_kernels=use_cpu_kernels))
   np.testing.assert_allclose(got[:, radius:-radius, radius:-radius], 0.7, rtol=0, atol=1e-6)
   # Zero padding darkens the border, most at the corners of the widest kernel.
   assert got[1, 0, 0, 0] < got[1, 0, 5, 0] < 0.7
@@ -166,28 +177,41 @@ def test_gaussian_blur_keeps_constant_image_constant_away_from_border(use_cpu_ke
 
 # --- HSV and the colour jitter ops. ---
 
+
 def test_rgb_to_hsv_matches_colorsys():
   pixels = random_images(3, 1, 16)[0].reshape(-1, 3)
   got = np.asarray(jax.jit(channels_last(augmentations.rgb_to_hsv))(jnp.asarray(pixels)))
   want = np.array([colorsys.rgb_to_hsv(*pixel) for pixel in pixels.astype(np.float64)])
   hue_difference = np.abs(got[:, 0] - want[:, 0])
-  np.testing.assert_array_less(np.minimum(hue_difference, 1. - hue_difference), 1e-5)
+  np.testing.assert_array_less(np.minimum(hue_difference, 1.0 - hue_difference), 1e-5)
   np.testing.assert_allclose(got[:, 1:], want[:, 1:], rtol=0, atol=1e-6)
 
 
 def test_rgb_to_hsv_gives_zero_hue_and_saturation_on_grey_and_black_pixels():
-  pixels = jnp.array([[0., 0., 0.], [0.5, 0.5, 0.5], [1., 1., 1.]])
+  pixels = jnp.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [1.0, 1.0, 1.0]])
   got = np.asarray(jax.jit(channels_last(augmentations.rgb_to_hsv))(pixels))
-  np.testing.assert_array_equal(got, [[0., 0., 0.], [0., 0., 0.5], [0., 0., 1.]])
+  np.testing.assert_array_equal(got, [[0.0, 0.0, 0.0], [0.0, 0.0, 0.5], [0.0, 0.0, 1.0]])
 
 
 def test_hsv_round_trip_recovers_rgb():
   special = np.array(
-      [[0, 0, 0], [1, 1, 1], [.3, .3, .3], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1],
-       [1, 0, 1], [.2, .2, .9], [.9, .2, .2001]], np.float32)
+    [
+      [0, 0, 0],
+      [1, 1, 1],
+      [0.3, 0.3, 0.3],
+      [1, 0, 0],
+      [0, 1, 0],
+      [0, 0, 1],
+      [1, 1, 0],
+      [0, 1, 1],
+      [1, 0, 1],
+      [0.2, 0.2, 0.9],
+      [0.9, 0.2, 0.2001],
+    ],
+    np.float32,
+  )
   pixels = np.concatenate([special, random_images(4, 1, 20)[0].reshape(-1, 3)])
-  round_trip = channels_last(
-      lambda rgb: augmentations.hsv_to_rgb(augmentations.rgb_to_hsv(rgb)))
+  round_trip = channels_last(lambda rgb: augmentations.hsv_to_rgb(augmentations.rgb_to_hsv(rgb)))
   got = jax.jit(round_trip)(pixels)
   np.testing.assert_allclose(np.asarray(got), pixels, rtol=0, atol=1e-5)
 
@@ -199,12 +223,15 @@ def test_hsv_to_rgb_wraps_hue_modulo_one():
   np.testing.assert_allclose(got, np.tile(want, (3, 1)), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize('name, parameters', [
+@pytest.mark.parametrize(
+  'name, parameters',
+  [
     ('brightness', [-0.4, 0.1, 0.35]),
     ('contrast', [0.6, 1.0, 1.4]),
     ('saturation', [0.8, 1.05, 1.2]),
     ('hue', [-0.1, 0.02, 0.1]),
-])
+  ],
+)
 def test_jitter_op_matches_numpy(name, parameters):
   images = random_images(5, 3, 6)
   adjust = jax.jit(channels_last(getattr(augmentations, f'adjust_{name}')))
@@ -217,10 +244,11 @@ def test_jitter_op_matches_numpy(name, parameters):
 def jitter_parameters(batch):
   draws = np.random.default_rng(6).uniform(size=(4, batch))
   return dict(
-      brightness=-0.4 + 0.8 * draws[0],
-      contrast=0.6 + 0.8 * draws[1],
-      saturation=0.8 + 0.4 * draws[2],
-      hue=-0.1 + 0.2 * draws[3])
+    brightness=-0.4 + 0.8 * draws[0],
+    contrast=0.6 + 0.8 * draws[1],
+    saturation=0.8 + 0.4 * draws[2],
+    hue=-0.1 + 0.2 * draws[3],
+  )
 
 
 def test_color_jitter_applies_ops_in_each_of_the_24_orders():
@@ -228,8 +256,11 @@ def test_color_jitter_applies_ops_in_each_of_the_24_orders():
   images = random_images(7, num_orders, 5)
   parameters = jitter_parameters(num_orders)
   factors = [jnp.asarray(parameters[name], jnp.float32) for name in JITTER_OP_NAMES]
-  got = np.asarray(jax.jit(channels_last(augmentations.color_jitter))(
-      jnp.asarray(images), *factors, order=jnp.arange(num_orders)))
+  got = np.asarray(
+    jax.jit(channels_last(augmentations.color_jitter))(
+      jnp.asarray(images), *factors, order=jnp.arange(num_orders)
+    )
+  )
   assert sorted(map(tuple, augmentations.JITTER_ORDERS)) == list(itertools.permutations(range(4)))
   for index, (image, image_got) in enumerate(zip(images, got)):
     image_parameters = {name: values[index] for name, values in parameters.items()}
@@ -256,26 +287,22 @@ RATE_IMAGES = 2000
 
 def assert_rate(mask, probability, name):
   rate = float(np.mean(mask))
-  tolerance = 4. * np.sqrt(probability * (1. - probability) / mask.size) + 1e-12
+  tolerance = 4.0 * np.sqrt(probability * (1.0 - probability) / mask.size) + 1e-12
   assert abs(rate - probability) <= tolerance, f'{name}: rate {rate}, expected {probability}'
 
 
-@pytest.mark.parametrize('view, blur_rate, solarize_rate', [
-    ('view1', 1.0, 0.0),
-    ('view2', 0.1, 0.2),
-])
+@pytest.mark.parametrize(
+  'view, blur_rate, solarize_rate', [('view1', 1.0, 0.0), ('view2', 0.1, 0.2)]
+)
 def test_decisions_are_drawn_at_the_view_rates(view, blur_rate, solarize_rate):
-  decisions = draw_decisions(
-      jax.random.key(10), RATE_IMAGES, augmentations.AUGMENT_CONFIG[view])
-  expected = dict(flip=0.5, color_jitter=0.8, grayscale=0.2, blur=blur_rate,
-                  solarize=solarize_rate)
+  decisions = draw_decisions(jax.random.key(10), RATE_IMAGES, augmentations.AUGMENT_CONFIG[view])
+  expected = dict(flip=0.5, color_jitter=0.8, grayscale=0.2, blur=blur_rate, solarize=solarize_rate)
   for name, probability in expected.items():
     assert_rate(np.asarray(getattr(decisions, name)), probability, name)
 
 
 def test_grayscale_is_drawn_independently_of_jitter():
-  decisions = draw_decisions(
-      jax.random.key(11), RATE_IMAGES, augmentations.VIEW1_PRESET)
+  decisions = draw_decisions(jax.random.key(11), RATE_IMAGES, augmentations.VIEW1_PRESET)
   jitter, grayscale = np.asarray(decisions.color_jitter), np.asarray(decisions.grayscale)
   assert_rate(grayscale[jitter], 0.2, 'grayscale after jitter')
   assert_rate(grayscale[~jitter], 0.2, 'grayscale without jitter')
@@ -283,11 +310,10 @@ def test_grayscale_is_drawn_independently_of_jitter():
 
 def test_jitter_orders_are_uniform_over_the_24_permutations():
   num_draws, num_orders = 24_000, len(augmentations.JITTER_ORDERS)
-  decisions = draw_decisions(
-      jax.random.key(12), num_draws, augmentations.VIEW1_PRESET)
+  decisions = draw_decisions(jax.random.key(12), num_draws, augmentations.VIEW1_PRESET)
   counts = np.bincount(np.asarray(decisions.jitter_order), minlength=num_orders)
   expected = num_draws / num_orders
-  np.testing.assert_array_less(np.abs(counts - expected), 4. * np.sqrt(expected))
+  np.testing.assert_array_less(np.abs(counts - expected), 4.0 * np.sqrt(expected))
 
 
 def test_unshuffled_jitter_always_uses_the_fixed_order():
@@ -297,58 +323,94 @@ def test_unshuffled_jitter_always_uses_the_fixed_order():
   np.testing.assert_array_equal(decisions.jitter_order, 0)
 
 
-@pytest.mark.parametrize('field, low, high', [
+@pytest.mark.parametrize(
+  'field, low, high',
+  [
     ('brightness_delta', -0.4, 0.4),
     ('contrast_factor', 0.6, 1.4),
     ('saturation_factor', 0.8, 1.2),
     ('hue_delta', -0.1, 0.1),
     ('blur_sigma', 0.1, 2.0),
-])
+  ],
+)
 def test_factors_are_uniform_in_their_range_and_differ_per_image(field, low, high):
-  decisions = draw_decisions(
-      jax.random.key(14), RATE_IMAGES, augmentations.VIEW1_PRESET)
+  decisions = draw_decisions(jax.random.key(14), RATE_IMAGES, augmentations.VIEW1_PRESET)
   values = np.asarray(getattr(decisions, field))
   assert values.dtype == np.float32
   assert low <= values.min() < low + 0.01 * (high - low)
   assert high - 0.01 * (high - low) < values.max() <= high
   # Uniform: the mean of U(low, high) within 4 sigma.
-  assert abs(values.mean() - (low + high) / 2) < 4. * (high - low) / np.sqrt(12. * values.size)
+  assert abs(values.mean() - (low + high) / 2) < 4.0 * (high - low) / np.sqrt(12.0 * values.size)
   assert len(np.unique(values)) > 0.99 * values.size
 
 
 def np_jitter_from_decisions(images, decisions):
   parameters = dict(
-      brightness=decisions.brightness_delta, contrast=decisions.contrast_factor,
-      saturation=decisions.saturation_factor, hue=decisions.hue_delta)
-  return np.stack([
-      np_color_jitter(image, {name: float(values[index]) for name, values in parameters.items()},
-                      augmentations.JITTER_ORDERS[int(decisions.jitter_order[index])])
-      for index, image in enumerate(images)])
+    brightness=decisions.brightness_delta,
+    contrast=decisions.contrast_factor,
+    saturation=decisions.saturation_factor,
+    hue=decisions.hue_delta,
+  )
+  return np.stack(
+    [
+      np_color_jitter(
+        image,
+        {name: float(values[index]) for name, values in parameters.items()},
+        augmentations.JITTER_ORDERS[int(decisions.jitter_order[index])],
+      )
+      for index, image in enumerate(images)
+    ]
+  )
 
 
 def np_blur_from_decisions(images, decisions):
   radius = int(images.shape[1] / 20)  # int(side / 20) with the preset's blur_divider of 10.
-  return np.stack([np_gaussian_blur(image, float(sigma), radius)
-                   for image, sigma in zip(images, decisions.blur_sigma)])
+  return np.stack(
+    [
+      np_gaussian_blur(image, float(sigma), radius)
+      for image, sigma in zip(images, decisions.blur_sigma)
+    ]
+  )
 
 
-@pytest.mark.parametrize('field, changes, numpy_op', [
+@pytest.mark.parametrize(
+  'field, changes, numpy_op',
+  [
     ('flip', dict(random_flip=True), lambda images, _: images[:, :, ::-1]),
-    ('color_jitter',
-     dict(color_transform=dict(augmentations.VIEW1_PRESET['color_transform'],
-                               color_jitter_prob=0.5, to_grayscale_prob=0.)),
-     np_jitter_from_decisions),
-    ('grayscale',
-     dict(color_transform=dict(augmentations.VIEW1_PRESET['color_transform'],
-                               color_jitter_prob=0., to_grayscale_prob=0.5)),
-     lambda images, _: np.stack([np_grayscale(image) for image in images])),
-    ('blur',
-     dict(gaussian_blur=dict(augmentations.VIEW1_PRESET['gaussian_blur'], apply_prob=0.5)),
-     np_blur_from_decisions),
-    ('solarize',
-     dict(solarize=dict(threshold=0.5, apply_prob=0.5)),
-     lambda images, _: np_solarize(images)),
-])
+    (
+      'color_jitter',
+      dict(
+        color_transform=dict(
+          augmentations.VIEW1_PRESET['color_transform'],
+          color_jitter_prob=0.5,
+          to_grayscale_prob=0.0,
+        )
+      ),
+      np_jitter_from_decisions,
+    ),
+    (
+      'grayscale',
+      dict(
+        color_transform=dict(
+          augmentations.VIEW1_PRESET['color_transform'],
+          color_jitter_prob=0.0,
+          to_grayscale_prob=0.5,
+        )
+      ),
+      lambda images, _: np.stack([np_grayscale(image) for image in images]),
+    ),
+    (
+      'blur',
+      dict(gaussian_blur=dict(augmentations.VIEW1_PRESET['gaussian_blur'], apply_prob=0.5)),
+      np_blur_from_decisions,
+    ),
+    (
+      'solarize',
+      dict(solarize=dict(threshold=0.5, apply_prob=0.5)),
+      lambda images, _: np_solarize(images),
+    ),
+  ],
+)
 def test_drawn_decisions_drive_the_output(field, changes, numpy_op):
   config = view_config(**changes)
   images = random_images(15, 16, 40)  # 40 pixels: blur radius 2.
@@ -357,8 +419,9 @@ def test_drawn_decisions_drive_the_output(field, changes, numpy_op):
   selected = getattr(decisions, field)
   assert selected.any() and not selected.all()
   got = np.asarray(jitted_augment(config)(images, rng))
-  want = np.where(selected[:, None, None, None], numpy_op(images.astype(np.float64), decisions),
-                  images)
+  want = np.where(
+    selected[:, None, None, None], numpy_op(images.astype(np.float64), decisions), images
+  )
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
@@ -367,8 +430,10 @@ def test_augment_images_applies_the_decisions_drawn_with_its_key():
 
   def augmented_both_ways(images, rng):
     decisions = augmentations.draw_decisions(rng, images.shape[0], config)
-    return (augmentations.augment_images(images, rng, **config),
-            augmentations.apply_decisions(images, decisions, config))
+    return (
+      augmentations.augment_images(images, rng, **config),
+      augmentations.apply_decisions(images, decisions, config),
+    )
 
   got, want = jax.jit(augmented_both_ways)(random_images(17, 16, 24), jax.random.key(18))
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
@@ -376,15 +441,18 @@ def test_augment_images_applies_the_decisions_drawn_with_its_key():
 
 def test_probability_zero_or_one_ignores_the_drawn_mask():
   config = view_config(
-      solarize=dict(threshold=0.5, apply_prob=0.),
-      gaussian_blur=dict(augmentations.VIEW1_PRESET['gaussian_blur'], apply_prob=1.))
+    solarize=dict(threshold=0.5, apply_prob=0.0),
+    gaussian_blur=dict(augmentations.VIEW1_PRESET['gaussian_blur'], apply_prob=1.0),
+  )
   images = random_images(19, 2, 20)
   decisions = draw_decisions(jax.random.key(20), 2, config)._replace(
-      solarize=jnp.array([True, True]), blur=jnp.array([False, False]))
+    solarize=jnp.array([True, True]), blur=jnp.array([False, False])
+  )
   apply = jax.jit(functools.partial(augmentations.apply_decisions, view_config=config))
   got = np.asarray(apply(jnp.asarray(images), decisions))
-  want = np.stack([np_gaussian_blur(image, float(sigma), 1)
-                   for image, sigma in zip(images, decisions.blur_sigma)])
+  want = np.stack(
+    [np_gaussian_blur(image, float(sigma), 1) for image, sigma in zip(images, decisions.blur_sigma)]
+  )
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
@@ -399,8 +467,10 @@ def test_presets_differ_only_in_blur_and_solarize_probabilities():
   view1 = copy.deepcopy(augmentations.VIEW1_PRESET)
   view2 = copy.deepcopy(augmentations.VIEW2_PRESET)
   assert (view1['gaussian_blur'].pop('apply_prob'), view2['gaussian_blur'].pop('apply_prob')) == (
-      1., 0.1)
-  assert (view1['solarize'].pop('apply_prob'), view2['solarize'].pop('apply_prob')) == (0., 0.2)
+    1.0,
+    0.1,
+  )
+  assert (view1['solarize'].pop('apply_prob'), view2['solarize'].pop('apply_prob')) == (0.0, 0.2)
   assert view1 == view2
 
 
@@ -424,12 +494,13 @@ def np_solarize_from_decisions(images, _):
 
 
 NP_STAGES = dict(
-    flip=np_flip_from_decisions,
-    color_jitter=np_jitter_from_decisions,
-    grayscale=np_grayscale_from_decisions,
-    blur=np_blur_from_decisions,
-    solarize=np_solarize_from_decisions,
-    clip=lambda images, _: np.clip(images, 0., 1.))
+  flip=np_flip_from_decisions,
+  color_jitter=np_jitter_from_decisions,
+  grayscale=np_grayscale_from_decisions,
+  blur=np_blur_from_decisions,
+  solarize=np_solarize_from_decisions,
+  clip=lambda images, _: np.clip(images, 0.0, 1.0),
+)
 
 
 def np_pipeline(images, decisions, stages):
@@ -459,17 +530,18 @@ def stage_order_case():
   images = np.concatenate([rng.uniform(size=(2, 20, 20, 3)), ramp[None]]).astype(np.float32)
   orders = augmentations.JITTER_ORDERS.tolist()
   decisions = augmentations.Decisions(
-      flip=np.array([True, True, False]),
-      color_jitter=np.array([True, True, False]),
-      jitter_order=np.array([orders.index([3, 0, 2, 1]), orders.index([1, 2, 3, 0]), 0], np.int32),
-      brightness_delta=np.array([0.25, -0.3, 0.], np.float32),
-      contrast_factor=np.array([1.3, 0.7, 1.], np.float32),
-      saturation_factor=np.array([1.2, 0.8, 1.], np.float32),
-      hue_delta=np.array([0.08, -0.06, 0.], np.float32),
-      grayscale=np.array([True, False, True]),
-      blur=np.array([True, True, True]),
-      blur_sigma=np.array([1.5, 0.9, 1.2], np.float32),
-      solarize=np.array([True, True, True]))
+    flip=np.array([True, True, False]),
+    color_jitter=np.array([True, True, False]),
+    jitter_order=np.array([orders.index([3, 0, 2, 1]), orders.index([1, 2, 3, 0]), 0], np.int32),
+    brightness_delta=np.array([0.25, -0.3, 0.0], np.float32),
+    contrast_factor=np.array([1.3, 0.7, 1.0], np.float32),
+    saturation_factor=np.array([1.2, 0.8, 1.0], np.float32),
+    hue_delta=np.array([0.08, -0.06, 0.0], np.float32),
+    grayscale=np.array([True, False, True]),
+    blur=np.array([True, True, True]),
+    blur_sigma=np.array([1.5, 0.9, 1.2], np.float32),
+    solarize=np.array([True, True, True]),
+  )
   return images, decisions
 
 
@@ -482,8 +554,9 @@ def test_apply_decisions_runs_the_stages_in_the_spec_order():
   # stage moved fails here: the test below checks that every such order (but those no input can
   # tell apart) lands far outside the tolerance.
   images, decisions = stage_order_case()
-  apply = jax.jit(functools.partial(
-      augmentations.apply_decisions, view_config=augmentations.VIEW2_PRESET))
+  apply = jax.jit(
+    functools.partial(augmentations.apply_decisions, view_config=augmentations.VIEW2_PRESET)
+  )
   got = np.asarray(apply(jnp.asarray(images), jax.tree.map(jnp.asarray, decisions)))
   want = np_pipeline(images, decisions, PIPELINE_STAGES)
   np.testing.assert_allclose(got, want, rtol=0, atol=PIPELINE_ATOL)
@@ -493,7 +566,7 @@ def moved_stage_orders():
   """Every order with one stage of PIPELINE_STAGES moved elsewhere (adjacent swaps included)."""
   orders = set()
   for index, stage in enumerate(PIPELINE_STAGES):
-    others = PIPELINE_STAGES[:index] + PIPELINE_STAGES[index + 1:]
+    others = PIPELINE_STAGES[:index] + PIPELINE_STAGES[index + 1 :]
     for position in range(len(PIPELINE_STAGES)):
       orders.add(others[:position] + (stage,) + others[position:])
   orders.discard(PIPELINE_STAGES)
@@ -504,7 +577,7 @@ def is_swap_of(order, first, second):
   """Whether `order` is PIPELINE_STAGES with the adjacent stages `first` and `second` swapped."""
   swapped = list(PIPELINE_STAGES)
   index = swapped.index(first)
-  swapped[index:index + 2] = [second, first]
+  swapped[index : index + 2] = [second, first]
   return order == tuple(swapped)
 
 
@@ -531,8 +604,11 @@ def test_stage_order_case_tells_every_moved_or_dropped_stage_apart():
     # grayscale with the blur (both linear); solarize with the clip (at threshold 0.5, both send
     # values outside [0, 1] to the same bound). Asserted, so that this list of the test's blind
     # spots stays exact.
-    if (without_flip(order) == without_flip(PIPELINE_STAGES) or
-        is_swap_of(order, 'grayscale', 'blur') or is_swap_of(order, 'solarize', 'clip')):
+    if (
+      without_flip(order) == without_flip(PIPELINE_STAGES)
+      or is_swap_of(order, 'grayscale', 'blur')
+      or is_swap_of(order, 'solarize', 'clip')
+    ):
       assert difference(order) < PIPELINE_ATOL / 10, order
     else:
       assert difference(order) > margin, order
@@ -555,7 +631,7 @@ def test_postprocess_gives_float32_images_in_unit_range_and_keeps_labels():
   for view in ('view1', 'view2'):
     images = np.asarray(outputs[view])
     assert images.dtype == np.float32 and images.shape == inputs[view].shape
-    assert images.min() >= 0. and images.max() <= 1.
+    assert images.min() >= 0.0 and images.max() <= 1.0
     assert not np.allclose(images, inputs[view])
   np.testing.assert_array_equal(outputs['labels'], inputs['labels'])
 
@@ -573,30 +649,43 @@ def test_postprocess_is_deterministic_for_a_key_and_varies_with_it():
 
 def test_postprocess_draws_the_two_views_with_different_keys():
   # The same images and the same (cheap) config for both views: only the keys can differ.
-  brightness_only = view_config(color_transform=dict(
-      augmentations.VIEW1_PRESET['color_transform'], contrast=0., saturation=0., hue=0.,
-      color_jitter_prob=1., to_grayscale_prob=0., shuffle=False))
+  brightness_only = view_config(
+    color_transform=dict(
+      augmentations.VIEW1_PRESET['color_transform'],
+      contrast=0.0,
+      saturation=0.0,
+      hue=0.0,
+      color_jitter_prob=1.0,
+      to_grayscale_prob=0.0,
+      shuffle=False,
+    )
+  )
   config = {'view1': brightness_only, 'view2': brightness_only}
   outputs = jax.jit(functools.partial(augmentations.postprocess, augment_config=config))(
-      training_batch(view2_equals_view1=True), jax.random.key(26))
+    training_batch(view2_equals_view1=True), jax.random.key(26)
+  )
   differs = np.abs(np.asarray(outputs['view1']) - np.asarray(outputs['view2'])).max(axis=(1, 2, 3))
   assert np.all(differs > 1e-3)
 
 
 def test_postprocess_augments_each_view_with_its_config_and_own_key():
-  config = {'view1': view_config(random_flip=True),
-            'view2': view_config(solarize=dict(threshold=0.5, apply_prob=1.))}
+  config = {
+    'view1': view_config(random_flip=True),
+    'view2': view_config(solarize=dict(threshold=0.5, apply_prob=1.0)),
+  }
   inputs = training_batch()
   rng = jax.random.key(27)
   outputs = jax.jit(functools.partial(augmentations.postprocess, augment_config=config))(
-      inputs, rng)
+    inputs, rng
+  )
   view1_rng, _ = jax.random.split(rng)
   flip = np.asarray(draw_decisions(view1_rng, 8, config['view1']).flip)
   assert flip.any() and not flip.all()
   want_view1 = np.where(flip[:, None, None, None], inputs['view1'][:, :, ::-1], inputs['view1'])
   np.testing.assert_array_equal(np.asarray(outputs['view1']), want_view1)
   np.testing.assert_allclose(
-      np.asarray(outputs['view2']), np_solarize(inputs['view2']), rtol=0, atol=1e-7)
+    np.asarray(outputs['view2']), np_solarize(inputs['view2']), rtol=0, atol=1e-7
+  )
 
 
 def test_postprocess_blocks_gradients():
@@ -607,14 +696,15 @@ def test_postprocess_blocks_gradients():
     return jnp.sum(outputs['view1'])
 
   gradient = jax.jit(jax.grad(augmented_sum))(inputs['view1'])
-  np.testing.assert_array_equal(gradient, 0.)
+  np.testing.assert_array_equal(gradient, 0.0)
 
 
 def test_cpu_kernels_switch_chooses_the_blur_route_with_the_same_numbers():
   """Switched on, the blur is matrix products; off, shifted slices; the images agree."""
   # 40 pixels: blur radius 2 (a radius of 0, below 20 pixels, would skip the blur).
-  inputs = dict(view1=jnp.asarray(random_images(31, 4, 40)),
-                view2=jnp.asarray(random_images(32, 4, 40)))
+  inputs = dict(
+    view1=jnp.asarray(random_images(31, 4, 40)), view2=jnp.asarray(random_images(32, 4, 40))
+  )
   outputs, jaxprs = {}, {}
   for use_cpu_kernels in (True, False):
     augment = functools.partial(augmentations.postprocess, use_cpu_kernels=use_cpu_kernels)

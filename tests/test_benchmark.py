@@ -15,18 +15,31 @@ def test_flop_count_of_a_matrix_product_is_2nkm():
 
 def test_rows_of_a_tiny_run_hold_positive_figures():
   experiment = benchmark.pretraining('TinyResNet', 'synthetic', 32, 8)
-  rows = (benchmark.machine_rates(steps=1) + benchmark.small_map_convolution(4, steps=1)
-          + benchmark.pretrain_update(experiment, 'TinyResNet 32px batch 8', image_size=32,
-                                      batch_size=8, num_classes=10, steps=1)
-          + benchmark.linear_eval_update('TinyResNet', 32, 8, steps=1)
-          + benchmark.input_pipeline('synthetic', 32, 8, steps=1)
-          + benchmark.end_to_end(experiment, 'TinyResNet 32px batch 8, on synthetic',
-                                 batch_size=8, steps=1))
+  rows = (
+    benchmark.machine_rates(steps=1)
+    + benchmark.small_map_convolution(4, steps=1)
+    + benchmark.pretrain_update(
+      experiment, 'TinyResNet 32px batch 8', image_size=32, batch_size=8, num_classes=10, steps=1
+    )
+    + benchmark.linear_eval_update('TinyResNet', 32, 8, steps=1)
+    + benchmark.input_pipeline('synthetic', 32, 8, steps=1)
+    + benchmark.end_to_end(
+      experiment, 'TinyResNet 32px batch 8, on synthetic', batch_size=8, steps=1
+    )
+  )
   assert [row['what'].split(',')[0] for row in rows] == [
-      'matrix product 2048^3 fp32', '3x3 convolution', '3x3 conv on 2x2 maps',
-      '3x3 conv on 2x2 maps', 'pretrain update', 'device augmentations of both views',
-      'linear-eval update (frozen)', 'tf.data pretrain batches', 'tf.data linear_train batches',
-      'tf.data eval batches', 'pretraining loop end to end']
+    'matrix product 2048^3 fp32',
+    '3x3 convolution',
+    '3x3 conv on 2x2 maps',
+    '3x3 conv on 2x2 maps',
+    'pretrain update',
+    'device augmentations of both views',
+    'linear-eval update (frozen)',
+    'tf.data pretrain batches',
+    'tf.data linear_train batches',
+    'tf.data eval batches',
+    'pretraining loop end to end',
+  ]
   for row in rows:
     assert all(value > 0 for key, value in row.items() if key != 'what'), row
     assert np.isfinite(row.get('ms', row.get('images_per_s')))

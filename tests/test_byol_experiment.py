@@ -14,8 +14,11 @@ from byol.utils import schedules
 def tiny_config(tmp_path, encoder='TinyResNet', **overrides):
   config = byol_config.get_config(100, 8, train_images=80, num_classes=5)
   config['network_config'].update(
-      encoder_class=encoder, projector_hidden_size=32, projector_output_size=16,
-      predictor_hidden_size=32)
+    encoder_class=encoder,
+    projector_hidden_size=32,
+    projector_output_size=16,
+    predictor_hidden_size=32,
+  )
   # The embedded dataset: `initialize` reads the first training batch.
   config['dataset_config'].update(name='synthetic', image_size=16)
   config['evaluation_config']['batch_size'] = 8
@@ -27,8 +30,11 @@ def tiny_config(tmp_path, encoder='TinyResNet', **overrides):
 def random_batch(experiment, batch_size=8, image_size=16, num_classes=5, seed=0):
   rng = np.random.default_rng(seed)
   images = rng.uniform(size=(2, batch_size, image_size, image_size, 3)).astype(np.float32)
-  batch = dict(view1=images[0], view2=images[1],
-               labels=rng.integers(0, num_classes, batch_size).astype(np.int32))
+  batch = dict(
+    view1=images[0],
+    view2=images[1],
+    labels=rng.integers(0, num_classes, batch_size).astype(np.int32),
+  )
   return helpers.to_global_batch(batch, experiment.batch_sharding)
 
 
@@ -39,18 +45,23 @@ def test_resnet50_experiment_state_has_the_released_parameter_tree(tmp_path):
   state = jax.eval_shape(experiment._init_fn, jax.random.key(0), experiment._train_batch_shapes())
   assert len(state.online_params) == 113
   assert jax.tree.map(lambda x: x.shape, state.online_params) == jax.tree.map(
-      lambda x: x.shape, state.target_params)
-  shapes = {module: {name: value.shape for name, value in params.items()}
-            for module, params in state.online_params.items()}
+    lambda x: x.shape, state.target_params
+  )
+  shapes = {
+    module: {name: value.shape for name, value in params.items()}
+    for module, params in state.online_params.items()
+  }
   assert shapes['res_net50/~/initial_conv'] == {'w': (7, 7, 3, 64)}
-  assert shapes['res_net50/~/block_group_3/~/block_0/~/shortcut_conv'] == {
-      'w': (1, 1, 1024, 2048)}
+  assert shapes['res_net50/~/block_group_3/~/block_0/~/shortcut_conv'] == {'w': (1, 1, 1024, 2048)}
   assert shapes['projector/linear'] == {'w': (2048, 4096), 'b': (4096,)}
   assert shapes['projector/batch_norm'] == {'scale': (1, 4096), 'offset': (1, 4096)}
   assert shapes['predictor/linear_1'] == {'w': (4096, 256)}
   assert shapes['classifier'] == {'w': (2048, 1000), 'b': (1000,)}
   assert set(state.online_state['res_net50/~/initial_batchnorm/~/mean_ema']) == {
-      'average', 'counter', 'hidden'}
+    'average',
+    'counter',
+    'hidden',
+  }
 
 
 def test_a_recipe_replaces_only_its_entries_of_the_length_preset():
@@ -75,8 +86,9 @@ def test_batchnorm_averages_start_at_statistics_of_the_first_batch(tmp_path):
   experiment.initialize(jax.random.key(0))
   state = helpers.to_host(experiment.state)
   for network_state in (state.online_state, state.target_state):
-    variances = [state_['average'] for module, state_ in network_state.items()
-                 if module.endswith('/var_ema')]
+    variances = [
+      state_['average'] for module, state_ in network_state.items() if module.endswith('/var_ema')
+    ]
     assert len(variances) == 15  # The encoder's 13, one in each of projector and predictor.
     assert all(np.all(variance > 1e-4) for variance in variances)
 
@@ -88,21 +100,31 @@ def test_update_moves_target_by_ema_of_new_online_params_and_logs_schedules(tmp_
   before = helpers.to_host(experiment.state)
   step = 7
   state, logs = experiment.update(
-      experiment.state, random_batch(experiment), jax.random.key(1), np.int32(step))
+    experiment.state, random_batch(experiment), jax.random.key(1), np.int32(step)
+  )
   after, logs = helpers.to_host((state, logs))
 
   tau = 1 - (1 - config['base_target_ema']) * (np.cos(np.pi * step / config['max_steps']) + 1) / 2
   np.testing.assert_allclose(logs['tau'], tau, rtol=1e-6)
   expected_lr = schedules.learning_schedule(
-      step, 8, config['lr_schedule_config']['base_learning_rate'], config['max_steps'],
-      config['lr_schedule_config']['warmup_steps'])
+    step,
+    8,
+    config['lr_schedule_config']['base_learning_rate'],
+    config['max_steps'],
+    config['lr_schedule_config']['warmup_steps'],
+  )
   np.testing.assert_allclose(logs['learning_rate'], expected_lr, rtol=1e-6)
   jax.tree.map(
-      lambda target, old_target, online: np.testing.assert_allclose(
-          target, tau * old_target + (1 - tau) * online, rtol=1e-5, atol=1e-6),
-      after.target_params, before.target_params, after.online_params)
-  assert not np.allclose(after.online_params['classifier']['w'],
-                         before.online_params['classifier']['w'])
+    lambda target, old_target, online: np.testing.assert_allclose(
+      target, tau * old_target + (1 - tau) * online, rtol=1e-5, atol=1e-6
+    ),
+    after.target_params,
+    before.target_params,
+    after.online_params,
+  )
+  assert not np.allclose(
+    after.online_params['classifier']['w'], before.online_params['classifier']['w']
+  )
   # Both networks update their BatchNorm statistics (training mode on both views).
   for state_name in ('online_state', 'target_state'):
     counter = getattr(after, state_name)['tiny_res_net/~/initial_batchnorm/~/mean_ema']['counter']
@@ -117,7 +139,8 @@ def test_classifier_loss_does_not_reach_the_encoder(tmp_path):
   state = experiment.state
   inputs = random_batch(experiment)
   target_outputs, _ = experiment._forward.apply(
-      state.target_params, state.target_state, inputs, is_training=True)
+    state.target_params, state.target_state, inputs, is_training=True
+  )
 
   def classif_loss(params):
     _, (_, logs) = experiment._loss_fn(params, state.online_state, target_outputs, inputs)
@@ -143,11 +166,14 @@ def test_repr_loss_pairs_each_views_prediction_with_the_other_views_target_proje
   target_outputs, _ = forward(state.target_params, state.target_state, inputs, is_training=True)
   online_outputs, _ = forward(state.online_params, state.online_state, inputs, is_training=True)
   _, (_, logs) = experiment._loss_fn(
-      state.online_params, state.online_state, target_outputs, inputs)
-  prediction = {view: np.asarray(online_outputs[view]['prediction'], np.float64)
-                for view in ('view1', 'view2')}
-  projection = {view: np.asarray(target_outputs[view]['projection'], np.float64)
-                for view in ('view1', 'view2')}
+    state.online_params, state.online_state, target_outputs, inputs
+  )
+  prediction = {
+    view: np.asarray(online_outputs[view]['prediction'], np.float64) for view in ('view1', 'view2')
+  }
+  projection = {
+    view: np.asarray(target_outputs[view]['projection'], np.float64) for view in ('view1', 'view2')
+  }
 
   def numpy_loss(x, y):
     # Per example 2 - 2 cos(x, y) (the squared distance of the unit vectors), batch mean.
@@ -155,11 +181,13 @@ def test_repr_loss_pairs_each_views_prediction_with_the_other_views_target_proje
     return np.mean(2 - 2 * cosine)
 
   # BYOL symmetrised: each view's online prediction regresses the other view's target projection.
-  expected = (numpy_loss(prediction['view1'], projection['view2']) +
-              numpy_loss(prediction['view2'], projection['view1']))
+  expected = numpy_loss(prediction['view1'], projection['view2']) + numpy_loss(
+    prediction['view2'], projection['view1']
+  )
   # What a loss pairing each view with itself would report: it must be told apart.
-  self_paired = (numpy_loss(prediction['view1'], projection['view1']) +
-                 numpy_loss(prediction['view2'], projection['view2']))
+  self_paired = numpy_loss(prediction['view1'], projection['view1']) + numpy_loss(
+    prediction['view2'], projection['view2']
+  )
   rtol = 1e-5
   repr_loss = float(logs['repr_loss'])
   np.testing.assert_allclose(repr_loss, expected, rtol=rtol)
@@ -172,8 +200,11 @@ def test_checkpoint_of_another_encoder_is_refused_with_both_names(tmp_path):
   writer.initialize(jax.random.key(0))
   writer.save_checkpoint(global_step=3, rng=jax.random.key(1))
   reader = byol_experiment.ByolExperiment(**tiny_config(tmp_path, encoder='ResNet18'))
-  with pytest.raises(checkpointing.CheckpointError, match=r'holds tiny_res_net width 1, classifier of 5 classes, but '
-                     r'the config asks for ResNet18 1x, 5 classes.*--encoder'):
+  with pytest.raises(
+    checkpointing.CheckpointError,
+    match=r'holds tiny_res_net width 1, classifier of 5 classes, but '
+    r'the config asks for ResNet18 1x, 5 classes.*--encoder',
+  ):
     reader.load_checkpoint()
 
 
@@ -185,8 +216,11 @@ def test_checkpoint_round_trip_restores_state_and_step(tmp_path):
   step, rng = restored.load_checkpoint()
   assert step == 5
   np.testing.assert_array_equal(jax.random.key_data(rng), jax.random.key_data(jax.random.key(9)))
-  jax.tree.map(np.testing.assert_array_equal, helpers.to_host(restored.state),
-               helpers.to_host(experiment.state))
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    helpers.to_host(restored.state),
+    helpers.to_host(experiment.state),
+  )
 
 
 def test_bfloat16_updates_stay_finite_and_close_to_float32_with_a_float32_state(tmp_path):
@@ -200,7 +234,8 @@ def test_bfloat16_updates_stay_finite_and_close_to_float32_with_a_float32_state(
     losses[dtype] = []
     for step in range(3):
       state, logs = experiment.update(
-          state, random_batch(experiment, seed=step), jax.random.key(step), np.int32(step))
+        state, random_batch(experiment, seed=step), jax.random.key(step), np.int32(step)
+      )
       losses[dtype].append(float(logs['loss']))
   leaves = jax.tree.leaves(helpers.to_host(state))
   assert all(np.all(np.isfinite(leaf)) for leaf in leaves)

@@ -30,6 +30,7 @@ RECONSTRUCT = 'numpy._core.multiarray._reconstruct'
 
 # --- Pickles written opcode by opcode (protocol 2, as the 2020 release files).
 
+
 def global_(qualified_name: str) -> bytes:
   module, name = qualified_name.rsplit('.', 1)
   return pickle.GLOBAL + f'{module}\n{name}\n'.encode()
@@ -75,13 +76,23 @@ def whole(expression: bytes) -> bytes:
 
 def dtype_state(byte_order: str = '<') -> tuple[bytes, ...]:
   """The items of numpy's pickled state of a plain dtype."""
-  return (integer(3), text(byte_order), pickle.NONE, pickle.NONE, pickle.NONE, integer(-1),
-          integer(-1), integer(0))
+  return (
+    integer(3),
+    text(byte_order),
+    pickle.NONE,
+    pickle.NONE,
+    pickle.NONE,
+    integer(-1),
+    integer(-1),
+    integer(0),
+  )
 
 
 def float32_dtype(byte_order: str = '<') -> bytes:
-  return build(call(global_('numpy.dtype'), text('f4'), pickle.NEWFALSE, pickle.NEWTRUE),
-               tuple_(*dtype_state(byte_order)))
+  return build(
+    call(global_('numpy.dtype'), text('f4'), pickle.NEWFALSE, pickle.NEWTRUE),
+    tuple_(*dtype_state(byte_order)),
+  )
 
 
 def array_state(values: np.ndarray, dtype: bytes) -> bytes:
@@ -94,8 +105,17 @@ def reconstruct_arguments() -> tuple[bytes, ...]:
 
 def contains_code(value: Any) -> bool:
   """Whether `value` is or holds something callable: a type, function, code object or module."""
-  if isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType, types.CodeType,
-                        types.ModuleType, types.MethodType)) or callable(value):
+  if isinstance(
+    value,
+    (
+      type,
+      types.FunctionType,
+      types.BuiltinFunctionType,
+      types.CodeType,
+      types.ModuleType,
+      types.MethodType,
+    ),
+  ) or callable(value):
     return True
   if isinstance(value, dict):
     return any(contains_code(key) or contains_code(item) for key, item in value.items())
@@ -109,31 +129,58 @@ def contains_code(value: Any) -> bool:
 VALUES = np.arange(6, dtype=np.float32).reshape(2, 3)
 
 WHAT_EACH_GLOBAL_MAKES = {
-    RECONSTRUCT: (
-        build(call(global_(RECONSTRUCT), *reconstruct_arguments()),
-              array_state(VALUES, float32_dtype())),
-        VALUES),
-    'numpy.ndarray': (  # Only ever an argument of `_reconstruct` (above) or `_create_array`.
-        call(global_('dill._dill._create_array'), global_(RECONSTRUCT),
-             tuple_(*reconstruct_arguments()), array_state(VALUES, float32_dtype()), pickle.NONE),
-        VALUES),
-    'numpy.dtype': (
-        build(call(global_(RECONSTRUCT), *reconstruct_arguments()),
-              array_state(VALUES.astype('>f4'), float32_dtype('>'))),
-        VALUES.astype('>f4')),
-    'numpy._core.multiarray.scalar': (
-        call(global_('numpy._core.multiarray.scalar'), float32_dtype(), raw(b'\x00\x00\x80?')),
-        np.float32(1.)),
-    '_codecs.encode': (call(global_('_codecs.encode'), text('\x00\xff'), text('latin1')),
-                       b'\x00\xff'),
-    'dill._dill._create_array': (
-        call(global_('dill._dill._create_array'), global_(RECONSTRUCT),
-             tuple_(*reconstruct_arguments()), array_state(VALUES, float32_dtype())),
-        VALUES),
-    'dill._dill._create_namedtuple': (
-        new(call(global_('dill._dill._create_namedtuple'), text('ScaleByLarsState'),
-                 tuple_(text('mu')), text('byol.utils.optimizers')), integer(7)),
-        ('ScaleByLarsState', ('mu',), (7,))),
+  RECONSTRUCT: (
+    build(
+      call(global_(RECONSTRUCT), *reconstruct_arguments()), array_state(VALUES, float32_dtype())
+    ),
+    VALUES,
+  ),
+  'numpy.ndarray': (  # Only ever an argument of `_reconstruct` (above) or `_create_array`.
+    call(
+      global_('dill._dill._create_array'),
+      global_(RECONSTRUCT),
+      tuple_(*reconstruct_arguments()),
+      array_state(VALUES, float32_dtype()),
+      pickle.NONE,
+    ),
+    VALUES,
+  ),
+  'numpy.dtype': (
+    build(
+      call(global_(RECONSTRUCT), *reconstruct_arguments()),
+      array_state(VALUES.astype('>f4'), float32_dtype('>')),
+    ),
+    VALUES.astype('>f4'),
+  ),
+  'numpy._core.multiarray.scalar': (
+    call(global_('numpy._core.multiarray.scalar'), float32_dtype(), raw(b'\x00\x00\x80?')),
+    np.float32(1.0),
+  ),
+  '_codecs.encode': (
+    call(global_('_codecs.encode'), text('\x00\xff'), text('latin1')),
+    b'\x00\xff',
+  ),
+  'dill._dill._create_array': (
+    call(
+      global_('dill._dill._create_array'),
+      global_(RECONSTRUCT),
+      tuple_(*reconstruct_arguments()),
+      array_state(VALUES, float32_dtype()),
+    ),
+    VALUES,
+  ),
+  'dill._dill._create_namedtuple': (
+    new(
+      call(
+        global_('dill._dill._create_namedtuple'),
+        text('ScaleByLarsState'),
+        tuple_(text('mu')),
+        text('byol.utils.optimizers'),
+      ),
+      integer(7),
+    ),
+    ('ScaleByLarsState', ('mu',), (7,)),
+  ),
 }
 
 
@@ -159,13 +206,15 @@ def test_a_state_class_named_by_reference_makes_a_state_tuple():
   value = safe_pickle.loads(whole(new(global_('optax._src.transform.ScaleState'), integer(1))))
   assert isinstance(value, tuple) and type(value).__name__ == 'ScaleState' and tuple(value) == (1,)
   # The real class when an imported module defines it: training can resume with it.
-  trace = safe_pickle.loads(whole(new(global_(f'{optax.TraceState.__module__}.TraceState'),
-                                      integer(2))))
+  trace = safe_pickle.loads(
+    whole(new(global_(f'{optax.TraceState.__module__}.TraceState'), integer(2)))
+  )
   assert type(trace) is optax.TraceState and trace.trace == 2
 
 
 class Use(NamedTuple):
   """How writers use a global: `function` applied by `opcode` to `arguments`, then a BUILD."""
+
   function: bytes
   opcode: bytes  # pickle.REDUCE or pickle.NEWOBJ.
   arguments: tuple[bytes, ...]
@@ -176,44 +225,98 @@ class Use(NamedTuple):
 # (`numpy.ndarray` is only ever an argument: of `_reconstruct` and `_create_array` here, and among
 # the attacks on every argument.)
 USES = {
-    RECONSTRUCT: Use(global_(RECONSTRUCT), pickle.REDUCE, reconstruct_arguments(), (
-        integer(1), pickled((2, 3)), float32_dtype(), pickle.NEWFALSE, raw(VALUES.tobytes()))),
-    'numpy.dtype': Use(global_('numpy.dtype'), pickle.REDUCE,
-                       (text('f4'), pickle.NEWFALSE, pickle.NEWTRUE), dtype_state()),
-    'numpy._core.multiarray.scalar': Use(global_('numpy._core.multiarray.scalar'), pickle.REDUCE,
-                                         (float32_dtype(), raw(b'\x00\x00\x80?'))),
-    '_codecs.encode': Use(global_('_codecs.encode'), pickle.REDUCE, (text('ab'), text('latin1'))),
-    'dill._dill._create_array': Use(global_('dill._dill._create_array'), pickle.REDUCE, (
-        global_(RECONSTRUCT), tuple_(*reconstruct_arguments()), array_state(VALUES, float32_dtype()),
-        pickle.NONE)),
-    'dill._dill._create_namedtuple': Use(global_('dill._dill._create_namedtuple'), pickle.REDUCE, (
-        text('ScaleByLarsState'), tuple_(text('mu')), text('byol.utils.optimizers'))),
-    'a state class by reference': Use(
-        global_('byol.byol_experiment._ByolExperimentState'), pickle.NEWOBJ, (pickle.NONE,) * 5),
-    'a state class made by _create_namedtuple': Use(
-        call(global_('dill._dill._create_namedtuple'), text('ScaleByLarsState'),
-             tuple_(text('mu')), text('byol.utils.optimizers')), pickle.NEWOBJ, (integer(7),)),
+  RECONSTRUCT: Use(
+    global_(RECONSTRUCT),
+    pickle.REDUCE,
+    reconstruct_arguments(),
+    (integer(1), pickled((2, 3)), float32_dtype(), pickle.NEWFALSE, raw(VALUES.tobytes())),
+  ),
+  'numpy.dtype': Use(
+    global_('numpy.dtype'),
+    pickle.REDUCE,
+    (text('f4'), pickle.NEWFALSE, pickle.NEWTRUE),
+    dtype_state(),
+  ),
+  'numpy._core.multiarray.scalar': Use(
+    global_('numpy._core.multiarray.scalar'),
+    pickle.REDUCE,
+    (float32_dtype(), raw(b'\x00\x00\x80?')),
+  ),
+  '_codecs.encode': Use(global_('_codecs.encode'), pickle.REDUCE, (text('ab'), text('latin1'))),
+  'dill._dill._create_array': Use(
+    global_('dill._dill._create_array'),
+    pickle.REDUCE,
+    (
+      global_(RECONSTRUCT),
+      tuple_(*reconstruct_arguments()),
+      array_state(VALUES, float32_dtype()),
+      pickle.NONE,
+    ),
+  ),
+  'dill._dill._create_namedtuple': Use(
+    global_('dill._dill._create_namedtuple'),
+    pickle.REDUCE,
+    (text('ScaleByLarsState'), tuple_(text('mu')), text('byol.utils.optimizers')),
+  ),
+  'a state class by reference': Use(
+    global_('byol.byol_experiment._ByolExperimentState'), pickle.NEWOBJ, (pickle.NONE,) * 5
+  ),
+  'a state class made by _create_namedtuple': Use(
+    call(
+      global_('dill._dill._create_namedtuple'),
+      text('ScaleByLarsState'),
+      tuple_(text('mu')),
+      text('byol.utils.optimizers'),
+    ),
+    pickle.NEWOBJ,
+    (integer(7),),
+  ),
 }
 
 # What an attacker may put in their place: names of dangerous things, the other globals of the list,
 # a state class, arrays and dtypes under construction, odd numbers and containers.
 ATTACKS = (
-    text('os'), text('system'), text('FunctionType'), text('CodeType'), text('builtins'),
-    text('byol.utils.checkpointing'), text('EvilState'), text('f4'), text('O8'), text('V8'),
-    text('latin1'), text('rot13'), text('zlib_codec'), raw(b'b'), raw(b'\x00' * 4),
-    integer(0), integer(-1), integer(2**31 - 1), pickle.NONE, pickle.NEWTRUE, pickle.NEWFALSE,
-    pickle.EMPTY_TUPLE, tuple_(integer(0)), tuple_(integer(-1), integer(2**31 - 1)),
-    tuple_(text('__new__'), text('__reduce__')), pickle.EMPTY_DICT, pickled({'__new__': 'os'}),
-    pickle.EMPTY_LIST, *map(global_, sorted(safe_pickle.ALLOWED_GLOBALS)),
-    global_('byol.byol_experiment._ByolExperimentState'), float32_dtype(),
-    call(global_(RECONSTRUCT), *reconstruct_arguments()),
-    call(global_('numpy.dtype'), text('f4'), pickle.NEWFALSE, pickle.NEWTRUE),
-    tuple_(*dtype_state()), tuple_(*dtype_state('>')),
+  text('os'),
+  text('system'),
+  text('FunctionType'),
+  text('CodeType'),
+  text('builtins'),
+  text('byol.utils.checkpointing'),
+  text('EvilState'),
+  text('f4'),
+  text('O8'),
+  text('V8'),
+  text('latin1'),
+  text('rot13'),
+  text('zlib_codec'),
+  raw(b'b'),
+  raw(b'\x00' * 4),
+  integer(0),
+  integer(-1),
+  integer(2**31 - 1),
+  pickle.NONE,
+  pickle.NEWTRUE,
+  pickle.NEWFALSE,
+  pickle.EMPTY_TUPLE,
+  tuple_(integer(0)),
+  tuple_(integer(-1), integer(2**31 - 1)),
+  tuple_(text('__new__'), text('__reduce__')),
+  pickle.EMPTY_DICT,
+  pickled({'__new__': 'os'}),
+  pickle.EMPTY_LIST,
+  *map(global_, sorted(safe_pickle.ALLOWED_GLOBALS)),
+  global_('byol.byol_experiment._ByolExperimentState'),
+  float32_dtype(),
+  call(global_(RECONSTRUCT), *reconstruct_arguments()),
+  call(global_('numpy.dtype'), text('f4'), pickle.NEWFALSE, pickle.NEWTRUE),
+  tuple_(*dtype_state()),
+  tuple_(*dtype_state('>')),
 )
 
 
 def attacked(use: Use, rng: np.random.Generator) -> bytes:
   """`use` with some of its arguments or state replaced, dropped or added, or another opcode."""
+
   def attack(items: tuple[bytes, ...]) -> list[bytes]:
     items = list(items)
     choice = rng.integers(4)
@@ -243,8 +346,12 @@ def attacked(use: Use, rng: np.random.Generator) -> bytes:
 def test_no_arguments_make_an_allowed_global_return_code(name):
   """Each entry, attacked 300 ways: what it returns (before the final check) is never code."""
   use = USES[name]
-  unattacked = whole(use.function + tuple_(*use.arguments) + use.opcode + (
-      b'' if use.state is None else tuple_(*use.state) + pickle.BUILD))
+  unattacked = whole(
+    use.function
+    + tuple_(*use.arguments)
+    + use.opcode
+    + (b'' if use.state is None else tuple_(*use.state) + pickle.BUILD)
+  )
   assert not contains_code(safe_pickle._evaluate(unattacked))  # Writers' use evaluates.
   rng = np.random.default_rng(sorted(USES).index(name))
   outcomes = {'refused': 0, 'data': 0}
@@ -268,6 +375,7 @@ def test_no_arguments_make_an_allowed_global_return_code(name):
 
 # --- Crafted payloads: each is live under the plain unpickler, and refused by `load_checkpoint`.
 
+
 class _Payload:
   """Pickles to `os.system(command)`: the classic malicious checkpoint."""
 
@@ -281,29 +389,57 @@ class _Payload:
 def _a_valid_state(payload: Any = None, in_optimiser: bool = False) -> NamedTuple:
   """A small pretraining state with our classes and optax's, `payload` inside it if given."""
   params = {'encoder/~/conv': {'w': np.ones((3, 3), np.float32), 'b': np.zeros(3, np.float32)}}
-  opt_state = jax.tree.map(np.asarray, optimizers.lars(
-      0.1, weight_decay=1e-6, weight_decay_mask=optimizers.exclude_bias_and_norm).init(params))
+  opt_state = jax.tree.map(
+    np.asarray,
+    optimizers.lars(
+      0.1, weight_decay=1e-6, weight_decay_mask=optimizers.exclude_bias_and_norm
+    ).init(params),
+  )
   if payload is not None and in_optimiser:
     opt_state = (*opt_state[:2], optax.TraceState(trace=payload), *opt_state[3:])
   elif payload is not None:
     params = {'encoder/~/conv': {'w': payload, 'b': params['encoder/~/conv']['b']}}
   return byol_experiment._ByolExperimentState(
-      online_params=params, target_params=params, online_state={}, target_state={},
-      opt_state=opt_state)
+    online_params=params,
+    target_params=params,
+    online_state={},
+    target_state={},
+    opt_state=opt_state,
+  )
 
 
 def _code_built_from_a_code_object(marker: str) -> bytes:
   """The route through the old allow-list: `FunctionType(CodeType(...), {})()`, via `_load_type`."""
   code = compile(f'open({marker!r}, "w").close()', '<payload>', 'exec')
-  arguments = (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_nlocals,
-               code.co_stacksize, code.co_flags, code.co_code, code.co_consts, code.co_names,
-               code.co_varnames, code.co_filename, code.co_name, code.co_qualname,
-               code.co_firstlineno, code.co_linetable, code.co_exceptiontable, code.co_freevars,
-               code.co_cellvars)
-  code_object = global_('dill._dill._load_type') + tuple_(text('CodeType')) + pickle.REDUCE + (
-      pickled(arguments) + pickle.REDUCE)
-  function = call(call(global_('dill._dill._load_type'), text('FunctionType')), code_object,
-                  pickle.EMPTY_DICT)
+  arguments = (
+    code.co_argcount,
+    code.co_posonlyargcount,
+    code.co_kwonlyargcount,
+    code.co_nlocals,
+    code.co_stacksize,
+    code.co_flags,
+    code.co_code,
+    code.co_consts,
+    code.co_names,
+    code.co_varnames,
+    code.co_filename,
+    code.co_name,
+    code.co_qualname,
+    code.co_firstlineno,
+    code.co_linetable,
+    code.co_exceptiontable,
+    code.co_freevars,
+    code.co_cellvars,
+  )
+  code_object = (
+    global_('dill._dill._load_type')
+    + tuple_(text('CodeType'))
+    + pickle.REDUCE
+    + (pickled(arguments) + pickle.REDUCE)
+  )
+  function = call(
+    call(global_('dill._dill._load_type'), text('FunctionType')), code_object, pickle.EMPTY_DICT
+  )
   return whole(function + pickle.EMPTY_TUPLE + pickle.REDUCE)
 
 
@@ -311,39 +447,82 @@ def _dill_function(marker: str) -> bytes:
   """A function pickled by value by dill (`_create_function`, `_create_code`), then called."""
   namespace = {'__name__': '__main__'}
   exec(f'def touch():\n  open({marker!r}, "w").close()', namespace)
-  return dill.dumps(namespace['touch'], protocol=2)[:-1] + pickle.EMPTY_TUPLE + pickle.REDUCE + (
-      pickle.STOP)
+  return (
+    dill.dumps(namespace['touch'], protocol=2)[:-1]
+    + pickle.EMPTY_TUPLE
+    + pickle.REDUCE
+    + (pickle.STOP)
+  )
 
 
 def _class_attribute_set_by_build(marker: str) -> bytes:
   """BUILD on a state class, setting its `__new__` (what the old factory types allowed)."""
-  state_class = call(global_('dill._dill._create_namedtuple'), text('EvilState'),
-                     tuple_(text('a')), text('byol.evil'))
+  state_class = call(
+    global_('dill._dill._create_namedtuple'),
+    text('EvilState'),
+    tuple_(text('a')),
+    text('byol.evil'),
+  )
   attributes = tuple_(pickle.NONE, pickled({'__new__': marker}))
   return whole(build(state_class, attributes))
 
 
 PAYLOADS = {
-    'os.system': (lambda marker: pickle.dumps(_Payload(f'touch {marker}'), protocol=2), 'system'),
-    'eval': (lambda marker: whole(call(global_('builtins.eval'),
-                                       text(f'open({marker!r}, "w").close()'))), 'builtins.eval'),
-    'getattr': (lambda marker: whole(call(
-        call(global_('builtins.getattr'), call(global_('builtins.__import__'), text('os')),
-             text('system')), text(f'touch {marker}'))), 'builtins.getattr'),
-    'import_module': (lambda marker: whole(
-        call(global_('importlib.import_module'), text('os')) + pickle.BINPUT + b'\x01' +
-        pickle.POP + call(call(global_('builtins.getattr'), pickle.BINGET + b'\x01',
-                               text('system')), text(f'touch {marker}'))),
-                      'importlib.import_module'),
-    'type through _load_type, then called': (_code_built_from_a_code_object,
-                                             'dill._dill._load_type'),
-    'function from a code object': (_dill_function, 'dill._dill._create_'),
-    'payload in experiment_state': (lambda marker: pickle.dumps(
-        {'experiment_state': _a_valid_state(_Payload(f'touch {marker}')), 'step': 1,
-         'rng': np.zeros(2, np.uint32)}, protocol=2), 'system'),
-    'payload in an optimiser state (dill)': (lambda marker: dill.dumps(
-        {'experiment_state': _a_valid_state(_Payload(f'touch {marker}'), in_optimiser=True),
-         'step': 1, 'rng': np.zeros(2, np.uint32)}, protocol=4), 'system'),
+  'os.system': (lambda marker: pickle.dumps(_Payload(f'touch {marker}'), protocol=2), 'system'),
+  'eval': (
+    lambda marker: whole(call(global_('builtins.eval'), text(f'open({marker!r}, "w").close()'))),
+    'builtins.eval',
+  ),
+  'getattr': (
+    lambda marker: whole(
+      call(
+        call(
+          global_('builtins.getattr'),
+          call(global_('builtins.__import__'), text('os')),
+          text('system'),
+        ),
+        text(f'touch {marker}'),
+      )
+    ),
+    'builtins.getattr',
+  ),
+  'import_module': (
+    lambda marker: whole(
+      call(global_('importlib.import_module'), text('os'))
+      + pickle.BINPUT
+      + b'\x01'
+      + pickle.POP
+      + call(
+        call(global_('builtins.getattr'), pickle.BINGET + b'\x01', text('system')),
+        text(f'touch {marker}'),
+      )
+    ),
+    'importlib.import_module',
+  ),
+  'type through _load_type, then called': (_code_built_from_a_code_object, 'dill._dill._load_type'),
+  'function from a code object': (_dill_function, 'dill._dill._create_'),
+  'payload in experiment_state': (
+    lambda marker: pickle.dumps(
+      {
+        'experiment_state': _a_valid_state(_Payload(f'touch {marker}')),
+        'step': 1,
+        'rng': np.zeros(2, np.uint32),
+      },
+      protocol=2,
+    ),
+    'system',
+  ),
+  'payload in an optimiser state (dill)': (
+    lambda marker: dill.dumps(
+      {
+        'experiment_state': _a_valid_state(_Payload(f'touch {marker}'), in_optimiser=True),
+        'step': 1,
+        'rng': np.zeros(2, np.uint32),
+      },
+      protocol=4,
+    ),
+    'system',
+  ),
 }
 
 
@@ -367,23 +546,35 @@ def test_crafted_payloads_run_under_pickle_and_are_refused_by_load_checkpoint(tm
   assert sorted(os.listdir(tmp_path)) == ['pretrain.pkl']
 
 
-@pytest.mark.parametrize('expression, message', [
+@pytest.mark.parametrize(
+  'expression, message',
+  [
     (_class_attribute_set_by_build('x')[2:-1], 'sets the state of the class'),
     (new(global_('numpy.dtype'), text('f4')), 'instantiates `numpy.dtype`'),
     (call(global_('numpy.ndarray'), tuple_(integer(1))), 'calls `numpy.ndarray`'),
     (call(global_('_codecs.encode'), text('x'), text('zlib_codec')), 'codec'),
     (call(global_('numpy.dtype'), text('O8'), pickle.NEWFALSE, pickle.NEWTRUE), 'numeric dtypes'),
     (pickled(np.array(['a'], dtype=object)), 'numeric dtypes'),
-    (call(global_('dill._dill._create_namedtuple'), text('FunctionType'), pickle.EMPTY_TUPLE,
-          text('types')), 'names `types.FunctionType`'),
-    (global_('byol.utils.checkpointing.load_checkpoint'),
-     'names `byol.utils.checkpointing.load_checkpoint`'),
+    (
+      call(
+        global_('dill._dill._create_namedtuple'),
+        text('FunctionType'),
+        pickle.EMPTY_TUPLE,
+        text('types'),
+      ),
+      'names `types.FunctionType`',
+    ),
+    (
+      global_('byol.utils.checkpointing.load_checkpoint'),
+      'names `byol.utils.checkpointing.load_checkpoint`',
+    ),
     (global_('optax._src.base.GradientTransformation'), 'GradientTransformation'),
     (global_('numpy.dtype'), '`numpy.dtype` itself'),
     (call(global_(RECONSTRUCT), *reconstruct_arguments()), 'never set'),
     (pickle.MARK + global_('os.system') + pickle.POP_MARK + pickle.NONE, 'names `os.system`'),
     (b'i' + b'os\nsystem\n', 'opcode INST'),
-])
+  ],
+)
 def test_what_is_not_data_is_refused_naming_it(expression, message):
   with pytest.raises(safe_pickle.UnsafePickleError, match=message):
     safe_pickle.loads(whole(expression))
@@ -394,29 +585,64 @@ def test_state_classes_are_found_by_name_without_importing_anything():
   assert 'byol.quickstart' not in modules_before  # Importable, and never imported by the suite.
   value = safe_pickle.loads(whole(new(global_('byol.quickstart.HiddenState'), integer(1))))
   assert type(value).__name__ == 'HiddenState' and tuple(value) == (1,)
-  value = safe_pickle.loads(whole(new(call(
-      global_('dill._dill._create_namedtuple'), text('OtherState'), tuple_(text('x')),
-      text('optax.not_a_module')), integer(2))))
+  value = safe_pickle.loads(
+    whole(
+      new(
+        call(
+          global_('dill._dill._create_namedtuple'),
+          text('OtherState'),
+          tuple_(text('x')),
+          text('optax.not_a_module'),
+        ),
+        integer(2),
+      )
+    )
+  )
   assert value.x == 2
   assert set(sys.modules) == modules_before
 
 
 def test_a_stand_in_of_a_known_name_with_other_fields_keeps_the_files_fields():
   fields = tuple_(text('mu'), text('nu'))
-  value = safe_pickle.loads(whole(new(call(
-      global_('dill._dill._create_namedtuple'), text('TraceState'), fields,
-      text(optax.TraceState.__module__)), integer(1), integer(2))))
+  value = safe_pickle.loads(
+    whole(
+      new(
+        call(
+          global_('dill._dill._create_namedtuple'),
+          text('TraceState'),
+          fields,
+          text(optax.TraceState.__module__),
+        ),
+        integer(1),
+        integer(2),
+      )
+    )
+  )
   assert type(value) is not optax.TraceState and value._fields == ('mu', 'nu')
 
 
-@pytest.mark.parametrize('expression', [
+@pytest.mark.parametrize(
+  'expression',
+  [
     # A list that holds itself: refused, not a hang or a RecursionError.
     pickle.EMPTY_LIST + pickle.BINPUT + b'\x00' + pickle.BINGET + b'\x00' + pickle.APPEND,
     # 40 levels of [x, x]: 41 lists that a tree function would visit 2**41 times.
-    pickle.EMPTY_LIST + b''.join(
-        pickle.BINPUT + b'\x00' + pickle.POP + pickle.EMPTY_LIST + pickle.MARK + pickle.BINGET +
-        b'\x00' + pickle.BINGET + b'\x00' + pickle.APPENDS for _ in range(40)),
-])
+    pickle.EMPTY_LIST
+    + b''.join(
+      pickle.BINPUT
+      + b'\x00'
+      + pickle.POP
+      + pickle.EMPTY_LIST
+      + pickle.MARK
+      + pickle.BINGET
+      + b'\x00'
+      + pickle.BINGET
+      + b'\x00'
+      + pickle.APPENDS
+      for _ in range(40)
+    ),
+  ],
+)
 def test_cycles_and_exponential_sharing_are_refused_quickly(expression):
   start = time.monotonic()
   with pytest.raises(pickle.UnpicklingError, match='levels of nesting'):
@@ -433,6 +659,7 @@ def test_dict_keys_must_be_strings():
 
 # --- Real files.
 
+
 def test_our_checkpoint_names_only_the_globals_of_the_2020_files_and_loads_with_dill(tmp_path):
   state = _a_valid_state()
   checkpointer = checkpointing.Checkpointer(str(tmp_path), 'pretrain.pkl')
@@ -448,8 +675,12 @@ def test_our_checkpoint_names_only_the_globals_of_the_2020_files_and_loads_with_
   with open(checkpointer.path, 'rb') as f:
     Recorder(f).load()
   assert named == {
-      'dill._dill._create_namedtuple', 'dill._dill._create_array', RECONSTRUCT, 'numpy.ndarray',
-      'numpy.dtype'}
+    'dill._dill._create_namedtuple',
+    'dill._dill._create_array',
+    RECONSTRUCT,
+    'numpy.ndarray',
+    'numpy.dtype',
+  }
 
   with open(checkpointer.path, 'rb') as f:
     by_dill = dill.load(f)  # As the original read it.
@@ -473,7 +704,7 @@ def test_fuzzed_checkpoints_load_or_raise_checkpoint_error_quickly_and_do_nothin
 
   rng = np.random.default_rng(0)
   outcomes = {'loaded': 0, 'refused': 0}
-  slowest = 0.
+  slowest = 0.0
   for trial in range(int(os.environ.get('BYOL_FUZZ_TRIALS', 400))):
     data = bytearray(original)
     position = int(rng.integers(len(data)))
@@ -484,9 +715,9 @@ def test_fuzzed_checkpoints_load_or_raise_checkpoint_error_quickly_and_do_nothin
       del data[position:]
     elif kind == 2:  # Splice in a piece of the file from elsewhere.
       start = int(rng.integers(len(original)))
-      data[position:position] = original[start:start + int(rng.integers(1, 64))]
+      data[position:position] = original[start : start + int(rng.integers(1, 64))]
     else:  # Overwrite a few bytes with random ones.
-      data[position:position + 4] = rng.integers(256, size=4, dtype=np.uint8).tobytes()
+      data[position : position + 4] = rng.integers(256, size=4, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
     start_time = time.monotonic()
     try:
@@ -498,7 +729,7 @@ def test_fuzzed_checkpoints_load_or_raise_checkpoint_error_quickly_and_do_nothin
       assert isinstance(checkpoint['experiment_state'], tuple)
       assert not contains_code(checkpoint)
     slowest = max(slowest, time.monotonic() - start_time)
-  assert slowest < 2., slowest
+  assert slowest < 2.0, slowest
   assert outcomes['loaded'] > 0 and outcomes['refused'] > 0, outcomes
   assert os.listdir(folder) == ['pretrain.pkl']
   assert set(sys.modules) == modules_before

@@ -34,10 +34,10 @@ def test_save_then_restore_round_trips_state_step_and_key(tmp_path):
   checkpointer.save(state, step=7, rng=rng)
   restored = checkpointer.restore()
   assert restored['step'] == 7
+  np.testing.assert_array_equal(jax.random.key_data(restored['rng']), jax.random.key_data(rng))
   np.testing.assert_array_equal(
-      jax.random.key_data(restored['rng']), jax.random.key_data(rng))
-  np.testing.assert_array_equal(restored['experiment_state']['params']['layer']['w'],
-                                state['params']['layer']['w'])
+    restored['experiment_state']['params']['layer']['w'], state['params']['layer']['w']
+  )
   assert type(restored['experiment_state']['opt_state'][0]).__name__ == 'TraceState'
 
 
@@ -62,18 +62,19 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_background_save_writes_the_state_as_it_was_when_saved(tmp_path):
   checkpointer = checkpointing.Checkpointer(str(tmp_path), 'pretrain.pkl')
-  state = {'w': jnp.arange(4.)}
+  state = {'w': jnp.arange(4.0)}
   checkpointer.save(state, step=3, rng=jax.random.key(0), block=False)
   # The next update may reuse the saved arrays' buffers while the file is being written.
-  state = jax.jit(lambda tree: jax.tree.map(lambda x: x + 10., tree), donate_argnums=0)(state)
+  state = jax.jit(lambda tree: jax.tree.map(lambda x: x + 10.0, tree), donate_argnums=0)(state)
   checkpointer.wait()
   restored = checkpointer.restore()
   assert restored['step'] == 3
-  np.testing.assert_array_equal(restored['experiment_state']['w'], [0., 1., 2., 3.])
+  np.testing.assert_array_equal(restored['experiment_state']['w'], [0.0, 1.0, 2.0, 3.0])
 
 
 def test_a_failed_background_save_raises_later_and_keeps_the_previous_checkpoint(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   checkpointer = checkpointing.Checkpointer(str(tmp_path), 'pretrain.pkl')
   checkpointer.save(make_state(), step=1, rng=jax.random.key(0))
 
@@ -115,7 +116,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
   checkpointer.save(make_state(), step=1, rng=jax.random.key(0))
   data = open(checkpointer.path, 'rb').read()
   with open(checkpointer.path, 'wb') as f:
-    f.write(data[:len(data) // 2])
+    f.write(data[: len(data) // 2])
   with pytest.raises(checkpointing.CheckpointError, match='truncated or not a checkpoint'):
     checkpointer.restore()
 
@@ -134,14 +135,16 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_numpy_1x_module_names_are_accepted(tmp_path):
   # Numpy 1.x pickles name `numpy.core.multiarray`; such files must load on numpy 2.
-  data = pickle.dumps({'experiment_state': np.ones(3, np.float32), 'step': 0, 'rng': RNG},
-                      protocol=2)
+  data = pickle.dumps(
+    {'experiment_state': np.ones(3, np.float32), 'step': 0, 'rng': RNG}, protocol=2
+  )
   data = data.replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
   assert b'numpy.core.multiarray' in data
   path = tmp_path / 'old.pkl'
   path.write_bytes(data)
-  np.testing.assert_array_equal(checkpointing.load_checkpoint(str(path))['experiment_state'],
-                                np.ones(3, np.float32))
+  np.testing.assert_array_equal(
+    checkpointing.load_checkpoint(str(path))['experiment_state'], np.ones(3, np.float32)
+  )
 
 
 class _LocalState(NamedTuple):
@@ -174,11 +177,23 @@ def test_dill_namedtuples_of_other_modules_are_refused(tmp_path):
 @pytest.mark.parametrize('mode', ['global', 'create_namedtuple'])
 def test_2020_release_file_loads_with_stand_ins_for_removed_classes(tmp_path, mode):
   online_params = {'res_net50/~/initial_conv': {'w': np.arange(6, dtype=np.float32)}}
-  online_state = {'res_net50/~/initial_batchnorm/~/mean_ema': {
-      'counter': np.int32(7), 'average': np.full((1, 1, 1, 3), 0.5, np.float32)}}
+  online_state = {
+    'res_net50/~/initial_batchnorm/~/mean_ema': {
+      'counter': np.int32(7),
+      'average': np.full((1, 1, 1, 3), 0.5, np.float32),
+    }
+  }
   path = str(tmp_path / 'pretrain_res50x1.pkl')
-  pickle_like_2020.write(dict(online_params=online_params, target_params=online_params,
-                              online_state=online_state, target_state=online_state), path, mode)
+  pickle_like_2020.write(
+    dict(
+      online_params=online_params,
+      target_params=online_params,
+      online_state=online_state,
+      target_state=online_state,
+    ),
+    path,
+    mode,
+  )
 
   checkpoint = checkpointing.load_checkpoint(path)
   state = checkpoint['experiment_state']
@@ -188,17 +203,21 @@ def test_2020_release_file_loads_with_stand_ins_for_removed_classes(tmp_path, mo
   # byol no longer defines the 2020 LARS states: stand-ins keep their names and values.
   decay_state, lars_state, _ = state.opt_state
   assert (type(decay_state).__name__, type(lars_state).__name__) == (
-      'AddWeightDecayState', 'ScaleByLarsState')
-  jax.tree.map(np.testing.assert_array_equal, lars_state[0],
-               jax.tree.map(np.zeros_like, online_params))
+    'AddWeightDecayState',
+    'ScaleByLarsState',
+  )
+  jax.tree.map(
+    np.testing.assert_array_equal, lars_state[0], jax.tree.map(np.zeros_like, online_params)
+  )
   assert checkpoint['step'] == 5004
   np.testing.assert_array_equal(checkpoint['rng'], np.array([0, 42], np.uint32))
 
 
 def test_existing_function_of_byol_is_refused(tmp_path):
   path = tmp_path / 'function.pkl'
-  path.write_bytes(pickle.dumps(
-      {'experiment_state': checkpointing.load_checkpoint}, protocol=2))
-  with pytest.raises(checkpointing.CheckpointError,
-                     match='Refusing to load .* names `byol.utils.checkpointing.load_checkpoint`'):
+  path.write_bytes(pickle.dumps({'experiment_state': checkpointing.load_checkpoint}, protocol=2))
+  with pytest.raises(
+    checkpointing.CheckpointError,
+    match='Refusing to load .* names `byol.utils.checkpointing.load_checkpoint`',
+  ):
     checkpointing.load_checkpoint(str(path))

@@ -24,20 +24,27 @@ def tiny_image(label: int) -> np.ndarray:
 
 class DatasetTestTinyImages(tfds.core.GeneratorBasedBuilder):
   """A real, prepared TFDS dataset of PNG images: unlike TFDS mocks, it honours split slices."""
+
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(None, None, 3), encoding_format='png'),
-        'label': tfds.features.ClassLabel(num_classes=100),
-    }))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=(None, None, 3), encoding_format='png'),
+          'label': tfds.features.ClassLabel(num_classes=100),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
     return {
-        'train': self._generate_examples(range(TINY_TRAIN_SIZE)),
-        'validation': self._generate_examples(
-            range(TEST_LABEL_OFFSET, TEST_LABEL_OFFSET + TINY_TEST_SIZE)),
+      'train': self._generate_examples(range(TINY_TRAIN_SIZE)),
+      'validation': self._generate_examples(
+        range(TEST_LABEL_OFFSET, TEST_LABEL_OFFSET + TINY_TEST_SIZE)
+      ),
     }
 
   def _generate_examples(self, labels):
@@ -63,8 +70,11 @@ def real_labels(batches):
 
 # ------------------------------------------------------------------------------- crop windows
 
-@pytest.mark.parametrize('height, width, image_size', [
-    (160, 213, 224), (500, 375, 224), (37, 41, 32), (160, 160, 128), (9, 300, 64)])
+
+@pytest.mark.parametrize(
+  'height, width, image_size',
+  [(160, 213, 224), (500, 375, 224), (37, 41, 32), (160, 160, 128), (9, 300, 64)],
+)
 def test_center_crop_window_follows_formula(height, width, image_size):
   side = int(image_size / (image_size + 32) * min(height, width))
   expected = [(height - side + 1) // 2, (width - side + 1) // 2, side, side]
@@ -74,13 +84,18 @@ def test_center_crop_window_follows_formula(height, width, image_size):
 
 def test_center_crop_window_of_224_keeps_seven_eighths_of_short_side():
   # 0.875 * 160 = 140; offsets (160 - 140 + 1) // 2 = 10 and (213 - 140 + 1) // 2 = 37.
-  np.testing.assert_array_equal(dataset._center_crop_window(160, 213, 224).numpy(),
-                                [10, 37, 140, 140])
+  np.testing.assert_array_equal(
+    dataset._center_crop_window(160, 213, 224).numpy(), [10, 37, 140, 140]
+  )
 
 
 def sample_windows(height, width, count=400):
-  return np.stack([dataset._distorted_crop_window(height, width, tf.constant([7, seed])).numpy()
-                   for seed in range(count)])
+  return np.stack(
+    [
+      dataset._distorted_crop_window(height, width, tf.constant([7, seed])).numpy()
+      for seed in range(count)
+    ]
+  )
 
 
 @pytest.mark.parametrize('height, width', [(1000, 1000), (10, 1000), (1000, 10), (1, 1), (5, 7)])
@@ -97,7 +112,7 @@ def test_distorted_crop_window_area_and_aspect_ratio_span_their_ranges():
   _, _, crop_height, crop_width = sample_windows(1000, 1000).T
   area_fraction = crop_height * crop_width / 1000**2
   aspect_ratio = crop_width / crop_height
-  assert area_fraction.min() >= 0.08 * 0.99 and area_fraction.max() <= 1.
+  assert area_fraction.min() >= 0.08 * 0.99 and area_fraction.max() <= 1.0
   assert aspect_ratio.min() >= 3 / 4 * 0.99 and aspect_ratio.max() <= 4 / 3 * 1.01
   # The draws cover the ranges rather than sitting at one value.
   assert area_fraction.min() < 0.12 and area_fraction.max() > 0.9
@@ -128,53 +143,79 @@ def test_jpeg_and_png_images_are_cropped_to_the_same_window():
   decoded_jpeg = tf.io.decode_jpeg(jpeg_bytes).numpy()  # JPEG is lossy: compare to its decoding.
   cropped_jpeg = dataset._decode_and_crop(jpeg_bytes, lambda height, width: window).numpy()
   cropped_png = dataset._decode_and_crop(
-      tf.io.encode_png(image), lambda height, width: window).numpy()
+    tf.io.encode_png(image), lambda height, width: window
+  ).numpy()
   np.testing.assert_array_equal(cropped_jpeg, decoded_jpeg[2:11, 5:16])
   np.testing.assert_array_equal(cropped_png, image[2:11, 5:16])
 
 
 # ----------------------------------------------------------------------------- batch layout
 
+
 def test_pretrain_batches_hold_two_different_views_in_unit_range():
   with tfds.testing.mock_data(num_examples=10):
-    batch = next(dataset.load(dataset.Split.TRAIN_AND_VALID,
-                              preprocess_mode=dataset.PreprocessMode.PRETRAIN, batch_dims=[2, 3],
-                              image_size=IMAGE_SIZE, seed=0))
+    batch = next(
+      dataset.load(
+        dataset.Split.TRAIN_AND_VALID,
+        preprocess_mode=dataset.PreprocessMode.PRETRAIN,
+        batch_dims=[2, 3],
+        image_size=IMAGE_SIZE,
+        seed=0,
+      )
+    )
   assert set(batch) == {'view1', 'view2', 'labels'}
   for view in (batch['view1'], batch['view2']):
     assert view.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE, 3) and view.dtype == np.float32
-    assert view.min() >= 0. and view.max() <= 1.
+    assert view.min() >= 0.0 and view.max() <= 1.0
   assert batch['labels'].shape == (2, 3) and batch['labels'].dtype == np.int32
   # Independent crops of the same image differ, image by image.
-  assert all(not np.allclose(view1, view2) for view1, view2 in zip(
-      batch['view1'].reshape(6, -1), batch['view2'].reshape(6, -1)))
+  assert all(
+    not np.allclose(view1, view2)
+    for view1, view2 in zip(batch['view1'].reshape(6, -1), batch['view2'].reshape(6, -1))
+  )
 
 
 def test_linear_train_batches_hold_one_image_per_label():
   with tfds.testing.mock_data(num_examples=10):
-    batch = next(dataset.load(dataset.Split.TRAIN,
-                              preprocess_mode=dataset.PreprocessMode.LINEAR_TRAIN, batch_dims=[4],
-                              image_size=IMAGE_SIZE))
+    batch = next(
+      dataset.load(
+        dataset.Split.TRAIN,
+        preprocess_mode=dataset.PreprocessMode.LINEAR_TRAIN,
+        batch_dims=[4],
+        image_size=IMAGE_SIZE,
+      )
+    )
   assert set(batch) == {'images', 'labels'}
   assert batch['images'].shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3)
   assert batch['images'].dtype == np.float32
-  assert batch['images'].min() >= 0. and batch['images'].max() <= 1.
+  assert batch['images'].min() >= 0.0 and batch['images'].max() <= 1.0
   assert batch['labels'].shape == (4,) and batch['labels'].dtype == np.int32
 
 
 def test_training_batches_repeat_past_the_end_of_the_split(tiny_data_dir):
   # Seeded, so deterministic: without a seed, a shuffle buffer of 100 over epochs of 25 examples
   # leaves a few labels out of the first batches now and then.
-  batches = load_tiny(dataset.Split.TRAIN_AND_VALID, tiny_data_dir,
-                      preprocess_mode=dataset.PreprocessMode.LINEAR_TRAIN, batch_dims=[10], seed=0)
+  batches = load_tiny(
+    dataset.Split.TRAIN_AND_VALID,
+    tiny_data_dir,
+    preprocess_mode=dataset.PreprocessMode.LINEAR_TRAIN,
+    batch_dims=[10],
+    seed=0,
+  )
   labels = np.concatenate([next(batches)['labels'] for _ in range(10)])  # 100 of 25 examples.
   assert set(labels) == set(range(TINY_TRAIN_SIZE))
 
 
 def test_eval_batches_have_batch_dims_layout():
   with tfds.testing.mock_data(num_examples=8):
-    batches = list(dataset.load(dataset.Split.TEST, preprocess_mode=dataset.PreprocessMode.EVAL,
-                                batch_dims=[2, 2], image_size=IMAGE_SIZE))
+    batches = list(
+      dataset.load(
+        dataset.Split.TEST,
+        preprocess_mode=dataset.PreprocessMode.EVAL,
+        batch_dims=[2, 2],
+        image_size=IMAGE_SIZE,
+      )
+    )
   assert len(batches) == 2
   for batch in batches:
     assert batch['images'].shape == (2, 2, IMAGE_SIZE, IMAGE_SIZE, 3)
@@ -184,65 +225,100 @@ def test_eval_batches_have_batch_dims_layout():
 
 # -------------------------------------------------------------------------- exact evaluation
 
+
 def test_eval_counts_every_example_once_and_masks_zero_padding(tiny_data_dir):
-  batches = list(load_tiny(dataset.Split.TEST, tiny_data_dir,
-                           preprocess_mode=dataset.PreprocessMode.EVAL, batch_dims=[3]))
+  batches = list(
+    load_tiny(
+      dataset.Split.TEST, tiny_data_dir, preprocess_mode=dataset.PreprocessMode.EVAL, batch_dims=[3]
+    )
+  )
   assert len(batches) == 3  # ceil(7 / 3)
   masks = np.concatenate([batch['mask'] for batch in batches])
-  np.testing.assert_array_equal(masks, [1.] * TINY_TEST_SIZE + [0.] * 2)
+  np.testing.assert_array_equal(masks, [1.0] * TINY_TEST_SIZE + [0.0] * 2)
   np.testing.assert_array_equal(
-      np.sort(real_labels(batches)),
-      np.arange(TEST_LABEL_OFFSET, TEST_LABEL_OFFSET + TINY_TEST_SIZE))
+    np.sort(real_labels(batches)), np.arange(TEST_LABEL_OFFSET, TEST_LABEL_OFFSET + TINY_TEST_SIZE)
+  )
   last = batches[-1]
-  assert np.all(last['images'][1:] == 0.) and np.all(last['labels'][1:] == 0)
+  assert np.all(last['images'][1:] == 0.0) and np.all(last['labels'][1:] == 0)
 
 
 def test_eval_images_are_resized_centre_crops(tiny_data_dir):
-  batch = next(load_tiny(dataset.Split.TEST, tiny_data_dir,
-                         preprocess_mode=dataset.PreprocessMode.EVAL, batch_dims=[TINY_TEST_SIZE]))
+  batch = next(
+    load_tiny(
+      dataset.Split.TEST,
+      tiny_data_dir,
+      preprocess_mode=dataset.PreprocessMode.EVAL,
+      batch_dims=[TINY_TEST_SIZE],
+    )
+  )
   for image, label in zip(batch['images'], batch['labels']):
     source = tiny_image(label)
     height, width, _ = source.shape
     side = int(IMAGE_SIZE / (IMAGE_SIZE + 32) * min(height, width))
     top, left = (height - side + 1) // 2, (width - side + 1) // 2
-    crop = source[top:top + side, left:left + side].astype(np.float32)
+    crop = source[top : top + side, left : left + side].astype(np.float32)
     expected = tf.image.resize(crop, [IMAGE_SIZE, IMAGE_SIZE], method='bicubic').numpy()
-    np.testing.assert_allclose(image, np.clip(expected / 255., 0., 1.), atol=1e-6)
+    np.testing.assert_allclose(image, np.clip(expected / 255.0, 0.0, 1.0), atol=1e-6)
 
 
 def test_eval_shards_of_two_processes_are_disjoint_and_equally_long(tiny_data_dir):
   per_process = [
-      list(load_tiny(dataset.Split.TEST, tiny_data_dir,
-                     preprocess_mode=dataset.PreprocessMode.EVAL, batch_dims=[3],
-                     shards=[index], num_shards=2))
-      for index in range(2)]
+    list(
+      load_tiny(
+        dataset.Split.TEST,
+        tiny_data_dir,
+        preprocess_mode=dataset.PreprocessMode.EVAL,
+        batch_dims=[3],
+        shards=[index],
+        num_shards=2,
+      )
+    )
+    for index in range(2)
+  ]
   # Shards of 4 and 3 examples: both processes step through ceil(4 / 3) = 2 batches.
   assert [len(batches) for batches in per_process] == [2, 2]
   assert sum(batch['mask'].sum() for batches in per_process for batch in batches) == TINY_TEST_SIZE
   labels0, labels1 = (real_labels(batches) for batches in per_process)
   assert len(labels0) == 4 and len(labels1) == 3
   assert not set(labels0) & set(labels1)
-  assert set(labels0) | set(labels1) == set(range(TEST_LABEL_OFFSET,
-                                                  TEST_LABEL_OFFSET + TINY_TEST_SIZE))
+  assert set(labels0) | set(labels1) == set(
+    range(TEST_LABEL_OFFSET, TEST_LABEL_OFFSET + TINY_TEST_SIZE)
+  )
 
 
 def test_more_shards_than_examples_pad_with_fully_masked_batches(tiny_data_dir):
   # 7 examples over 5 shards: shards of 2, 2, 1, 1, 1; each makes 2 batches of 1.
-  batches = list(load_tiny(dataset.Split.TEST, tiny_data_dir,
-                           preprocess_mode=dataset.PreprocessMode.EVAL, batch_dims=[1],
-                           shards=[4], num_shards=5))
-  np.testing.assert_array_equal([batch['mask'][0] for batch in batches], [1., 0.])
+  batches = list(
+    load_tiny(
+      dataset.Split.TEST,
+      tiny_data_dir,
+      preprocess_mode=dataset.PreprocessMode.EVAL,
+      batch_dims=[1],
+      shards=[4],
+      num_shards=5,
+    )
+  )
+  np.testing.assert_array_equal([batch['mask'][0] for batch in batches], [1.0, 0.0])
 
 
 @pytest.mark.parametrize('preprocess_mode', list(dataset.PreprocessMode))
 def test_batches_of_two_shards_in_one_process_are_those_of_two_processes(
-    tiny_data_dir, preprocess_mode):
+  tiny_data_dir, preprocess_mode
+):
   """A global batch depends on the shards (devices), not on how processes share them out."""
+
   def first_batches(shards):
-    batches = load_tiny(dataset.Split.TRAIN_AND_VALID if preprocess_mode is not
-                        dataset.PreprocessMode.EVAL else dataset.Split.TEST, tiny_data_dir,
-                        preprocess_mode=preprocess_mode, batch_dims=[2 * len(shards)],
-                        shards=shards, num_shards=2, seed=3)
+    batches = load_tiny(
+      dataset.Split.TRAIN_AND_VALID
+      if preprocess_mode is not dataset.PreprocessMode.EVAL
+      else dataset.Split.TEST,
+      tiny_data_dir,
+      preprocess_mode=preprocess_mode,
+      batch_dims=[2 * len(shards)],
+      shards=shards,
+      num_shards=2,
+      seed=3,
+    )
     return [next(batches) for _ in range(2)]
 
   together = first_batches([0, 1])
@@ -250,25 +326,34 @@ def test_batches_of_two_shards_in_one_process_are_those_of_two_processes(
   for step, batch in enumerate(together):
     for key, value in batch.items():
       np.testing.assert_array_equal(
-          value, np.concatenate([apart[0][step][key], apart[1][step][key]]), err_msg=key)
+        value, np.concatenate([apart[0][step][key], apart[1][step][key]]), err_msg=key
+      )
 
 
 def test_training_batches_are_the_same_in_every_run_with_a_seed(tiny_data_dir):
   def batches(seed):
-    loaded = load_tiny(dataset.Split.TRAIN_AND_VALID, tiny_data_dir,
-                       preprocess_mode=dataset.PreprocessMode.PRETRAIN, batch_dims=[6],
-                       shards=[0, 1], num_shards=2, seed=seed)
+    loaded = load_tiny(
+      dataset.Split.TRAIN_AND_VALID,
+      tiny_data_dir,
+      preprocess_mode=dataset.PreprocessMode.PRETRAIN,
+      batch_dims=[6],
+      shards=[0, 1],
+      num_shards=2,
+      seed=seed,
+    )
     return [next(loaded) for _ in range(5)]  # Past the end of the shards (13 and 12 examples).
 
   first, again, other_seed = batches(0), batches(0), batches(1)
   for batch, batch_again in zip(first, again):
     for key in batch:
       np.testing.assert_array_equal(batch[key], batch_again[key], err_msg=key)
-  assert not all(np.array_equal(batch['view1'], other['view1'])
-                 for batch, other in zip(first, other_seed))
+  assert not all(
+    np.array_equal(batch['view1'], other['view1']) for batch, other in zip(first, other_seed)
+  )
 
 
 # ----------------------------------------------------------------------------------- splits
+
 
 def test_imagenet_split_sizes():
   assert dataset.Split.TRAIN_AND_VALID.num_examples == 1_281_167
@@ -288,20 +373,33 @@ def test_valid_is_held_out_from_the_start_of_train(tiny_data_dir, monkeypatch):
   # ImageNet holds out 10,000 of 1,281,167; here 10 of 25.
   monkeypatch.setattr(dataset, '_VALID_HOLDOUT', 10)
   monkeypatch.setattr(dataset, '_VALID_HOLDOUT_FRACTION', 2)
-  sizes = {split: dataset.num_examples(split, DatasetTestTinyImages.name, tiny_data_dir)
-           for split in dataset.Split}
-  assert sizes == {dataset.Split.TRAIN_AND_VALID: 25, dataset.Split.TRAIN: 15,
-                   dataset.Split.VALID: 10, dataset.Split.TEST: 7}
-  labels = {split: set(real_labels(load_tiny(split, tiny_data_dir, batch_dims=[4],
-                                             preprocess_mode=dataset.PreprocessMode.EVAL)))
-            for split in (dataset.Split.TRAIN, dataset.Split.VALID)}
+  sizes = {
+    split: dataset.num_examples(split, DatasetTestTinyImages.name, tiny_data_dir)
+    for split in dataset.Split
+  }
+  assert sizes == {
+    dataset.Split.TRAIN_AND_VALID: 25,
+    dataset.Split.TRAIN: 15,
+    dataset.Split.VALID: 10,
+    dataset.Split.TEST: 7,
+  }
+  labels = {
+    split: set(
+      real_labels(
+        load_tiny(split, tiny_data_dir, batch_dims=[4], preprocess_mode=dataset.PreprocessMode.EVAL)
+      )
+    )
+    for split in (dataset.Split.TRAIN, dataset.Split.VALID)
+  }
   assert len(labels[dataset.Split.TRAIN]) == 15 and len(labels[dataset.Split.VALID]) == 10
   assert labels[dataset.Split.TRAIN] | labels[dataset.Split.VALID] == set(range(25))
 
 
 def test_small_train_split_holds_out_a_tenth_for_valid(tiny_data_dir):
-  sizes = {split: dataset.num_examples(split, DatasetTestTinyImages.name, tiny_data_dir)
-           for split in (dataset.Split.TRAIN, dataset.Split.VALID)}
+  sizes = {
+    split: dataset.num_examples(split, DatasetTestTinyImages.name, tiny_data_dir)
+    for split in (dataset.Split.TRAIN, dataset.Split.VALID)
+  }
   assert sizes == {dataset.Split.TRAIN: 23, dataset.Split.VALID: 2}  # 25 // 10 held out.
 
 
@@ -313,13 +411,24 @@ def test_num_examples_under_tfds_mock_is_the_mock_size():
 
 # ----------------------------------------------------------------------------------- errors
 
+
 def test_missing_imagenet_raises_one_clear_error(tmp_path):
   with pytest.raises(dataset.DatasetNotFoundError) as error:
-    dataset.load(dataset.Split.TEST, preprocess_mode=dataset.PreprocessMode.EVAL,
-                 batch_dims=[4], data_dir=str(tmp_path))
+    dataset.load(
+      dataset.Split.TEST,
+      preprocess_mode=dataset.PreprocessMode.EVAL,
+      batch_dims=[4],
+      data_dir=str(tmp_path),
+    )
   message = str(error.value)
-  for fragment in ('imagenet2012', 'manual', 'ILSVRC2012_img_train.tar', f'{tmp_path}/downloads',
-                   '--data_dir', 'TFDS_DATA_DIR'):
+  for fragment in (
+    'imagenet2012',
+    'manual',
+    'ILSVRC2012_img_train.tar',
+    f'{tmp_path}/downloads',
+    '--data_dir',
+    'TFDS_DATA_DIR',
+  ):
     assert fragment in message
 
 
@@ -328,13 +437,16 @@ def test_unknown_dataset_name_raises_dataset_not_found():
     dataset.num_examples(dataset.Split.TEST, dataset_name='not_a_dataset')
 
 
-@pytest.mark.parametrize('kwargs, match', [
+@pytest.mark.parametrize(
+  'kwargs, match',
+  [
     (dict(batch_dims=[0]), 'batch_dims'),
     (dict(batch_dims=[]), 'batch_dims'),
     (dict(image_size=0), 'image_size'),
     (dict(shards=[2], num_shards=2), 'shards'),
     (dict(batch_dims=[3], shards=[0, 1], num_shards=2), 'does not split'),
-])
+  ],
+)
 def test_bad_arguments_raise_value_error(kwargs, match):
   kwargs = dict(dict(batch_dims=[2], image_size=IMAGE_SIZE), **kwargs)
   with tfds.testing.mock_data(num_examples=4), pytest.raises(ValueError, match=match):
@@ -343,17 +455,24 @@ def test_bad_arguments_raise_value_error(kwargs, match):
 
 # ------------------------------------------------------------------------------ normalisation
 
+
 @pytest.mark.parametrize('to_array', [np.asarray, jnp.asarray])
 def test_normalize_images_standardises_each_channel(to_array):
   images = np.random.default_rng(0).uniform(size=(2, 4, 5, 3)).astype(np.float32)
-  expected = np.stack([(images[..., channel] - mean) / stddev for channel, (mean, stddev) in
-                       enumerate([(0.485, 0.229), (0.456, 0.224), (0.406, 0.225)])], axis=-1)
+  expected = np.stack(
+    [
+      (images[..., channel] - mean) / stddev
+      for channel, (mean, stddev) in enumerate([(0.485, 0.229), (0.456, 0.224), (0.406, 0.225)])
+    ],
+    axis=-1,
+  )
   normalized = dataset.normalize_images(to_array(images))
   assert normalized.dtype == np.float32
   np.testing.assert_allclose(np.asarray(normalized), expected, rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------- folder and synthetic data
+
 
 def write_image_folder(root, layout, image_format='png'):
   """Writes `{split: {class: count}}` random images of various sizes under `root`."""
@@ -370,28 +489,52 @@ def write_image_folder(root, layout, image_format='png'):
 
 
 def test_folder_dataset_reads_classes_and_splits_from_the_folders(tmp_path):
-  name = write_image_folder(tmp_path, {'train': {'cat': 12, 'dog': 8, 'eel': 10},
-                                       'val': {'cat': 2, 'eel': 3}}, image_format='jpg')
+  name = write_image_folder(
+    tmp_path,
+    {'train': {'cat': 12, 'dog': 8, 'eel': 10}, 'val': {'cat': 2, 'eel': 3}},
+    image_format='jpg',
+  )
   assert dataset.num_classes(name) == 3
   sizes = {split: dataset.num_examples(split, name) for split in dataset.Split}
-  assert sizes == {dataset.Split.TRAIN_AND_VALID: 30, dataset.Split.TRAIN: 27,
-                   dataset.Split.VALID: 3, dataset.Split.TEST: 5}
+  assert sizes == {
+    dataset.Split.TRAIN_AND_VALID: 30,
+    dataset.Split.TRAIN: 27,
+    dataset.Split.VALID: 3,
+    dataset.Split.TEST: 5,
+  }
   assert dataset.default_image_size(name) == 20  # The first train image's short side.
-  batches = list(dataset.load(dataset.Split.TEST, preprocess_mode=dataset.PreprocessMode.EVAL,
-                              batch_dims=[4], image_size=16, dataset_name=name))
+  batches = list(
+    dataset.load(
+      dataset.Split.TEST,
+      preprocess_mode=dataset.PreprocessMode.EVAL,
+      batch_dims=[4],
+      image_size=16,
+      dataset_name=name,
+    )
+  )
   assert sorted(real_labels(batches)) == [0, 0, 2, 2, 2]  # cat = 0, eel = 2 (sorted train names)
-  batch = next(dataset.load(dataset.Split.TRAIN_AND_VALID, batch_dims=[8], image_size=16,
-                            preprocess_mode=dataset.PreprocessMode.PRETRAIN, dataset_name=name))
+  batch = next(
+    dataset.load(
+      dataset.Split.TRAIN_AND_VALID,
+      batch_dims=[8],
+      image_size=16,
+      preprocess_mode=dataset.PreprocessMode.PRETRAIN,
+      dataset_name=name,
+    )
+  )
   assert batch['view1'].shape == (8, 16, 16, 3) and set(batch['labels']) <= {0, 1, 2}
 
 
-@pytest.mark.parametrize('layout, match', [
+@pytest.mark.parametrize(
+  'layout, match',
+  [
     ({'train': {'a': 1}}, r'must hold train/<class>/\* and val/<class>/\*'),
     ({'val': {'a': 1}}, r'must hold train/<class>/\* and val/<class>/\*'),
     ({'train': {}, 'test': {'a': 1}}, 'has no class sub-folders'),
     ({'train': {'a': 1, 'b': 0}, 'test': {'a': 1}}, r'b holds no image'),
     ({'train': {'a': 1}, 'test': {'z': 1}}, r"classes that train/ lacks: \['z'\]"),
-])
+  ],
+)
 def test_malformed_folders_are_clear_errors(tmp_path, layout, match):
   with pytest.raises(dataset.DatasetError, match=match):
     dataset.num_classes(write_image_folder(tmp_path, layout))
@@ -400,7 +543,9 @@ def test_malformed_folders_are_clear_errors(tmp_path, layout, match):
 def test_files_that_are_not_images_are_named(tmp_path):
   name = write_image_folder(tmp_path, {'train': {'a': 2}, 'val': {'a': 1}})
   (tmp_path / 'train' / 'a' / 'notes.jpg').write_text('not an image')
-  with pytest.raises(dataset.DatasetError, match=r'1 files .* not JPEG, PNG, GIF or BMP.*notes.jpg'):
+  with pytest.raises(
+    dataset.DatasetError, match=r'1 files .* not JPEG, PNG, GIF or BMP.*notes.jpg'
+  ):
     dataset.num_classes(name)
 
 
@@ -414,8 +559,13 @@ def test_missing_folder_and_empty_path_are_clear_errors(tmp_path):
 def test_training_split_smaller_than_one_batch_is_a_clear_error(tmp_path):
   name = write_image_folder(tmp_path, {'train': {'a': 3, 'b': 3}, 'val': {'a': 1}})
   with pytest.raises(dataset.DatasetError, match='6 examples, fewer than one batch of 8'):
-    dataset.load(dataset.Split.TRAIN_AND_VALID, preprocess_mode=dataset.PreprocessMode.PRETRAIN,
-                 batch_dims=[8], image_size=16, dataset_name=name)
+    dataset.load(
+      dataset.Split.TRAIN_AND_VALID,
+      preprocess_mode=dataset.PreprocessMode.PRETRAIN,
+      batch_dims=[8],
+      image_size=16,
+      dataset_name=name,
+    )
 
 
 def test_synthetic_dataset_is_embedded():
@@ -424,8 +574,13 @@ def test_synthetic_dataset_is_embedded():
   assert dataset.num_examples(dataset.Split.TRAIN_AND_VALID, 'synthetic') == 5000
   assert dataset.num_examples(dataset.Split.VALID, 'synthetic') == 500
   assert dataset.num_examples(dataset.Split.TEST, 'synthetic') == 1000
-  batches = dataset.load(dataset.Split.TEST, preprocess_mode=dataset.PreprocessMode.EVAL,
-                         batch_dims=[250], image_size=32, dataset_name='synthetic')
+  batches = dataset.load(
+    dataset.Split.TEST,
+    preprocess_mode=dataset.PreprocessMode.EVAL,
+    batch_dims=[250],
+    image_size=32,
+    dataset_name='synthetic',
+  )
   labels = real_labels(list(batches))
   assert np.bincount(labels).tolist() == [100] * 10
 
@@ -454,20 +609,39 @@ def test_center_crop_keeps_the_whole_image_without_padding():
 
 # --------------------------------------------------------------- real images in ../shared/data
 
-@pytest.mark.parametrize('name, sizes', [
-    ('imagenette', (9469, 946, 3925)),
-    ('cifar10', (50000, 5000, 10000)),
-])
+
+@pytest.mark.parametrize(
+  'name, sizes', [('imagenette', (9469, 946, 3925)), ('cifar10', (50000, 5000, 10000))]
+)
 def test_real_image_folders_have_their_published_sizes(real_folders, name, sizes):
   folder = real_folders[name]
   assert dataset.num_classes(folder) == 10
-  assert tuple(dataset.num_examples(split, folder) for split in (
-      dataset.Split.TRAIN_AND_VALID, dataset.Split.VALID, dataset.Split.TEST)) == sizes
-  batch = next(dataset.load(dataset.Split.TRAIN_AND_VALID, batch_dims=[4], image_size=32,
-                            preprocess_mode=dataset.PreprocessMode.PRETRAIN, dataset_name=folder))
+  assert (
+    tuple(
+      dataset.num_examples(split, folder)
+      for split in (dataset.Split.TRAIN_AND_VALID, dataset.Split.VALID, dataset.Split.TEST)
+    )
+    == sizes
+  )
+  batch = next(
+    dataset.load(
+      dataset.Split.TRAIN_AND_VALID,
+      batch_dims=[4],
+      image_size=32,
+      preprocess_mode=dataset.PreprocessMode.PRETRAIN,
+      dataset_name=folder,
+    )
+  )
   assert batch['view1'].shape == (4, 32, 32, 3)
-  batch = next(dataset.load(dataset.Split.TEST, batch_dims=[4], image_size=32,
-                            preprocess_mode=dataset.PreprocessMode.EVAL, dataset_name=folder))
-  assert batch['images'].shape == (4, 32, 32, 3) and batch['mask'].tolist() == [1.] * 4
+  batch = next(
+    dataset.load(
+      dataset.Split.TEST,
+      batch_dims=[4],
+      image_size=32,
+      preprocess_mode=dataset.PreprocessMode.EVAL,
+      dataset_name=folder,
+    )
+  )
+  assert batch['images'].shape == (4, 32, 32, 3) and batch['mask'].tolist() == [1.0] * 4
   # CIFAR's 32 px images are evaluated whole; Imagenette's 160 px get the 32 / 64 centre crop.
   assert sources.get_source(folder, None).center_crop_padding == (0 if name == 'cifar10' else 32)

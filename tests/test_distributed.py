@@ -21,24 +21,35 @@ def test_every_process_gets_the_checkpoint_of_process_0_without_a_shared_folder(
   folders = [tmp_path / 'host0', tmp_path / 'host1']
   for folder in folders:
     folder.mkdir()
-  state = byol_experiment._ByolExperimentState(
-      {'w': np.arange(3.)}, {}, {}, {}, ())
+  state = byol_experiment._ByolExperimentState({'w': np.arange(3.0)}, {}, {}, {}, ())
   checkpointing.Checkpointer(str(folders[0]), 'pretrain.pkl').save(state, 7, jax.random.key(4))
   port = test_multi_process.free_port()
   processes = [
-      subprocess.Popen([sys.executable, str(ROOT / 'tests' / 'read_on_process_0.py'), str(port),
-                        str(index), str(tmp_path / f'read_{index}.json')],
-                       cwd=folder, env=test_main_loop.environment(), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True)
-      for index, folder in enumerate(folders)]
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(ROOT / 'tests' / 'read_on_process_0.py'),
+        str(port),
+        str(index),
+        str(tmp_path / f'read_{index}.json'),
+      ],
+      cwd=folder,
+      env=test_main_loop.environment(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for index, folder in enumerate(folders)
+  ]
   for code, output in test_multi_process.finish_runs(processes)[0]:
     assert code == 0, output
 
   expected_rng = np.asarray(jax.random.key_data(jax.random.key(4))).tolist()
   for index in range(2):
     read = json.load(open(tmp_path / f'read_{index}.json'))
-    assert read == dict(step=7, weights=[0., 1., 2.], rng=expected_rng, missing=None,
-                        big=[2**40, -3])
+    assert read == dict(
+      step=7, weights=[0.0, 1.0, 2.0], rng=expected_rng, missing=None, big=[2**40, -3]
+    )
 
 
 def test_one_process_reads_its_own_files(tmp_path):

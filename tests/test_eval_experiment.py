@@ -19,8 +19,12 @@ IMAGE_SIZE = 16
 
 def pretrain_experiment(folder, encoder='TinyResNet', width=1):
   config = byol_config.get_config(100, 8, train_images=80, num_classes=NUM_CLASSES)
-  config['network_config'].update(encoder_class=encoder, projector_hidden_size=32,
-                                  projector_output_size=16, predictor_hidden_size=32)
+  config['network_config'].update(
+    encoder_class=encoder,
+    projector_hidden_size=32,
+    projector_output_size=16,
+    predictor_hidden_size=32,
+  )
   config['network_config']['encoder_config']['width_multiplier'] = width
   # The embedded dataset: `initialize` reads the first training batch.
   config['dataset_config'].update(name='synthetic', image_size=IMAGE_SIZE)
@@ -36,8 +40,9 @@ def write_pretrain_checkpoint(folder, encoder='TinyResNet', width=1):
   return experiment.checkpoint_path, helpers.to_host(experiment.state)
 
 
-def make_experiment(folder, checkpoint, *, freeze_backbone=True, encoder='TinyResNet',
-                    allow_train_from_scratch=False):
+def make_experiment(
+  folder, checkpoint, *, freeze_backbone=True, encoder='TinyResNet', allow_train_from_scratch=False
+):
   config = eval_config.get_config(checkpoint, 8, train_images=80, num_classes=NUM_CLASSES)
   config['network_config']['encoder_class'] = encoder
   config['dataset_config'].update(name='synthetic', image_size=IMAGE_SIZE)
@@ -52,10 +57,12 @@ def train_steps(experiment, steps=2):
   state = experiment.state
   for step in range(steps):
     batch = dict(
-        images=rng.uniform(size=(8, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
-        labels=rng.integers(0, NUM_CLASSES, 8).astype(np.int32))
+      images=rng.uniform(size=(8, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
+      labels=rng.integers(0, NUM_CLASSES, 8).astype(np.int32),
+    )
     state, logs = experiment.update(
-        state, helpers.to_global_batch(batch, experiment.batch_sharding), np.int32(step))
+      state, helpers.to_global_batch(batch, experiment.batch_sharding), np.int32(step)
+    )
   return helpers.to_host(state), helpers.to_host(logs)
 
 
@@ -65,11 +72,18 @@ def test_encoder_is_loaded_from_the_online_network(tmp_path):
   experiment.initialize(jax.random.key(5))
   state = helpers.to_host(experiment.state)
   assert set(state.backbone_params) == {
-      module for module in pretrain_state.online_params if module.startswith('tiny_res_net/')}
-  jax.tree.map(np.testing.assert_array_equal, state.backbone_params,
-               {m: pretrain_state.online_params[m] for m in state.backbone_params})
-  jax.tree.map(np.testing.assert_array_equal, state.backbone_state,
-               {m: pretrain_state.online_state[m] for m in state.backbone_state})
+    module for module in pretrain_state.online_params if module.startswith('tiny_res_net/')
+  }
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    state.backbone_params,
+    {m: pretrain_state.online_params[m] for m in state.backbone_params},
+  )
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    state.backbone_state,
+    {m: pretrain_state.online_state[m] for m in state.backbone_state},
+  )
 
 
 def test_frozen_backbone_leaves_every_encoder_array_unchanged(tmp_path):
@@ -114,8 +128,11 @@ def test_random_encoder_starts_from_batchnorm_statistics_of_real_images(tmp_path
   experiment = make_experiment(tmp_path, None, allow_train_from_scratch=True)
   experiment.initialize(jax.random.key(0))
   state = helpers.to_host(experiment.state)
-  variances = [state_['average'] for module, state_ in state.backbone_state.items()
-               if module.endswith('/var_ema')]
+  variances = [
+    state_['average']
+    for module, state_ in state.backbone_state.items()
+    if module.endswith('/var_ema')
+  ]
   assert len(variances) == 13  # TinyResNet: stem, 2 in each of 4 blocks, 4 projection shortcuts.
   assert all(np.all(variance > 1e-3) for variance in variances)
   # Two steps on uniform noise (not the synthetic images the statistics came from): a few nats,
@@ -127,24 +144,29 @@ def test_random_encoder_starts_from_batchnorm_statistics_of_real_images(tmp_path
 def test_encoder_mismatch_names_both_networks(tmp_path):
   checkpoint, _ = write_pretrain_checkpoint(tmp_path, encoder='TinyResNet')
   experiment = make_experiment(tmp_path, checkpoint, encoder='ResNet18')
-  with pytest.raises(checkpointing.CheckpointError,
-                     match=r'holds tiny_res_net width 1, but the config asks for ResNet18 1x'):
+  with pytest.raises(
+    checkpointing.CheckpointError,
+    match=r'holds tiny_res_net width 1, but the config asks for ResNet18 1x',
+  ):
     experiment.initialize(jax.random.key(0))
 
 
 def test_width_mismatch_names_both_widths(tmp_path):
   checkpoint, _ = write_pretrain_checkpoint(tmp_path, width=2)
   experiment = make_experiment(tmp_path, checkpoint)
-  with pytest.raises(checkpointing.CheckpointError,
-                     match=r'holds tiny_res_net width 2, but the config asks for TinyResNet 1x'):
+  with pytest.raises(
+    checkpointing.CheckpointError,
+    match=r'holds tiny_res_net width 2, but the config asks for TinyResNet 1x',
+  ):
     experiment.initialize(jax.random.key(0))
 
 
 def write_2020_release_file(path, pretrain_state):
   """`pretrain_state`'s networks in a file pickled as DeepMind's 2020 release files were."""
   networks = ('online_params', 'target_params', 'online_state', 'target_state')
-  pickle_like_2020.write({field: getattr(pretrain_state, field) for field in networks},
-                         str(path), 'global')
+  pickle_like_2020.write(
+    {field: getattr(pretrain_state, field) for field in networks}, str(path), 'global'
+  )
   return str(path)
 
 
@@ -154,8 +176,11 @@ def test_linear_evaluation_trains_from_a_2020_release_file(tmp_path):
   experiment = make_experiment(tmp_path, release_file)
   experiment.initialize(jax.random.key(5))
   after, logs = train_steps(experiment)
-  jax.tree.map(np.testing.assert_array_equal, after.backbone_params,
-               {module: pretrain_state.online_params[module] for module in after.backbone_params})
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    after.backbone_params,
+    {module: pretrain_state.online_params[module] for module in after.backbone_params},
+  )
   assert np.isfinite(logs['loss'])
 
 
@@ -182,7 +207,10 @@ def numpy_classifier_loss_and_grads(embedding, w, b, labels):
 
 def find_momentum_traces(opt_state):
   """The `optax.trace` accumulators inside an optimiser state (one per Nesterov SGD)."""
-  is_trace = lambda node: isinstance(node, optax.TraceState)
+
+  def is_trace(node):
+    return isinstance(node, optax.TraceState)
+
   return [node.trace for node in jax.tree.leaves(opt_state, is_leaf=is_trace) if is_trace(node)]
 
 
@@ -199,8 +227,13 @@ def test_two_linear_evaluation_steps_match_numpy_nesterov_sgd(tmp_path):
   assert config['lr_schedule_config']['warmup_steps'] == 0
 
   rng = np.random.default_rng(3)
-  batches = [dict(images=rng.uniform(size=(8, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
-                  labels=rng.integers(0, NUM_CLASSES, 8).astype(np.int32)) for _ in range(2)]
+  batches = [
+    dict(
+      images=rng.uniform(size=(8, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
+      labels=rng.integers(0, NUM_CLASSES, 8).astype(np.int32),
+    )
+    for _ in range(2)
+  ]
   # Steps a quarter into the run: at step 0 the cosine factor is 1 and would check no schedule.
   steps = (config['max_steps'] // 4, config['max_steps'] // 4 + 1)
 
@@ -208,9 +241,12 @@ def test_two_linear_evaluation_steps_match_numpy_nesterov_sgd(tmp_path):
   # backbone: its embedding is the classifier's input, and everything after it is numpy.
   # Inference-mode BatchNorm treats each image alone, so both batches go through in one call.
   backbone = jax.jit(experiment._backbone.apply, static_argnames='is_training')
-  embeddings, _ = backbone(before.backbone_params, before.backbone_state,
-                           np.concatenate([batch['images'] for batch in batches]),
-                           is_training=False)
+  embeddings, _ = backbone(
+    before.backbone_params,
+    before.backbone_state,
+    np.concatenate([batch['images'] for batch in batches]),
+    is_training=False,
+  )
   embeddings = np.split(np.asarray(embeddings), len(batches))
   w = before.classif_params['linear']['w'].astype(np.float64)
   b = before.classif_params['linear']['b'].astype(np.float64)
@@ -231,7 +267,8 @@ def test_two_linear_evaluation_steps_match_numpy_nesterov_sgd(tmp_path):
   losses, rates = [], []
   for batch, step in zip(batches, steps):
     state, logs = experiment.update(
-        state, helpers.to_global_batch(batch, experiment.batch_sharding), np.int32(step))
+      state, helpers.to_global_batch(batch, experiment.batch_sharding), np.int32(step)
+    )
     losses.append(float(logs['loss']))
     rates.append(float(logs['learning_rate']))
   after = helpers.to_host(state)
@@ -242,8 +279,9 @@ def test_two_linear_evaluation_steps_match_numpy_nesterov_sgd(tmp_path):
   np.testing.assert_allclose(after.classif_params['linear']['b'], b, rtol=1e-5, atol=1e-7)
   # The step itself too, not only its sum with the weights (float32 weights round it to ~1e-4).
   w_before = before.classif_params['linear']['w']
-  np.testing.assert_allclose(after.classif_params['linear']['w'] - w_before, w - w_before,
-                             rtol=1e-3, atol=1e-7)
+  np.testing.assert_allclose(
+    after.classif_params['linear']['w'] - w_before, w - w_before, rtol=1e-3, atol=1e-7
+  )
   [trace] = find_momentum_traces(after.classif_opt_state)
   np.testing.assert_allclose(trace['linear']['w'], mu_w, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(trace['linear']['b'], mu_b, rtol=1e-5, atol=1e-7)

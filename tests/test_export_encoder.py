@@ -28,11 +28,17 @@ def test_export_of_a_pretraining_checkpoint_round_trips_the_online_encoder(tmp_p
   params, state = export_encoder.load_encoder(output)
   encoder_modules = {m for m in pretrain_state.online_params if m.startswith('tiny_res_net/')}
   assert set(params) == encoder_modules
-  jax.tree.map(np.testing.assert_array_equal, params,
-               {m: pretrain_state.online_params[m] for m in encoder_modules})
-  jax.tree.map(np.testing.assert_array_equal, state,
-               {m: pretrain_state.online_state[m] for m in state})
-  assert len(state) == len([m for m in pretrain_state.online_state if m.startswith('tiny_res_net/')])
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    params,
+    {m: pretrain_state.online_params[m] for m in encoder_modules},
+  )
+  jax.tree.map(
+    np.testing.assert_array_equal, state, {m: pretrain_state.online_state[m] for m in state}
+  )
+  assert len(state) == len(
+    [m for m in pretrain_state.online_state if m.startswith('tiny_res_net/')]
+  )
 
 
 def test_exported_encoder_gives_the_embedding_of_the_linear_evaluation_backbone(tmp_path):
@@ -46,17 +52,22 @@ def test_exported_encoder_gives_the_embedding_of_the_linear_evaluation_backbone(
   # The README's recipe: the same encoder class, inference mode, normalised images.
   params, state = export_encoder.load_encoder(output)
   bn_config = byol_config.get_config(100, 8)['network_config']['bn_config']
-  encoder = hk.without_apply_rng(hk.transform_with_state(
-      lambda images: networks.TinyResNet(bn_config=bn_config)(images, is_training=False)))
+  encoder = hk.without_apply_rng(
+    hk.transform_with_state(
+      lambda images: networks.TinyResNet(bn_config=bn_config)(images, is_training=False)
+    )
+  )
   images = np.random.default_rng(0).uniform(size=(3, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
   embedding, _ = encoder.apply(params, state, dataset.normalize_images(images))
 
   run_state = helpers.to_host(experiment.state)
   expected, _ = experiment._backbone.apply(
-      run_state.backbone_params, run_state.backbone_state, images, is_training=False)
+    run_state.backbone_params, run_state.backbone_state, images, is_training=False
+  )
   np.testing.assert_allclose(embedding, expected, rtol=1e-6, atol=1e-6)
-  jax.tree.map(np.testing.assert_array_equal, export_encoder.load_classifier(output),
-               run_state.classif_params)
+  jax.tree.map(
+    np.testing.assert_array_equal, export_encoder.load_classifier(output), run_state.classif_params
+  )
 
 
 class _RunsACommand:
@@ -69,19 +80,27 @@ class _RunsACommand:
     return (os.system, (self.command,))
 
 
-@pytest.mark.parametrize('contents, message', [
+@pytest.mark.parametrize(
+  'contents, message',
+  [
     (lambda marker: b'not a pickle at all', 'truncated or not a checkpoint'),
-    (lambda marker: pickle.dumps({'experiment_state': _RunsACommand(f'touch {marker}')}),
-     'Refusing to load'),
-])
+    (
+      lambda marker: pickle.dumps({'experiment_state': _RunsACommand(f'touch {marker}')}),
+      'Refusing to load',
+    ),
+  ],
+)
 def test_command_line_reports_a_bad_checkpoint_and_writes_nothing(tmp_path, contents, message):
   marker = tmp_path / 'pwned'
   bad = tmp_path / 'pretrain.pkl'
   bad.write_bytes(contents(marker))
   output = tmp_path / 'encoder.npz'
   result = subprocess.run(
-      [sys.executable, '-m', 'byol.export_encoder', f'--checkpoint={bad}', f'--output={output}'],
-      capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    [sys.executable, '-m', 'byol.export_encoder', f'--checkpoint={bad}', f'--output={output}'],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert result.returncode != 0
   assert 'error:' in result.stderr and message in result.stderr
   assert 'Traceback' not in result.stderr
@@ -97,8 +116,11 @@ def test_a_2020_release_file_exports_the_encoder_of_our_file_with_the_same_embed
     assert export_encoder.export_encoder(source, output) == 'tiny_res_net width 1'
     params, state = export_encoder.load_encoder(output)
     bn_config = byol_config.get_config(100, 8)['network_config']['bn_config']
-    encoder = hk.without_apply_rng(hk.transform_with_state(
-        lambda images: networks.TinyResNet(bn_config=bn_config)(images, is_training=False)))
+    encoder = hk.without_apply_rng(
+      hk.transform_with_state(
+        lambda images: networks.TinyResNet(bn_config=bn_config)(images, is_training=False)
+      )
+    )
     images = np.random.default_rng(0).uniform(size=(2, IMAGE_SIZE, IMAGE_SIZE, 3))
     embeddings.append(encoder.apply(params, state, images.astype(np.float32))[0])
   np.testing.assert_array_equal(embeddings[0], embeddings[1])
@@ -109,10 +131,19 @@ def test_command_line_exports(tmp_path):
   checkpoint, _ = write_pretrain_checkpoint(tmp_path)
   output = tmp_path / 'encoder.npz'
   result = subprocess.run(
-      [sys.executable, '-m', 'byol.export_encoder', f'--checkpoint={checkpoint}',
-       f'--output={output}'], capture_output=True, text=True,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    [
+      sys.executable,
+      '-m',
+      'byol.export_encoder',
+      f'--checkpoint={checkpoint}',
+      f'--output={output}',
+    ],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert result.returncode == 0, result.stderr
   assert 'Wrote tiny_res_net width 1 to' in result.stdout
   assert checkpointing.describe_networks(export_encoder.load_encoder(str(output))[0]) == (
-      'tiny_res_net width 1')
+    'tiny_res_net width 1'
+  )

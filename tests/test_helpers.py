@@ -9,8 +9,8 @@ from byol.utils import helpers
 
 
 def test_l2_normalize_gives_unit_norm_and_keeps_zero_vectors():
-  x = np.array([[3., 4.], [0., 0.]], np.float32)
-  np.testing.assert_allclose(helpers.l2_normalize(x, axis=-1), [[0.6, 0.8], [0., 0.]], atol=1e-7)
+  x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
+  np.testing.assert_allclose(helpers.l2_normalize(x, axis=-1), [[0.6, 0.8], [0.0, 0.0]], atol=1e-7)
 
 
 def test_regression_loss_matches_numpy():
@@ -31,30 +31,35 @@ def test_softmax_cross_entropy_matches_numpy():
   labels = np.eye(5, dtype=np.float32)[[0, 3, 4, 1]]
   log_probs = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
   np.testing.assert_allclose(
-      helpers.softmax_cross_entropy(logits, labels), -np.sum(labels * log_probs, -1), rtol=1e-5)
+    helpers.softmax_cross_entropy(logits, labels), -np.sum(labels * log_probs, -1), rtol=1e-5
+  )
 
 
 def test_topk_accuracy_counts_true_class_among_largest():
   logits = np.array([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5]], np.float32)
   labels = np.array([1, 2, 0])
-  np.testing.assert_array_equal(helpers.topk_accuracy(logits, labels, topk=1), [1., 0., 0.])
-  np.testing.assert_array_equal(helpers.topk_accuracy(logits, labels, topk=2), [1., 1., 0.])
-  np.testing.assert_array_equal(helpers.topk_accuracy(logits, labels, topk=3), [1., 1., 1.])
+  np.testing.assert_array_equal(helpers.topk_accuracy(logits, labels, topk=1), [1.0, 0.0, 0.0])
+  np.testing.assert_array_equal(helpers.topk_accuracy(logits, labels, topk=2), [1.0, 1.0, 0.0])
+  np.testing.assert_array_equal(helpers.topk_accuracy(logits, labels, topk=3), [1.0, 1.0, 1.0])
 
 
 def test_topk_accuracy_counts_ties_and_nans_against_the_true_class():
   dead = np.zeros((3, 10), np.float32)  # A dead output: every logit equal.
   labels = np.array([0, 4, 9])
   for topk in (1, 5):
-    np.testing.assert_array_equal(helpers.topk_accuracy(dead, labels, topk=topk), [0., 0., 0.])
-  tied = np.array([[0., 2., 2., 1.], [0., 2., 2., 1.], [0., 2., 2., 1.]], np.float32)
+    np.testing.assert_array_equal(helpers.topk_accuracy(dead, labels, topk=topk), [0.0, 0.0, 0.0])
+  tied = np.array([[0.0, 2.0, 2.0, 1.0], [0.0, 2.0, 2.0, 1.0], [0.0, 2.0, 2.0, 1.0]], np.float32)
   # Class 1 ties with class 2: among the top 2, not the top 1; class 3 is third.
-  np.testing.assert_array_equal(helpers.topk_accuracy(tied, np.array([1, 2, 3]), topk=1),
-                                [0., 0., 0.])
-  np.testing.assert_array_equal(helpers.topk_accuracy(tied, np.array([1, 2, 3]), topk=2),
-                                [1., 1., 0.])
-  with_nan = np.array([[np.nan, 1., 0.], [0., 1., np.nan]], np.float32)
-  np.testing.assert_array_equal(helpers.topk_accuracy(with_nan, np.array([0, 1]), topk=1), [0., 0.])
+  np.testing.assert_array_equal(
+    helpers.topk_accuracy(tied, np.array([1, 2, 3]), topk=1), [0.0, 0.0, 0.0]
+  )
+  np.testing.assert_array_equal(
+    helpers.topk_accuracy(tied, np.array([1, 2, 3]), topk=2), [1.0, 1.0, 0.0]
+  )
+  with_nan = np.array([[np.nan, 1.0, 0.0], [0.0, 1.0, np.nan]], np.float32)
+  np.testing.assert_array_equal(
+    helpers.topk_accuracy(with_nan, np.array([0, 1]), topk=1), [0.0, 0.0]
+  )
   # The same verdicts as numpy's definition: fewer than k other logits at least as large.
   rng = np.random.default_rng(0)
   logits = rng.integers(0, 3, size=(64, 6)).astype(np.float32)  # Many ties.

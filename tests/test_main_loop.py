@@ -18,8 +18,14 @@ from byol.utils import checkpointing
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOCK_NUM_EXAMPLES = 24  # Examples per split of the mock imagenet2012.
-TINY_RUN = ['--encoder=TinyResNet', '--image_size=32', '--batch_size=8', '--eval_batch_size=10',
-            '--log_tensors_interval=0', '--eval_poll_interval=0.2']
+TINY_RUN = [
+  '--encoder=TinyResNet',
+  '--image_size=32',
+  '--batch_size=8',
+  '--eval_batch_size=10',
+  '--log_tensors_interval=0',
+  '--eval_poll_interval=0.2',
+]
 
 
 def byol_command(*flags, mock=True):
@@ -28,16 +34,26 @@ def byol_command(*flags, mock=True):
 
 
 def environment(**extra):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', BYOL_MOCK_NUM_EXAMPLES=str(MOCK_NUM_EXAMPLES),
-             PYTHONPATH=str(ROOT))
+  env = dict(
+    os.environ,
+    TF_CPP_MIN_LOG_LEVEL='3',
+    BYOL_MOCK_NUM_EXAMPLES=str(MOCK_NUM_EXAMPLES),
+    PYTHONPATH=str(ROOT),
+  )
   env.pop('XLA_FLAGS', None)
   env.update(extra)
   return env
 
 
 def start(*flags, mock=True, **env):
-  return subprocess.Popen(byol_command(*flags, mock=mock), cwd=ROOT, env=environment(**env),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    byol_command(*flags, mock=mock),
+    cwd=ROOT,
+    env=environment(**env),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def finish(process, timeout=300):
@@ -69,13 +85,20 @@ def test_train_worker_checkpoints_and_eval_worker_evaluates_final_step(tmp_path)
   assert 'No checkpoint to resume from' in train_output
   train_log = [json.loads(line) for line in open(tmp_path / 'pretrain_train.jsonl')]
   assert [entry['step'] for entry in train_log] == [1, 2, 3]
-  assert {'loss', 'repr_loss', 'classif_loss', 'top1_accuracy', 'top5_accuracy',
-          'learning_rate', 'tau'} <= set(train_log[-1])
+  assert {
+    'loss',
+    'repr_loss',
+    'classif_loss',
+    'top1_accuracy',
+    'top5_accuracy',
+    'learning_rate',
+    'tau',
+  } <= set(train_log[-1])
   eval_log = [json.loads(line) for line in open(tmp_path / 'pretrain_eval.jsonl')]
   # The final step is evaluated exactly once, over every test example (24 with batches of 10).
   assert [entry['step'] for entry in eval_log].count(3) == 1
   assert eval_log[-1]['num_examples'] == MOCK_NUM_EXAMPLES
-  assert 0. <= eval_log[-1]['top1_accuracy'] <= eval_log[-1]['top5_accuracy'] <= 1.
+  assert 0.0 <= eval_log[-1]['top1_accuracy'] <= eval_log[-1]['top5_accuracy'] <= 1.0
   assert 'Evaluated the final step 3' in eval_output
 
 
@@ -116,23 +139,33 @@ def test_missing_imagenet_is_one_clear_message(tmp_path):
 
 
 def test_batch_size_not_divisible_by_devices_is_a_clear_error(tmp_path):
-  code, output = run('--worker_mode=train', f'--checkpoint_root={tmp_path}', '--max_steps=1',
-                     *TINY_RUN, '--batch_size=3',
-                     XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  code, output = run(
+    '--worker_mode=train',
+    f'--checkpoint_root={tmp_path}',
+    '--max_steps=1',
+    *TINY_RUN,
+    '--batch_size=3',
+    XLA_FLAGS='--xla_force_host_platform_device_count=2',
+  )
   assert_one_clear_error(code, output, 'batch_size=3', 'multiple of the number of devices')
 
 
-@pytest.mark.parametrize('flags, message', [
+@pytest.mark.parametrize(
+  'flags, message',
+  [
     ('--pretrain_epochs=50', '--pretrain_epochs must be one of'),
     ('--encoder=ResNet51', 'ResNet51'),
     ('--worker_mode=serve', 'serve'),
     ('--base_learning_rates=0.1,fast', 'comma-separated list of positive numbers'),
     ('--base_learning_rates=0.1', 'use it with --experiment_mode=linear-eval --worker_mode=train'),
     ('--process_id=1', 'needs all of --coordinator_address, --num_processes and --process_id'),
-    ('--coordinator_address=127.0.0.1:1 --num_processes=2 --process_id=2',
-     '--process_id must be below --num_processes'),
+    (
+      '--coordinator_address=127.0.0.1:1 --num_processes=2 --process_id=2',
+      '--process_id must be below --num_processes',
+    ),
     ('--distributed', 'Could not join the run of several processes'),
-])
+  ],
+)
 def test_unknown_flag_values_are_clear_errors(tmp_path, flags, message):
   code, output = run(f'--checkpoint_root={tmp_path}', *flags.split(), mock=False)
   assert_one_clear_error(code, output, message)
@@ -141,9 +174,15 @@ def test_unknown_flag_values_are_clear_errors(tmp_path, flags, message):
 def test_a_non_finite_loss_stops_training_before_it_is_saved(tmp_path):
   # A learning rate this large makes the parameters overflow within a few steps. Logs are rare,
   # so the loss is checked because a checkpoint is due.
-  code, output = run('--worker_mode=train', f'--checkpoint_root={tmp_path}', '--max_steps=20',
-                     *TINY_RUN, '--log_tensors_interval=1000', '--save_checkpoint_interval=0',
-                     '--override=lr_schedule_config.base_learning_rate=1e30')
+  code, output = run(
+    '--worker_mode=train',
+    f'--checkpoint_root={tmp_path}',
+    '--max_steps=20',
+    *TINY_RUN,
+    '--log_tensors_interval=1000',
+    '--save_checkpoint_interval=0',
+    '--override=lr_schedule_config.base_learning_rate=1e30',
+  )
   assert_one_clear_error(code, output, 'The loss became', 'stopping without saving')
   step = int(re.search(r'The loss became \S+ at step (\d+)', output).group(1))
   checkpoint = checkpointing.load_checkpoint(str(tmp_path / 'pretrain.pkl'))
@@ -155,8 +194,9 @@ def test_a_non_finite_loss_stops_training_before_it_is_saved(tmp_path):
 def test_unwritable_checkpoint_root_is_a_clear_error(tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('')
-  code, output = run('--worker_mode=train', f'--checkpoint_root={blocker / "sub"}',
-                     '--max_steps=1', *TINY_RUN)
+  code, output = run(
+    '--worker_mode=train', f'--checkpoint_root={blocker / "sub"}', '--max_steps=1', *TINY_RUN
+  )
   assert_one_clear_error(code, output, 'Cannot write checkpoints', '--checkpoint_root')
 
 
@@ -177,15 +217,25 @@ def test_linear_eval_trains_from_pretrain_checkpoint_and_eval_worker_reports_acc
 
 
 def test_unknown_override_key_is_a_clear_error(tmp_path):
-  code, output = run('--worker_mode=train', f'--checkpoint_root={tmp_path}', *TINY_RUN,
-                     '--override=optimizer_config.weight_dacay=0')
+  code, output = run(
+    '--worker_mode=train',
+    f'--checkpoint_root={tmp_path}',
+    *TINY_RUN,
+    '--override=optimizer_config.weight_dacay=0',
+  )
   assert_one_clear_error(code, output, 'unknown key `weight_dacay`', 'weight_decay')
 
 
 def test_random_encoder_baseline_by_override_computed_in_bfloat16(tmp_path):
-  code, output = run('--experiment_mode=linear-eval', '--worker_mode=train',
-                     f'--checkpoint_root={tmp_path}', '--max_steps=1', *TINY_RUN,
-                     '--override=allow_train_from_scratch=true', '--compute_dtype=bfloat16')
+  code, output = run(
+    '--experiment_mode=linear-eval',
+    '--worker_mode=train',
+    f'--checkpoint_root={tmp_path}',
+    '--max_steps=1',
+    *TINY_RUN,
+    '--override=allow_train_from_scratch=true',
+    '--compute_dtype=bfloat16',
+  )
   assert code == 0, output
   assert 'RANDOM encoder' in output
   checkpoint = checkpointing.load_checkpoint(str(tmp_path / 'linear-eval.pkl'))
@@ -197,8 +247,13 @@ def test_random_encoder_baseline_by_override_computed_in_bfloat16(tmp_path):
 
 
 def test_linear_eval_without_pretrain_checkpoint_is_a_clear_error(tmp_path):
-  code, output = run('--experiment_mode=linear-eval', '--worker_mode=train',
-                     f'--checkpoint_root={tmp_path}', '--max_steps=1', *TINY_RUN)
+  code, output = run(
+    '--experiment_mode=linear-eval',
+    '--worker_mode=train',
+    f'--checkpoint_root={tmp_path}',
+    '--max_steps=1',
+    *TINY_RUN,
+  )
   assert_one_clear_error(code, output, 'No pretraining checkpoint', 'Pretrain first')
   assert not (tmp_path / 'linear-eval.pkl').exists()
 
@@ -215,10 +270,16 @@ class _RunsACommand:
 
 def test_linear_eval_refuses_a_pretrain_checkpoint_that_names_code_and_writes_nothing(tmp_path):
   marker = tmp_path.parent / f'{tmp_path.name}-pwned'
-  (tmp_path / 'pretrain.pkl').write_bytes(pickle.dumps(
-      {'experiment_state': _RunsACommand(f'touch {marker}'), 'step': 0}, protocol=2))
-  code, output = run('--experiment_mode=linear-eval', '--worker_mode=train',
-                     f'--checkpoint_root={tmp_path}', '--max_steps=1', *TINY_RUN)
+  (tmp_path / 'pretrain.pkl').write_bytes(
+    pickle.dumps({'experiment_state': _RunsACommand(f'touch {marker}'), 'step': 0}, protocol=2)
+  )
+  code, output = run(
+    '--experiment_mode=linear-eval',
+    '--worker_mode=train',
+    f'--checkpoint_root={tmp_path}',
+    '--max_steps=1',
+    *TINY_RUN,
+  )
   assert_one_clear_error(code, output, 'Refusing to load', 'names `posix.system`')
   assert not marker.exists()
   assert os.listdir(tmp_path) == ['pretrain.pkl']
@@ -228,8 +289,9 @@ def test_paper_protocol_chooses_on_valid_and_reports_only_the_chosen_run_on_test
   flags = [f'--checkpoint_root={tmp_path}', '--max_steps=1', *TINY_RUN]
   code, output = run('--experiment_mode=pretrain', '--worker_mode=train', *flags)
   assert code == 0, output
-  code, output = run('--experiment_mode=linear-eval', '--worker_mode=train',
-                     '--base_learning_rates=0.4,0.1', *flags)
+  code, output = run(
+    '--experiment_mode=linear-eval', '--worker_mode=train', '--base_learning_rates=0.4,0.1', *flags
+  )
   assert code == 0, output
 
   table = json.load(open(tmp_path / 'linear-eval-sweep.json'))
@@ -247,10 +309,19 @@ def test_paper_protocol_chooses_on_valid_and_reports_only_the_chosen_run_on_test
 
 @pytest.mark.parametrize('name, num_test_examples', [('imagenette', 3925), ('cifar10', 10000)])
 def test_real_image_folder_pretrains_and_evaluates_every_test_image(
-    tmp_path, real_folders, name, num_test_examples):
-  flags = [f'--dataset={real_folders[name]}', f'--checkpoint_root={tmp_path}', '--max_steps=2',
-           '--encoder=TinyResNet', '--image_size=32', '--batch_size=16', '--eval_batch_size=500',
-           '--log_tensors_interval=0', '--eval_poll_interval=0.2']
+  tmp_path, real_folders, name, num_test_examples
+):
+  flags = [
+    f'--dataset={real_folders[name]}',
+    f'--checkpoint_root={tmp_path}',
+    '--max_steps=2',
+    '--encoder=TinyResNet',
+    '--image_size=32',
+    '--batch_size=16',
+    '--eval_batch_size=500',
+    '--log_tensors_interval=0',
+    '--eval_poll_interval=0.2',
+  ]
   code, output = run('--worker_mode=train', *flags, mock=False)
   assert code == 0, output
   state = checkpointing.load_checkpoint(str(tmp_path / 'pretrain.pkl'))['experiment_state']
@@ -264,28 +335,56 @@ def test_real_image_folder_pretrains_and_evaluates_every_test_image(
 def test_bad_datasets_are_one_clear_message(tmp_path):
   (tmp_path / 'empty' / 'train').mkdir(parents=True)
   (tmp_path / 'empty' / 'val').mkdir()
-  code, output = run('--worker_mode=train', f'--dataset=folder:{tmp_path / "empty"}',
-                     f'--checkpoint_root={tmp_path}', mock=False)
+  code, output = run(
+    '--worker_mode=train',
+    f'--dataset=folder:{tmp_path / "empty"}',
+    f'--checkpoint_root={tmp_path}',
+    mock=False,
+  )
   assert_one_clear_error(code, output, 'has no class sub-folders')
-  code, output = run('--worker_mode=train', '--dataset=imagenet2013',
-                     f'--checkpoint_root={tmp_path}', mock=False)
+  code, output = run(
+    '--worker_mode=train', '--dataset=imagenet2013', f'--checkpoint_root={tmp_path}', mock=False
+  )
   assert_one_clear_error(code, output, "no dataset named 'imagenet2013'", 'folder:PATH')
-  code, output = run('--worker_mode=train', '--dataset=synthetic', '--batch_size=8192',
-                     f'--checkpoint_root={tmp_path}', '--encoder=TinyResNet', '--max_steps=1',
-                     mock=False)
+  code, output = run(
+    '--worker_mode=train',
+    '--dataset=synthetic',
+    '--batch_size=8192',
+    f'--checkpoint_root={tmp_path}',
+    '--encoder=TinyResNet',
+    '--max_steps=1',
+    mock=False,
+  )
   assert_one_clear_error(code, output, 'fewer than one batch of 8192', '--batch_size')
 
 
 def test_quick_start_reports_byol_against_a_random_encoder(tmp_path):
   process = subprocess.run(
-      [sys.executable, '-m', 'byol.quickstart', f'--checkpoint_root={tmp_path}',
-       '--pretrain_steps=2', '--linear_eval_steps=2', '--batch_size=16',
-       '--log_tensors_interval=0'],
-      cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      '-m',
+      'byol.quickstart',
+      f'--checkpoint_root={tmp_path}',
+      '--pretrain_steps=2',
+      '--linear_eval_steps=2',
+      '--batch_size=16',
+      '--log_tensors_interval=0',
+    ],
+    cwd=ROOT,
+    env=environment(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert process.returncode == 0, process.stdout + process.stderr
   last_line = process.stdout.strip().splitlines()[-1]
-  assert re.fullmatch(r'Linear top-1 on the synthetic test split: BYOL \d+\.\d% vs random '
-                      r'encoder \d+\.\d% \(\d+\.\d min\)\.', last_line), last_line
+  assert re.fullmatch(
+    r'Linear top-1 on the synthetic test split: BYOL \d+\.\d% vs random '
+    r'encoder \d+\.\d% \(\d+\.\d min\)\.',
+    last_line,
+  ), last_line
   for folder in ('byol', 'random'):
-    assert json.loads(open(tmp_path / folder / 'linear-eval_eval.jsonl').readlines()[-1])[
-        'num_examples'] == 1000
+    assert (
+      json.loads(open(tmp_path / folder / 'linear-eval_eval.jsonl').readlines()[-1])['num_examples']
+      == 1000
+    )

@@ -10,13 +10,17 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def run_side_by_side(script: str, device_counts: tuple[int, ...], folder: pathlib.Path,
-                     suffix: str) -> list[pathlib.Path]:
+def run_side_by_side(
+  script: str, device_counts: tuple[int, ...], folder: pathlib.Path, suffix: str
+) -> list[pathlib.Path]:
   """Runs `tests/<script> COUNT OUTPUT` for each device count at once; returns the outputs."""
   outputs = [folder / f'{pathlib.Path(script).stem}_{count}{suffix}' for count in device_counts]
-  processes = [subprocess.Popen([sys.executable, str(ROOT / 'tests' / script), str(count),
-                                 str(output)], cwd=ROOT)
-               for count, output in zip(device_counts, outputs)]
+  processes = [
+    subprocess.Popen(
+      [sys.executable, str(ROOT / 'tests' / script), str(count), str(output)], cwd=ROOT
+    )
+    for count, output in zip(device_counts, outputs)
+  ]
   try:
     assert [process.wait(timeout=300) for process in processes] == [0] * len(processes)
   finally:
@@ -46,11 +50,13 @@ def test_update_on_four_devices_equals_the_update_on_one(tmp_path):
 
 
 def test_every_presets_evaluation_batch_is_rounded_up_to_the_devices_and_counts_each_example(
-    tmp_path):
+  tmp_path,
+):
   # Imagenette's evaluation batch (25) divides neither 2 nor 4 devices: it is rounded up to 26 and
   # 28, and the padding is masked out, so the 1000 synthetic test images are each counted once.
-  for count, output in zip((2, 4), run_side_by_side(
-      'evaluate_on_devices.py', (2, 4), tmp_path, '.json')):
+  for count, output in zip(
+    (2, 4), run_side_by_side('evaluate_on_devices.py', (2, 4), tmp_path, '.json')
+  ):
     results = json.loads(output.read_text())
     assert '25' in results
     for preset_batch_size, result in results.items():

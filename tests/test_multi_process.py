@@ -17,8 +17,15 @@ import test_main_loop  # This folder is on the path.
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SYNTHETIC_TEST_SIZE = 1000
-RUN = ['--dataset=synthetic', '--encoder=TinyResNet', '--batch_size=16', '--eval_batch_size=200',
-       '--max_steps=3', '--log_tensors_interval=0', '--eval_poll_interval=0.2']
+RUN = [
+  '--dataset=synthetic',
+  '--encoder=TinyResNet',
+  '--batch_size=16',
+  '--eval_batch_size=200',
+  '--max_steps=3',
+  '--log_tensors_interval=0',
+  '--eval_poll_interval=0.2',
+]
 
 
 def free_port() -> int:
@@ -32,14 +39,28 @@ def start_run(num_processes, devices_per_process, *flags, state_folder=None):
   port = free_port()
   processes = []
   for process_id in range(num_processes):
-    distributed = [f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={num_processes}',
-                   f'--process_id={process_id}'] if num_processes > 1 else []
-    processes.append(subprocess.Popen(
+    distributed = (
+      [
+        f'--coordinator_address=127.0.0.1:{port}',
+        f'--num_processes={num_processes}',
+        f'--process_id={process_id}',
+      ]
+      if num_processes > 1
+      else []
+    )
+    processes.append(
+      subprocess.Popen(
         [sys.executable, str(ROOT / 'tests' / 'main_loop_keeping_state.py'), *flags, *distributed],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env=test_main_loop.environment(
-            XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
-            BYOL_STATE_FOLDER=str(state_folder or ROOT))))
+          XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
+          BYOL_STATE_FOLDER=str(state_folder or ROOT),
+        ),
+      )
+    )
   return processes
 
 
@@ -68,9 +89,10 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
   flags = {layout: [f'--checkpoint_root={root}', *RUN] for layout, root in roots.items()}
   # The eval workers wait for the train workers' final checkpoint (the only one they write).
   evaluation, training, single = finish_runs(
-      start_run(2, 2, '--worker_mode=eval', *flags['2x2']),
-      start_run(2, 2, '--worker_mode=train', *flags['2x2'], state_folder=roots['2x2']),
-      start_run(1, 4, '--worker_mode=train', *flags['1x4'], state_folder=roots['1x4']))
+    start_run(2, 2, '--worker_mode=eval', *flags['2x2']),
+    start_run(2, 2, '--worker_mode=train', *flags['2x2'], state_folder=roots['2x2']),
+    start_run(1, 4, '--worker_mode=train', *flags['1x4'], state_folder=roots['1x4']),
+  )
   for code, output in training + single + evaluation:
     assert code == 0, output
 
@@ -79,7 +101,7 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
   single = load_copies(roots['1x4'] / 'state_0.npz')
   assert states[0].keys() == states[1].keys() == single.keys()
   assert any('var_ema' in key for key in single)
-  largest = 0.
+  largest = 0.0
   for key, copies in single.items():
     two_process_copies = states[0][key] + states[1][key]
     assert len(two_process_copies) == len(copies) == 4, key
@@ -98,8 +120,10 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
       largest = max(largest, difference / size)
   print(f'largest relative difference between 2 processes x 2 devices and 1 x 4: {largest:.3g}')
   # Every step trained on the same batches: the logged scalars agree closely.
-  logs = {layout: [json.loads(line) for line in open(root / 'pretrain_train.jsonl')]
-          for layout, root in roots.items()}
+  logs = {
+    layout: [json.loads(line) for line in open(root / 'pretrain_train.jsonl')]
+    for layout, root in roots.items()
+  }
   for step_2x2, step_1x4 in zip(logs['2x2'], logs['1x4'], strict=True):
     for name in ('loss', 'repr_loss', 'classif_loss'):
       np.testing.assert_allclose(step_2x2[name], step_1x4[name], rtol=1e-4, err_msg=name)
@@ -108,10 +132,18 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
   (_, output0), (_, output1) = training
   assert 'Saved step 3' in output0 and 'Saved step' not in output1
   assert [json.loads(line)['step'] for line in open(roots['2x2'] / 'pretrain_train.jsonl')] == [
-      1, 2, 3]
+    1,
+    2,
+    3,
+  ]
   assert sorted(path.name for path in roots['2x2'].iterdir()) == [
-      'pretrain.pkl', 'pretrain_eval.jsonl', 'pretrain_train.jsonl', 'state_0.npz',
-      'state_1.npz', 'tensorboard']
+    'pretrain.pkl',
+    'pretrain_eval.jsonl',
+    'pretrain_train.jsonl',
+    'state_0.npz',
+    'state_1.npz',
+    'tensorboard',
+  ]
   # The two eval processes evaluated the final step once, over every test example once.
   eval_log = [json.loads(line) for line in open(roots['2x2'] / 'pretrain_eval.jsonl')]
   assert [entry['step'] for entry in eval_log] == [3]
@@ -119,8 +151,10 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
 
 
 def test_a_batch_that_does_not_split_over_the_devices_of_all_processes_is_a_clear_error(tmp_path):
-  (two,) = finish_runs(start_run(2, 2, '--worker_mode=train', f'--checkpoint_root={tmp_path}',
-                                 *RUN, '--batch_size=6'))
+  (two,) = finish_runs(
+    start_run(2, 2, '--worker_mode=train', f'--checkpoint_root={tmp_path}', *RUN, '--batch_size=6')
+  )
   for code, output in two:
     test_main_loop.assert_one_clear_error(
-        code, output, 'batch_size=6', 'multiple of the number of devices (4 over 2 process(es))')
+      code, output, 'batch_size=6', 'multiple of the number of devices (4 over 2 process(es))'
+    )

@@ -9,17 +9,25 @@ import pytest
 from byol.utils import cpu_kernels
 from byol.utils import networks
 
-BN_CONFIG = {'decay_rate': 0.9, 'eps': 1e-5, 'create_scale': True,
-             'create_offset': True}
+BN_CONFIG = {'decay_rate': 0.9, 'eps': 1e-5, 'create_scale': True, 'create_offset': True}
 NUM_CLASSES = 1000
-ENCODER_NAMES = ('TinyResNet', 'ResNet18', 'ResNet34', 'ResNet50', 'ResNet101',
-                 'ResNet152', 'ResNet200')
+ENCODER_NAMES = (
+  'TinyResNet',
+  'ResNet18',
+  'ResNet34',
+  'ResNet50',
+  'ResNet101',
+  'ResNet152',
+  'ResNet200',
+)
 
 
 def _shapes(tree):
   """{module: {name: shape}} of a Haiku params/state dict."""
-  return {module: {name: tuple(value.shape) for name, value in leaves.items()}
-      for module, leaves in tree.items()}
+  return {
+    module: {name: tuple(value.shape) for name, value in leaves.items()}
+    for module, leaves in tree.items()
+  }
 
 
 def _byol_init_shapes(encoder_class):
@@ -51,24 +59,20 @@ def resnet18_byol():
   return _byol_init_shapes(networks.ResNet18)
 
 
-def _expected_byol_shapes(prefix, blocks_per_group, channels_per_group,
-                          bottleneck):
+def _expected_byol_shapes(prefix, blocks_per_group, channels_per_group, bottleneck):
   """Name -> shapes of the BYOL forward, written from the rules of SPEC 3."""
   expected = {}
 
   def conv(name, kernel, in_channels, out_channels):
-    expected[f'{prefix}/~/{name}'] = {
-      'w': (kernel, kernel, in_channels, out_channels)}
+    expected[f'{prefix}/~/{name}'] = {'w': (kernel, kernel, in_channels, out_channels)}
 
   def batchnorm(name, channels):
-    expected[f'{prefix}/~/{name}'] = {
-      'scale': (1, 1, 1, channels), 'offset': (1, 1, 1, channels)}
+    expected[f'{prefix}/~/{name}'] = {'scale': (1, 1, 1, channels), 'offset': (1, 1, 1, channels)}
 
   conv('initial_conv', 7, 3, 64)
   batchnorm('initial_batchnorm', 64)
   in_channels = 64
-  for group, (num_blocks, channels) in enumerate(
-      zip(blocks_per_group, channels_per_group)):
+  for group, (num_blocks, channels) in enumerate(zip(blocks_per_group, channels_per_group)):
     if bottleneck:
       layers = [(1, channels // 4), (3, channels // 4), (1, channels)]
     else:
@@ -87,23 +91,22 @@ def _expected_byol_shapes(prefix, blocks_per_group, channels_per_group,
     expected[f'{head}/linear'] = {'w': (head_inputs, 4096), 'b': (4096,)}
     expected[f'{head}/batch_norm'] = {'scale': (1, 4096), 'offset': (1, 4096)}
     expected[f'{head}/linear_1'] = {'w': (4096, 256)}
-  expected['classifier'] = {'w': (embedding_size, NUM_CLASSES),
-                            'b': (NUM_CLASSES,)}
+  expected['classifier'] = {'w': (embedding_size, NUM_CLASSES), 'b': (NUM_CLASSES,)}
   return expected
 
 
 def test_resnet18_byol_parameters_match_spec_rules_exactly(resnet18_byol):
   params, _ = resnet18_byol
-  expected = _expected_byol_shapes('res_net18', (2, 2, 2, 2),
-                                   (64, 128, 256, 512), bottleneck=False)
+  expected = _expected_byol_shapes('res_net18', (2, 2, 2, 2), (64, 128, 256, 512), bottleneck=False)
   assert _shapes(params) == expected
   assert len(params) == 49
 
 
 def test_resnet50_byol_parameters_match_spec_rules_exactly(resnet50_byol):
   params, _ = resnet50_byol
-  expected = _expected_byol_shapes('res_net50', (3, 4, 6, 3),
-                                   (256, 512, 1024, 2048), bottleneck=True)
+  expected = _expected_byol_shapes(
+    'res_net50', (3, 4, 6, 3), (256, 512, 1024, 2048), bottleneck=True
+  )
   assert _shapes(params) == expected
   assert len(params) == 113
 
@@ -113,15 +116,15 @@ def test_resnet50_byol_parameters_include_spec_examples(resnet50_byol):
   block = 'res_net50/~/block_group_0/~/block_0/~/'
   assert shapes['res_net50/~/initial_conv'] == {'w': (7, 7, 3, 64)}
   assert shapes['res_net50/~/initial_batchnorm'] == {
-    'scale': (1, 1, 1, 64), 'offset': (1, 1, 1, 64)}
+    'scale': (1, 1, 1, 64),
+    'offset': (1, 1, 1, 64),
+  }
   assert shapes[block + 'conv_0'] == {'w': (1, 1, 64, 64)}
   assert shapes[block + 'conv_2'] == {'w': (1, 1, 64, 256)}
   assert shapes[block + 'shortcut_conv'] == {'w': (1, 1, 64, 256)}
-  assert shapes[block + 'shortcut_batchnorm'] == {
-    'scale': (1, 1, 1, 256), 'offset': (1, 1, 1, 256)}
+  assert shapes[block + 'shortcut_batchnorm'] == {'scale': (1, 1, 1, 256), 'offset': (1, 1, 1, 256)}
   assert shapes['projector/linear'] == {'w': (2048, 4096), 'b': (4096,)}
-  assert shapes['projector/batch_norm'] == {'scale': (1, 4096),
-                                            'offset': (1, 4096)}
+  assert shapes['projector/batch_norm'] == {'scale': (1, 4096), 'offset': (1, 4096)}
   assert shapes['projector/linear_1'] == {'w': (4096, 256)}
   assert shapes['predictor/linear'] == {'w': (256, 4096), 'b': (4096,)}
   assert shapes['classifier'] == {'w': (2048, 1000), 'b': (1000,)}
@@ -135,13 +138,11 @@ def test_every_batchnorm_has_mean_and_var_ema_state(resnet50_byol):
   for module in batchnorms:
     channels = params[module]['scale'].shape
     for ema in ('mean_ema', 'var_ema'):
-      expected[f'{module}/~/{ema}'] = {
-        'average': channels, 'hidden': channels, 'counter': ()}
+      expected[f'{module}/~/{ema}'] = {'average': channels, 'hidden': channels, 'counter': ()}
   assert _shapes(state) == expected
 
 
-def _torso_parameter_count(blocks_per_group, channels_per_group, bottleneck,
-                           width_multiplier=1):
+def _torso_parameter_count(blocks_per_group, channels_per_group, bottleneck, width_multiplier=1):
   """Closed-form parameter count of a v1 torso (projection in every group)."""
   stem_channels = 64 * width_multiplier
   count = 7 * 7 * 3 * stem_channels + 2 * stem_channels
@@ -152,11 +153,14 @@ def _torso_parameter_count(blocks_per_group, channels_per_group, bottleneck,
       block_inputs = in_channels if block == 0 else channels
       if bottleneck:
         inner = channels // 4
-        count += (block_inputs * inner + 9 * inner * inner
-                  + inner * channels + 2 * (inner + inner + channels))
+        count += (
+          block_inputs * inner
+          + 9 * inner * inner
+          + inner * channels
+          + 2 * (inner + inner + channels)
+        )
       else:
-        count += (9 * block_inputs * channels + 9 * channels * channels
-                  + 2 * (channels + channels))
+        count += 9 * block_inputs * channels + 9 * channels * channels + 2 * (channels + channels)
       if block == 0:
         count += block_inputs * channels + 2 * channels
     in_channels = channels
@@ -165,9 +169,9 @@ def _torso_parameter_count(blocks_per_group, channels_per_group, bottleneck,
 
 def _parameter_count(encoder_class, width_multiplier=1):
   model = hk.transform_with_state(
-    lambda x: encoder_class(width_multiplier=width_multiplier)(x, True))
-  params, _ = jax.eval_shape(model.init, jax.random.key(0),
-                             jnp.zeros((1, 32, 32, 3)))
+    lambda x: encoder_class(width_multiplier=width_multiplier)(x, True)
+  )
+  params, _ = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
 
 
@@ -189,14 +193,14 @@ def test_resnet18_torso_parameter_count_matches_published_figure():
 
 
 def test_resnet50x2_parameter_count_matches_formula():
-  formula = _torso_parameter_count((3, 4, 6, 3), (256, 512, 1024, 2048), True,
-                                   width_multiplier=2)
+  formula = _torso_parameter_count((3, 4, 6, 3), (256, 512, 1024, 2048), True, width_multiplier=2)
   assert _parameter_count(networks.ResNet50, width_multiplier=2) == formula
 
 
 def test_width_multiplier_2_doubles_channels():
   model = hk.transform_with_state(
-    lambda x: networks.ResNet50(width_multiplier=2)(x, is_training=True))
+    lambda x: networks.ResNet50(width_multiplier=2)(x, is_training=True)
+  )
   images = jnp.zeros((2, 32, 32, 3))
   params, state = jax.eval_shape(model.init, jax.random.key(0), images)
   embedding, _ = jax.eval_shape(model.apply, params, state, None, images)
@@ -212,14 +216,18 @@ def _tiny_torso(bottleneck, resnet_v2):
   return hk.transform_with_state(
     lambda x: networks.ResNetTorso(
       blocks_per_group=(2, 1, 1, 1),
-      bn_config=BN_CONFIG, resnet_v2=resnet_v2, bottleneck=bottleneck,
-      channels_per_group=(8, 8, 12, 16))(x, is_training=True))
+      bn_config=BN_CONFIG,
+      resnet_v2=resnet_v2,
+      bottleneck=bottleneck,
+      channels_per_group=(8, 8, 12, 16),
+    )(x, is_training=True)
+  )
 
 
 def test_v2_torso_has_final_batchnorm_and_no_v1_batchnorms():
   params, _ = jax.eval_shape(
-    _tiny_torso(bottleneck=True, resnet_v2=True).init, jax.random.key(0),
-    jnp.zeros((2, 16, 16, 3)))
+    _tiny_torso(bottleneck=True, resnet_v2=True).init, jax.random.key(0), jnp.zeros((2, 16, 16, 3))
+  )
   assert 'res_net_torso/~/final_batchnorm' in params
   assert 'res_net_torso/~/initial_batchnorm' not in params
   assert not [m for m in params if 'shortcut_batchnorm' in m]
@@ -237,8 +245,7 @@ def test_torso_outputs_embedding_of_last_group_channels(bottleneck, resnet_v2):
 
 
 def test_torso_with_num_classes_has_zero_initialised_logits():
-  model = hk.transform_with_state(
-    lambda x: networks.TinyResNet(num_classes=5)(x, is_training=True))
+  model = hk.transform_with_state(lambda x: networks.TinyResNet(num_classes=5)(x, is_training=True))
   images = jax.random.normal(jax.random.key(1), (3, 8, 8, 3))
   params, state = model.init(jax.random.key(0), images)
   logits, _ = model.apply(params, state, None, images)
@@ -249,12 +256,11 @@ def test_torso_with_num_classes_has_zero_initialised_logits():
 def test_all_batchnorm_scales_initialise_to_one():
   def forward(images):
     embedding = networks.ResNetTorso(
-      (1, 1, 1, 1), channels_per_group=(8, 8, 8, 8),
-      bottleneck=True)(images, is_training=True)
+      (1, 1, 1, 1), channels_per_group=(8, 8, 8, 8), bottleneck=True
+    )(images, is_training=True)
     return networks.MLP('projector', 8, 4, BN_CONFIG)(embedding, True)
 
-  params, _ = hk.transform_with_state(forward).init(
-    jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
+  params, _ = hk.transform_with_state(forward).init(jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
   batchnorms = {m: p for m, p in params.items() if 'scale' in p}
   # Includes batchnorm_2, which Haiku's own bottleneck block zero-initialises.
   assert len(batchnorms) == 18  # 17 in the torso, 1 in the MLP.
@@ -265,19 +271,25 @@ def test_all_batchnorm_scales_initialise_to_one():
 
 @pytest.mark.parametrize('bottleneck, last', [(True, 'batchnorm_2'), (False, 'batchnorm_1')])
 def test_zero_init_residual_starts_each_blocks_last_batchnorm_at_zero_so_blocks_are_identities(
-    bottleneck, last):
+  bottleneck, last
+):
   def block_groups(images, zero_init_residual):
     torso = networks.ResNetTorso(
-      (2, 1, 1, 1), channels_per_group=(8, 8, 8, 8), bottleneck=bottleneck,
-      zero_init_residual=zero_init_residual)
+      (2, 1, 1, 1),
+      channels_per_group=(8, 8, 8, 8),
+      bottleneck=bottleneck,
+      zero_init_residual=zero_init_residual,
+    )
     torso(images, is_training=True)
     return torso
 
   images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), jnp.float32)
-  params, _ = hk.transform_with_state(
-    lambda x: block_groups(x, zero_init_residual=True)).init(jax.random.key(0), images)
-  default, _ = hk.transform_with_state(
-    lambda x: block_groups(x, zero_init_residual=False)).init(jax.random.key(0), images)
+  params, _ = hk.transform_with_state(lambda x: block_groups(x, zero_init_residual=True)).init(
+    jax.random.key(0), images
+  )
+  default, _ = hk.transform_with_state(lambda x: block_groups(x, zero_init_residual=False)).init(
+    jax.random.key(0), images
+  )
   assert params.keys() == default.keys()
   scales = {module: leaves['scale'] for module, leaves in params.items() if 'scale' in leaves}
   zero = {module for module, scale in scales.items() if not np.any(scale)}
@@ -300,12 +312,18 @@ def test_zero_init_residual_starts_each_blocks_last_batchnorm_at_zero_so_blocks_
 
 def test_preset_default_names_are_snake_cased_class_names():
   def construct():
-    return [networks.get_encoder(name)().module_name
-        for name in ENCODER_NAMES]
+    return [networks.get_encoder(name)().module_name for name in ENCODER_NAMES]
 
   names = hk.transform(construct).apply({}, None)
-  assert names == ['tiny_res_net', 'res_net18', 'res_net34', 'res_net50',
-                   'res_net101', 'res_net152', 'res_net200']
+  assert names == [
+    'tiny_res_net',
+    'res_net18',
+    'res_net34',
+    'res_net50',
+    'res_net101',
+    'res_net152',
+    'res_net200',
+  ]
 
 
 def test_get_encoder_returns_the_named_class():
@@ -320,22 +338,23 @@ def test_get_encoder_lists_valid_names_for_unknown_name():
     assert name in str(error.value)
 
 
-@pytest.mark.parametrize('kwargs, message', [
-  ({'blocks_per_group': (1, 1, 1)}, 'blocks_per_group.*4 entries'),
-  ({'channels_per_group': (8,) * 5}, 'channels_per_group.*4 entries'),
-  ({'use_projection': (True,) * 3}, 'use_projection.*4 entries'),
-  ({'blocks_per_group': (1, 0, 1, 1)}, 'blocks_per_group.*positive'),
-  ({'channels_per_group': (8, 8, 8, 10)}, 'multiples of 4'),
-  ({'width_multiplier': 0}, 'width_multiplier.*positive int'),
-  ({'width_multiplier': 1.5}, 'width_multiplier.*positive int'),
-  ({'num_classes': 0}, 'num_classes'),
-  ({'zero_init_residual': True, 'resnet_v2': True}, 'zero_init_residual.*v1 blocks'),
-])
+@pytest.mark.parametrize(
+  'kwargs, message',
+  [
+    ({'blocks_per_group': (1, 1, 1)}, 'blocks_per_group.*4 entries'),
+    ({'channels_per_group': (8,) * 5}, 'channels_per_group.*4 entries'),
+    ({'use_projection': (True,) * 3}, 'use_projection.*4 entries'),
+    ({'blocks_per_group': (1, 0, 1, 1)}, 'blocks_per_group.*positive'),
+    ({'channels_per_group': (8, 8, 8, 10)}, 'multiples of 4'),
+    ({'width_multiplier': 0}, 'width_multiplier.*positive int'),
+    ({'width_multiplier': 1.5}, 'width_multiplier.*positive int'),
+    ({'num_classes': 0}, 'num_classes'),
+    ({'zero_init_residual': True, 'resnet_v2': True}, 'zero_init_residual.*v1 blocks'),
+  ],
+)
 def test_bad_torso_arguments_raise_value_error(kwargs, message):
-  config = {'blocks_per_group': (1, 1, 1, 1), 'channels_per_group': (8,) * 4,
-            **kwargs}
-  model = hk.transform_with_state(
-    lambda x: networks.ResNetTorso(**config)(x, is_training=True))
+  config = {'blocks_per_group': (1, 1, 1, 1), 'channels_per_group': (8,) * 4, **kwargs}
+  model = hk.transform_with_state(lambda x: networks.ResNetTorso(**config)(x, is_training=True))
   with pytest.raises(ValueError, match=message):
     model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
 
@@ -353,9 +372,10 @@ def test_every_convolution_is_built_by_conv(monkeypatch):
   for resnet_v2 in (False, True):
     params, _ = jax.eval_shape(
       _tiny_torso(bottleneck=True, resnet_v2=resnet_v2).init,
-      jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-    convs = [m for m, leaves in params.items() if 'w' in leaves
-             and leaves['w'].ndim == 4]
+      jax.random.key(0),
+      jnp.zeros((1, 16, 16, 3)),
+    )
+    convs = [m for m, leaves in params.items() if 'w' in leaves and leaves['w'].ndim == 4]
     assert sorted(built) == sorted(convs)
     built.clear()
 
@@ -368,12 +388,13 @@ def _numpy_conv_same(x, w, stride):
   pad_h = max((out_h - 1) * stride + kernel - height, 0)
   pad_w = max((out_w - 1) * stride + kernel - width, 0)
   # TensorFlow/XLA SAME puts the odd padding pixel at the end.
-  x = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
-                 (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+  x = np.pad(
+    x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
+  )
   out = np.zeros(x.shape[:1] + (out_h, out_w, w.shape[-1]))
   for i in range(kernel):
     for j in range(kernel):
-      window = x[:, i:i + stride * out_h:stride, j:j + stride * out_w:stride]
+      window = x[:, i : i + stride * out_h : stride, j : j + stride * out_w : stride]
       out += window @ w[i, j]
   return out
 
@@ -382,8 +403,7 @@ def _numpy_batchnorm(x, params):
   """Training-mode BatchNorm: statistics over batch and space."""
   mean = x.mean(axis=(0, 1, 2))
   variance = x.var(axis=(0, 1, 2))
-  return ((x - mean) / np.sqrt(variance + BN_CONFIG['eps'])
-      * params['scale'] + params['offset'])
+  return (x - mean) / np.sqrt(variance + BN_CONFIG['eps']) * params['scale'] + params['offset']
 
 
 def _random_block_run(block_class):
@@ -392,32 +412,36 @@ def _random_block_run(block_class):
   Returns (numpy params by local module name, input, output), all float64.
   """
   model = hk.transform_with_state(
-    lambda x: block_class(channels=4, stride=2, use_projection=True,
-                          bn_config=BN_CONFIG, bottleneck=False,
-                          name='block')(x, is_training=True))
+    lambda x: block_class(
+      channels=4, stride=2, use_projection=True, bn_config=BN_CONFIG, bottleneck=False, name='block'
+    )(x, is_training=True)
+  )
   images = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
   params, state = model.init(jax.random.key(1), images)
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(2), len(leaves))
   # Random scales around 1 and random offsets/weights exercise every term.
-  leaves = [leaf + 0.5 * jax.random.normal(k, leaf.shape)
-            for leaf, k in zip(leaves, keys)]
+  leaves = [leaf + 0.5 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
   params = jax.tree.unflatten(treedef, leaves)
   out, _ = model.apply(params, state, None, images)
-  local = {m.removeprefix('block/~/'): jax.tree.map(
-    lambda a: np.asarray(a, np.float64), p) for m, p in params.items()}
+  local = {
+    m.removeprefix('block/~/'): jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+    for m, p in params.items()
+  }
   return local, np.asarray(images, np.float64), np.asarray(out)
 
 
 def test_block_v1_matches_numpy_in_training_mode():
   p, x, out = _random_block_run(networks.BlockV1)
-  relu = lambda v: np.maximum(v, 0.0)
+
+  def relu(v):
+    return np.maximum(v, 0.0)
+
   shortcut = _numpy_batchnorm(
-    _numpy_conv_same(x, p['shortcut_conv']['w'], 2), p['shortcut_batchnorm'])
-  h = relu(_numpy_batchnorm(_numpy_conv_same(x, p['conv_0']['w'], 2),
-                            p['batchnorm_0']))
-  h = _numpy_batchnorm(_numpy_conv_same(h, p['conv_1']['w'], 1),
-                       p['batchnorm_1'])
+    _numpy_conv_same(x, p['shortcut_conv']['w'], 2), p['shortcut_batchnorm']
+  )
+  h = relu(_numpy_batchnorm(_numpy_conv_same(x, p['conv_0']['w'], 2), p['batchnorm_0']))
+  h = _numpy_batchnorm(_numpy_conv_same(h, p['conv_1']['w'], 1), p['batchnorm_1'])
   expected = relu(h + shortcut)
   assert out.shape == (2, 3, 3, 4)
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
@@ -425,7 +449,10 @@ def test_block_v1_matches_numpy_in_training_mode():
 
 def test_block_v2_matches_numpy_in_training_mode():
   p, x, out = _random_block_run(networks.BlockV2)
-  relu = lambda v: np.maximum(v, 0.0)
+
+  def relu(v):
+    return np.maximum(v, 0.0)
+
   h = relu(_numpy_batchnorm(x, p['batchnorm_0']))
   shortcut = _numpy_conv_same(h, p['shortcut_conv']['w'], 2)
   h = _numpy_conv_same(h, p['conv_0']['w'], 2)
@@ -437,16 +464,19 @@ def test_block_v2_matches_numpy_in_training_mode():
 
 # ------------------------------------------------------------- CPU-only routes (cpu_kernels)
 
-@pytest.mark.parametrize('input_size, kernel, stride', [
-    (2, 3, 1), (2, 3, 2), (2, 7, 2), (4, 3, 2), (5, 3, 1), (3, 1, 1)])
+
+@pytest.mark.parametrize(
+  'input_size, kernel, stride', [(2, 3, 1), (2, 3, 2), (2, 7, 2), (4, 3, 2), (5, 3, 1), (3, 1, 1)]
+)
 def test_patch_product_equals_the_convolution_in_values_and_gradients(input_size, kernel, stride):
   rng = np.random.default_rng(input_size * 100 + kernel * 10 + stride)
   inputs = jnp.asarray(rng.normal(size=(3, input_size, input_size, 8)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel, 8, 5)), jnp.float32)
 
   def plain(inputs, w):
-    return jax.lax.conv_general_dilated(inputs, w, (stride, stride), 'SAME',
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jax.lax.conv_general_dilated(
+      inputs, w, (stride, stride), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
 
   def routed(inputs, w):
     return cpu_kernels.conv_as_patch_product(inputs, w, (stride, stride), 'SAME')
@@ -462,13 +492,17 @@ def test_patch_product_equals_the_convolution_in_values_and_gradients(input_size
 @pytest.mark.parametrize('input_size', [2, 4])
 def test_patch_product_conv_has_the_parameter_and_output_of_haiku_conv(input_size):
   """On 2x2 maps PatchProductConv2D takes the patch route; its parameter is hk.Conv2D's."""
+
   def apply(conv_class):
     def forward(inputs):
-      return conv_class(output_channels=16, kernel_shape=3, stride=1, with_bias=False,
-                        padding='SAME', name='conv_1')(inputs)
+      return conv_class(
+        output_channels=16, kernel_shape=3, stride=1, with_bias=False, padding='SAME', name='conv_1'
+      )(inputs)
+
     net = hk.transform(forward)
-    inputs = jnp.asarray(np.random.default_rng(0).normal(size=(2, input_size, input_size, 32)),
-                         jnp.float32)
+    inputs = jnp.asarray(
+      np.random.default_rng(0).normal(size=(2, input_size, input_size, 32)), jnp.float32
+    )
     params = net.init(jax.random.key(3), inputs)
     return params, net.apply(params, None, inputs), jax.make_jaxpr(net.apply)(params, None, inputs)
 
@@ -483,12 +517,15 @@ def test_patch_product_conv_has_the_parameter_and_output_of_haiku_conv(input_siz
 
 def _tiny_byol_forward(compute_dtype):
   """A TinyResNet and a projector under `mixed_precision`, inputs cast in, outputs cast out."""
+
   def forward(images):
     with networks.mixed_precision(compute_dtype):
       embedding = networks.TinyResNet(bn_config=BN_CONFIG)(
-          images.astype(compute_dtype), is_training=True)
+        images.astype(compute_dtype), is_training=True
+      )
       projection = networks.MLP('projector', 16, 8, BN_CONFIG)(embedding, True)
     return projection.astype(jnp.float32), embedding
+
   return hk.transform_with_state(forward)
 
 
@@ -505,20 +542,26 @@ def test_bfloat16_computes_in_bfloat16_with_the_float32_parameters_and_statistic
     equations = jax.make_jaxpr(net.apply)(params, state, None, images).jaxpr.eqns
     convolutions = [e for e in equations if e.primitive.name == 'conv_general_dilated']
     assert convolutions and all(
-        operand.aval.dtype == dtype for e in convolutions for operand in e.invars)
+      operand.aval.dtype == dtype for e in convolutions for operand in e.invars
+    )
   params, new_state, projection = results['bfloat16']
   # The same float32 parameters from the same key; BatchNorm averages in float32.
   jax.tree.map(np.testing.assert_array_equal, params, results['float32'][0])
   assert {leaf.dtype for leaf in jax.tree.leaves((params, new_state))} <= {
-      jnp.dtype('float32'), jnp.dtype('int32')}
+    jnp.dtype('float32'),
+    jnp.dtype('int32'),
+  }
+
   # bfloat16 keeps 8 bits of mantissa (~0.4% per rounding); the error grows with depth, and
   # BatchNorm over 4 examples on 1x1 maps amplifies it: measured 8% at the projection.
   def relative_error(value, reference):
     return np.linalg.norm(value - reference) / np.linalg.norm(reference)
+
   assert 0 < relative_error(projection, results['float32'][2]) < 0.15
-  errors = {module: relative_error(new_state[module]['average'],
-                                   results['float32'][1][module]['average'])
-            for module in new_state}
+  errors = {
+    module: relative_error(new_state[module]['average'], results['float32'][1][module]['average'])
+    for module in new_state
+  }
   assert errors['tiny_res_net/~/initial_batchnorm/~/var_ema'] < 0.005
   assert max(errors.values()) < 0.1
 
@@ -529,17 +572,20 @@ def test_unknown_compute_dtype_is_refused():
       pass
 
 
-@pytest.mark.parametrize('shape, levels', [
+@pytest.mark.parametrize(
+  'shape, levels',
+  [
     ((3, 9, 9, 4), None),  # Odd sides: SAME pads one after.
     ((2, 8, 10, 3), None),
     ((3, 8, 8, 4), 2),  # Values on a coarse grid: many ties inside windows.
     ((2, 7, 6, 2), 1),
-])
+  ],
+)
 def test_max_pool_equals_haiku_in_values_and_gradients(shape, levels):
   rng = np.random.default_rng(0)
   inputs = rng.normal(size=shape).astype(np.float32)
   if levels:
-    inputs = np.maximum(np.round(inputs * levels) / levels, 0.)  # ReLU-like zeros too.
+    inputs = np.maximum(np.round(inputs * levels) / levels, 0.0)  # ReLU-like zeros too.
 
   def haiku_pool(x):
     return hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
@@ -553,8 +599,9 @@ def test_max_pool_equals_haiku_in_values_and_gradients(shape, levels):
   # The gradient avoids XLA's select-and-scatter (its slow path on CPU).
   gradient = jax.make_jaxpr(jax.grad(lambda x: jnp.sum(cpu_kernels.max_pool(x, 3, 2))))(inputs)
   assert 'select_and_scatter' not in str(gradient)
-  assert 'select_and_scatter' in str(jax.make_jaxpr(jax.grad(
-      lambda x: jnp.sum(haiku_pool(x))))(inputs))
+  assert 'select_and_scatter' in str(
+    jax.make_jaxpr(jax.grad(lambda x: jnp.sum(haiku_pool(x))))(inputs)
+  )
 
 
 def _tiny_resnet_gradient(use_cpu_kernels):
@@ -562,8 +609,11 @@ def _tiny_resnet_gradient(use_cpu_kernels):
 
   At 32 px the stem leaves 8x8 maps and block groups 2 and 3 convolve 2x2 maps.
   """
-  net = hk.transform_with_state(lambda x: networks.TinyResNet(
-      bn_config=BN_CONFIG, use_cpu_kernels=use_cpu_kernels)(x, is_training=True))
+  net = hk.transform_with_state(
+    lambda x: networks.TinyResNet(bn_config=BN_CONFIG, use_cpu_kernels=use_cpu_kernels)(
+      x, is_training=True
+    )
+  )
   images = jnp.asarray(np.random.default_rng(5).normal(size=(4, 32, 32, 3)), jnp.float32)
   params, state = jax.jit(net.init)(jax.random.key(6), images)
 
@@ -600,21 +650,32 @@ _HAIKU_RESNET_STRIDES = (1, 2, 2, 2)
 
 def _first_two_groups(block_group_class, blocks, channels, strides, bn_config, **kwargs):
   """Block groups 0 and 1 of a v1 bottleneck ResNet; returns both groups' outputs."""
+
   def forward(images, is_training):
     outputs = [images]
     for i in range(2):
       group = block_group_class(
-        channels=channels[i], num_blocks=blocks[i], stride=strides[i], bn_config=bn_config,
-        resnet_v2=False, bottleneck=True, use_projection=True, name=f'block_group_{i}', **kwargs)
+        channels=channels[i],
+        num_blocks=blocks[i],
+        stride=strides[i],
+        bn_config=bn_config,
+        resnet_v2=False,
+        bottleneck=True,
+        use_projection=True,
+        name=f'block_group_{i}',
+        **kwargs,
+      )
       outputs.append(group(outputs[-1], is_training, False))
     return outputs[1:]
+
   return hk.transform_with_state(forward)
 
 
 def _leaves(tree):
   """{(module, leaf name): value} of a Haiku params/state dict."""
-  return {(module, name): value
-          for module, leaves in tree.items() for name, value in leaves.items()}
+  return {
+    (module, name): value for module, leaves in tree.items() for name, value in leaves.items()
+  }
 
 
 def _renamed(tree, mapping):
@@ -626,7 +687,9 @@ def _renamed(tree, mapping):
   return renamed
 
 
-@pytest.mark.parametrize('size, use_cpu_kernels, atol', [
+@pytest.mark.parametrize(
+  'size, use_cpu_kernels, atol',
+  [
     # Plain convolutions throughout (group 1 ends on 4x4 maps): measured bit-equal.
     (8, True, 1e-5),
     # Group 1 ends on 2x2 maps, where our 3x3 convolutions take the CPU patch product, which
@@ -636,9 +699,11 @@ def _renamed(tree, mapping):
     (4, True, 5e-5),
     # The same maps with the routes switched off: XLA's convolution, as Haiku computes it.
     (4, False, 1e-5),
-])
+  ],
+)
 def test_resnet50_bottleneck_groups_equal_haiku_block_group_numerically(
-    size, use_cpu_kernels, atol):
+  size, use_cpu_kernels, atol
+):
   """Groups 0 (3 x 256, stride 1) and 1 (4 x 512, stride 2) of our ResNet-50 compute what
   `hk.nets.ResNet.BlockGroup` (the original's network) does with the same parameters."""
   # Each side is built as its ResNet-50 builds it, once the two presets are seen to agree.
@@ -647,26 +712,35 @@ def test_resnet50_bottleneck_groups_equal_haiku_block_group_numerically(
   assert blocks == haiku_config['blocks_per_group'] and haiku_config['bottleneck']
   assert channels == haiku_config['channels_per_group'] and all(haiku_config['use_projection'])
   assert networks._GROUP_STRIDES == _HAIKU_RESNET_STRIDES
-  ours = _first_two_groups(networks.BlockGroup, blocks, channels, networks._GROUP_STRIDES,
-                           networks._with_bn_defaults(BN_CONFIG), use_cpu_kernels=use_cpu_kernels)
+  ours = _first_two_groups(
+    networks.BlockGroup,
+    blocks,
+    channels,
+    networks._GROUP_STRIDES,
+    networks._with_bn_defaults(BN_CONFIG),
+    use_cpu_kernels=use_cpu_kernels,
+  )
   # The original BYOL passed its bn_config (decay 0.9, eps 1e-5, scale, offset) in full, which
   # also overrides BlockV1's own default decay of 0.999.
-  theirs = _first_two_groups(hk.nets.ResNet.BlockGroup, blocks, channels,
-                             _HAIKU_RESNET_STRIDES, BN_CONFIG)
+  theirs = _first_two_groups(
+    hk.nets.ResNet.BlockGroup, blocks, channels, _HAIKU_RESNET_STRIDES, BN_CONFIG
+  )
   rng = np.random.default_rng(size)
   images = jnp.asarray(rng.normal(size=(2, size, size, 64)), jnp.float32)
   # Shapes only: running the initialisers would take most of the test's time.
   params, state = jax.eval_shape(lambda x: ours.init(jax.random.key(0), x, True), images)
   haiku_params, haiku_state = jax.eval_shape(
-      lambda x: theirs.init(jax.random.key(0), x, True), images)
+    lambda x: theirs.init(jax.random.key(0), x, True), images
+  )
 
   # Our names are Haiku's (SPEC 3: the released checkpoints are keyed by them), so the mapping
   # is the identity on (module, leaf). Checked, not assumed: one-to-one onto Haiku's names with
   # equal shapes, covering every parameter and every BatchNorm moving-average entry.
   mappings = []
   for tree, haiku_tree, count in (
-      (params, haiku_params, 23 + 23 * 2),  # 23 kernels; 23 BatchNorms' scale and offset.
-      (state, haiku_state, 23 * 2 * 3)):  # mean_ema, var_ema: average, hidden, counter.
+    (params, haiku_params, 23 + 23 * 2),  # 23 kernels; 23 BatchNorms' scale and offset.
+    (state, haiku_state, 23 * 2 * 3),
+  ):  # mean_ema, var_ema: average, hidden, counter.
     leaves, haiku_leaves = _leaves(tree), _leaves(haiku_tree)
     mapping = {key: key for key in leaves}
     assert len(mapping) == len(set(mapping.values())) == len(haiku_leaves) == count
@@ -695,23 +769,27 @@ def test_resnet50_bottleneck_groups_equal_haiku_block_group_numerically(
       value = 0.3 * noise
     return jnp.asarray(value, leaf.dtype)
 
-  params, state = ({m: {n: draw(m, n, v) for n, v in leaves.items()}
-                    for m, leaves in tree.items()} for tree in (params, state))
+  params, state = (
+    {m: {n: draw(m, n, v) for n, v in leaves.items()} for m, leaves in tree.items()}
+    for tree in (params, state)
+  )
   for is_training in (True, False):
     outputs, new_state = ours.apply(params, state, None, images, is_training)
     haiku_outputs, haiku_new_state = theirs.apply(
-        _renamed(params, param_mapping), _renamed(state, state_mapping), None, images,
-        is_training)
+      _renamed(params, param_mapping), _renamed(state, state_mapping), None, images, is_training
+    )
     assert [o.shape for o in outputs] == [(2, size, size, 256), (2, size // 2, size // 2, 512)]
     for output, haiku_output in zip(outputs, haiku_outputs):
       np.testing.assert_allclose(output, haiku_output, rtol=1e-5, atol=atol)
     haiku_new_state = _leaves(haiku_new_state)
     # Training mode moved every average (each counter went 5 -> 6); inference left them.
     assert {int(v) for (_, n), v in _leaves(new_state).items() if n == 'counter'} == {
-        6 if is_training else 5}
+      6 if is_training else 5
+    }
     for key, value in _leaves(new_state).items():
-      np.testing.assert_allclose(value, haiku_new_state[state_mapping[key]],
-                                 rtol=1e-5, atol=1e-5, err_msg=str(key))
+      np.testing.assert_allclose(
+        value, haiku_new_state[state_mapping[key]], rtol=1e-5, atol=1e-5, err_msg=str(key)
+      )
   # The 2x2 maps of group 1 took the patch-product route (a matrix product) where switched on.
   jaxpr = str(jax.make_jaxpr(ours.apply, static_argnums=4)(params, state, None, images, True))
   assert ('dot_general' in jaxpr) == (size == 4 and use_cpu_kernels)

@@ -27,34 +27,40 @@ def numpy_lars_step(params, grads, momenta, lr, wd, momentum, eta, include):
 
 def haiku_like_params(rng):
   return {
-      'res_net18/~/initial_conv': {'w': rng.normal(size=(3, 3, 3, 4)).astype(np.float32)},
-      'res_net18/~/initial_batchnorm': {
-          'scale': rng.normal(size=(1, 1, 1, 4)).astype(np.float32),
-          'offset': rng.normal(size=(1, 1, 1, 4)).astype(np.float32)},
-      'projector/linear': {'w': rng.normal(size=(4, 5)).astype(np.float32),
-                           'b': rng.normal(size=(5,)).astype(np.float32)},
-      'projector/batch_norm': {'scale': rng.normal(size=(1, 5)).astype(np.float32)},
-      # A zero array: its trust ratio must fall back to 1.
-      'classifier': {'w': np.zeros((5, 3), np.float32), 'b': np.zeros((3,), np.float32)},
+    'res_net18/~/initial_conv': {'w': rng.normal(size=(3, 3, 3, 4)).astype(np.float32)},
+    'res_net18/~/initial_batchnorm': {
+      'scale': rng.normal(size=(1, 1, 1, 4)).astype(np.float32),
+      'offset': rng.normal(size=(1, 1, 1, 4)).astype(np.float32),
+    },
+    'projector/linear': {
+      'w': rng.normal(size=(4, 5)).astype(np.float32),
+      'b': rng.normal(size=(5,)).astype(np.float32),
+    },
+    'projector/batch_norm': {'scale': rng.normal(size=(1, 5)).astype(np.float32)},
+    # A zero array: its trust ratio must fall back to 1.
+    'classifier': {'w': np.zeros((5, 3), np.float32), 'b': np.zeros((3,), np.float32)},
   }
 
 
 def flatten(tree):
-  return {f'{module}/{name}': np.asarray(value)
-          for module, values in tree.items() for name, value in values.items()}
+  return {
+    f'{module}/{name}': np.asarray(value)
+    for module, values in tree.items()
+    for name, value in values.items()
+  }
 
 
 def test_exclude_bias_and_norm_marks_weights_only():
   mask = flatten(optimizers.exclude_bias_and_norm(haiku_like_params(np.random.default_rng(0))))
   assert mask == {
-      'res_net18/~/initial_conv/w': True,
-      'res_net18/~/initial_batchnorm/scale': False,
-      'res_net18/~/initial_batchnorm/offset': False,
-      'projector/linear/w': True,
-      'projector/linear/b': False,
-      'projector/batch_norm/scale': False,
-      'classifier/w': True,
-      'classifier/b': False,
+    'res_net18/~/initial_conv/w': True,
+    'res_net18/~/initial_batchnorm/scale': False,
+    'res_net18/~/initial_batchnorm/offset': False,
+    'projector/linear/w': True,
+    'projector/linear/b': False,
+    'projector/batch_norm/scale': False,
+    'classifier/w': True,
+    'classifier/b': False,
   }
 
 
@@ -73,24 +79,29 @@ def test_lars_matches_numpy_over_several_steps_with_changing_learning_rate():
     if step == 1:  # A zero gradient: its trust ratio must fall back to 1 too.
       grads['res_net18/~/initial_conv']['w'] = np.zeros((3, 3, 3, 4), np.float32)
     optimizer = optimizers.lars(
-        lr, weight_decay=wd, momentum=momentum, eta=eta,
-        weight_decay_mask=optimizers.exclude_bias_and_norm,
-        trust_ratio_mask=optimizers.exclude_bias_and_norm)
+      lr,
+      weight_decay=wd,
+      momentum=momentum,
+      eta=eta,
+      weight_decay_mask=optimizers.exclude_bias_and_norm,
+      trust_ratio_mask=optimizers.exclude_bias_and_norm,
+    )
     if state is None:
       state = optimizer.init(jax_params)
     updates, state = optimizer.update(grads, state, jax_params)
     jax_params = optax.apply_updates(jax_params, updates)
     expected_params, momenta = numpy_lars_step(
-        expected_params, flatten(grads), momenta, lr, wd, momentum, eta, include)
+      expected_params, flatten(grads), momenta, lr, wd, momentum, eta, include
+    )
 
   for name, value in flatten(jax_params).items():
     np.testing.assert_allclose(value, expected_params[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_lars_without_masks_decays_and_scales_everything():
-  params = {'bn': {'b': jnp.full((4,), 2.)}}
-  grads = {'bn': {'b': jnp.full((4,), 1.)}}
-  optimizer = optimizers.lars(1., weight_decay=0.5, momentum=0.9, eta=0.1)
+  params = {'bn': {'b': jnp.full((4,), 2.0)}}
+  grads = {'bn': {'b': jnp.full((4,), 1.0)}}
+  optimizer = optimizers.lars(1.0, weight_decay=0.5, momentum=0.9, eta=0.1)
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
   # g = 1 + 0.5 * 2 = 2 per entry; trust ratio 0.1 * |p| / |g| = 0.1 * 4 / 4.
   np.testing.assert_allclose(updates['bn']['b'], np.full((4,), -0.2), rtol=1e-6)

@@ -13,13 +13,16 @@ from byol.utils import cpu_kernels
 
 def test_nested_entries_take_values_of_their_own_type():
   config = byol_config.get_config(300, 256)
-  override.apply(config, [
+  override.apply(
+    config,
+    [
       'optimizer_config.weight_decay=1e-5',
       'network_config.encoder_config.width_multiplier=2',
       'network_config.encoder_config.resnet_v2=true',
       'network_config.encoder_class=ResNet18',
       'dataset_config.data_dir=/data',
-  ])
+    ],
+  )
   assert config['optimizer_config']['weight_decay'] == 1e-5
   assert config['network_config']['encoder_config']['width_multiplier'] == 2
   assert type(config['network_config']['encoder_config']['width_multiplier']) is int
@@ -30,36 +33,54 @@ def test_nested_entries_take_values_of_their_own_type():
 
 def test_top_level_entries_and_the_last_assignment_wins():
   config = eval_config.get_config(None, 256)
-  override.apply(config, ['freeze_backbone=false', 'allow_train_from_scratch=yes',
-                          'max_steps=10', 'max_steps=20', 'checkpoint_to_evaluate=/x.pkl'])
+  override.apply(
+    config,
+    [
+      'freeze_backbone=false',
+      'allow_train_from_scratch=yes',
+      'max_steps=10',
+      'max_steps=20',
+      'checkpoint_to_evaluate=/x.pkl',
+    ],
+  )
   assert config['freeze_backbone'] is False
   assert config['allow_train_from_scratch'] is True
   assert config['max_steps'] == 20
   assert config['checkpoint_to_evaluate'] == '/x.pkl'
 
 
-@pytest.mark.parametrize('assignment, message', [
-    ('optimizer_config.weight_dacay=1e-5', r'unknown key `weight_dacay`; the keys there are: '
-                                           r'eta, exclude_bias_from_adaption, momentum'),
+@pytest.mark.parametrize(
+  'assignment, message',
+  [
+    (
+      'optimizer_config.weight_dacay=1e-5',
+      r'unknown key `weight_dacay`; the keys there are: '
+      r'eta, exclude_bias_from_adaption, momentum',
+    ),
     ('optimiser_config.eta=1', r'`optimiser_config` is not a group.*optimizer_config'),
-    ('network_config=3',
-     r'is a group; set one of its keys: bn_config, compute_dtype, cpu_kernels, encoder_class'),
+    (
+      'network_config=3',
+      r'is a group; set one of its keys: bn_config, compute_dtype, cpu_kernels, encoder_class',
+    ),
     ('max_steps=ten', r'max_steps=ten: expected an integer'),
     ('optimizer_config.eta=big', r'expected a number'),
     ('network_config.encoder_config.resnet_v2=maybe', r'expected true or false'),
     ('max_steps', r'not of the form key.path=value'),
     ('=3', r'not of the form key.path=value'),
-])
+  ],
+)
 def test_bad_overrides_are_clear_errors(assignment, message):
   with pytest.raises(override.OverrideError, match=message):
     override.apply(byol_config.get_config(300, 256), [assignment])
 
 
-@pytest.mark.parametrize('make_config', [
-    lambda: byol_config.get_config(300, 256), lambda: eval_config.get_config(None, 256)])
-@pytest.mark.parametrize('text, expected', [
-    ('off', False), ('on', True),
-    ('auto', jax.default_backend() == 'cpu')])  # 'auto': on where JAX computes on the CPU.
+@pytest.mark.parametrize(
+  'make_config',
+  [lambda: byol_config.get_config(300, 256), lambda: eval_config.get_config(None, 256)],
+)
+@pytest.mark.parametrize(
+  'text, expected', [('off', False), ('on', True), ('auto', jax.default_backend() == 'cpu')]
+)  # 'auto': on where JAX computes on the CPU.
 def test_cpu_kernels_switch_is_set_by_override(make_config, text, expected):
   config = make_config()
   assert config['network_config']['cpu_kernels'] == 'auto'  # The default.
@@ -81,8 +102,11 @@ def _pretraining_update_jaxpr(tmp_path, assignments):
   """
   config = byol_config.get_config(100, 8, train_images=80, num_classes=5)
   config['network_config'].update(
-      encoder_class='TinyResNet', projector_hidden_size=32, projector_output_size=16,
-      predictor_hidden_size=32)
+    encoder_class='TinyResNet',
+    projector_hidden_size=32,
+    projector_output_size=16,
+    predictor_hidden_size=32,
+  )
   config['checkpointing_config']['checkpoint_dir'] = str(tmp_path)
   override.apply(config, assignments)
   experiment = byol_experiment.ByolExperiment(**config)
@@ -93,8 +117,10 @@ def _pretraining_update_jaxpr(tmp_path, assignments):
   return experiment.use_cpu_kernels, jaxpr
 
 
-@pytest.mark.skipif(jax.default_backend() != 'cpu',
-                    reason='the CPU-only routes are on by default on the CPU backend only')
+@pytest.mark.skipif(
+  jax.default_backend() != 'cpu',
+  reason='the CPU-only routes are on by default on the CPU backend only',
+)
 def test_cpu_kernels_are_on_by_default_on_cpu_and_switched_off_by_override(tmp_path):
   use_default, jaxpr_default = _pretraining_update_jaxpr(tmp_path, [])
   use_off, jaxpr_off = _pretraining_update_jaxpr(tmp_path, ['network_config.cpu_kernels=off'])

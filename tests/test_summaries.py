@@ -16,8 +16,7 @@ def read_tensorboard_scalars(folder):
     for record in tf.data.TFRecordDataset(path):
       event = tf.compat.v1.Event.FromString(record.numpy())
       for value in event.summary.value:
-        scalars.setdefault(value.tag, []).append(
-            (event.step, float(tf.make_ndarray(value.tensor))))
+        scalars.setdefault(value.tag, []).append((event.step, float(tf.make_ndarray(value.tensor))))
   return scalars
 
 
@@ -28,7 +27,9 @@ def test_scalars_are_written_as_json_lines_and_tensorboard_summaries(tmp_path):
 
   lines = [json.loads(line) for line in open(tmp_path / 'pretrain_train.jsonl')]
   assert [(line['step'], line['loss'], line['learning_rate']) for line in lines] == [
-      (10, 1.5, 0.2), (20, 0.75, 0.1)]
+    (10, 1.5, 0.2),
+    (20, 0.75, 0.1),
+  ]
   scalars = read_tensorboard_scalars(tmp_path / 'tensorboard' / 'pretrain_train')
   assert scalars['loss'] == [(10, 1.5), (20, 0.75)]
   np.testing.assert_allclose([v for _, v in scalars['learning_rate']], [0.2, 0.1], rtol=1e-6)

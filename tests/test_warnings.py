@@ -5,8 +5,9 @@ import warnings
 import pytest
 
 
-@pytest.mark.parametrize('module', ['jax._src.numpy', 'haiku._src.pool', 'optax._src.alias',
-                                    'byol.byol_experiment'])
+@pytest.mark.parametrize(
+  'module', ['jax._src.numpy', 'haiku._src.pool', 'optax._src.alias', 'byol.byol_experiment']
+)
 def test_deprecation_warnings_of_our_stack_are_errors(module):
   with pytest.raises(DeprecationWarning):
     warnings.warn_explicit('old API', DeprecationWarning, 'file.py', 1, module=module)
@@ -14,5 +15,6 @@ def test_deprecation_warnings_of_our_stack_are_errors(module):
 
 def test_deprecation_warnings_of_other_packages_are_not_errors():
   with pytest.warns(DeprecationWarning):
-    warnings.warn_explicit('old API', DeprecationWarning, 'file.py', 1,
-                           module='tensorflow.python.util')
+    warnings.warn_explicit(
+      'old API', DeprecationWarning, 'file.py', 1, module='tensorflow.python.util'
+    )

@@ -29,16 +29,19 @@ def apply(config: MutableMapping[str, Any], assignments: Sequence[str]) -> None:
       node = node.get(parent) if isinstance(node, MutableMapping) else None
       if not isinstance(node, MutableMapping):
         raise OverrideError(
-            f'--override {key_path}: `{".".join(parents[:depth + 1])}` is not a group of the '
-            f'config; groups at that level: {_groups(config, parents[:depth])}.')
+          f'--override {key_path}: `{".".join(parents[: depth + 1])}` is not a group of the '
+          f'config; groups at that level: {_groups(config, parents[:depth])}.'
+        )
     if key not in node:
       raise OverrideError(
-          f'--override {key_path}: unknown key `{key}`; the keys there are: '
-          f'{", ".join(sorted(node))}.')
+        f'--override {key_path}: unknown key `{key}`; the keys there are: '
+        f'{", ".join(sorted(node))}.'
+      )
     if isinstance(node[key], MutableMapping):
       raise OverrideError(
-          f'--override {key_path}: `{key_path}` is a group; set one of its keys: '
-          f'{", ".join(sorted(node[key]))}.')
+        f'--override {key_path}: `{key_path}` is a group; set one of its keys: '
+        f'{", ".join(sorted(node[key]))}.'
+      )
     node[key] = _parse(text, node[key], key_path)
 
 
@@ -68,7 +71,8 @@ def _parse(text: str, current: Any, key_path: str) -> Any:
   elif current is None or isinstance(current, str):
     return None if text.lower() == 'none' else text
   else:
-    raise OverrideError(f'--override {key_path}: a {type(current).__name__} entry cannot be set '
-                        'from the command line.')
-  raise OverrideError(
-      f'--override {key_path}={text}: expected {expected} (it is {current!r} now).')
+    raise OverrideError(
+      f'--override {key_path}: a {type(current).__name__} entry cannot be set '
+      'from the command line.'
+    )
+  raise OverrideError(f'--override {key_path}={text}: expected {expected} (it is {current!r} now).')

@@ -28,25 +28,25 @@ from byol.utils import cpu_kernels
 
 # The original's augment_config: one nested dict per view.
 VIEW1_PRESET = dict(
-    random_flip=True,
-    color_transform=dict(
-        apply_prob=1.0,
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.2,
-        hue=0.1,
-        color_jitter_prob=0.8,
-        to_grayscale_prob=0.2,
-        shuffle=True,
-    ),
-    gaussian_blur=dict(apply_prob=1.0, blur_divider=10., sigma_min=0.1, sigma_max=2.0),
-    solarize=dict(apply_prob=0.0, threshold=0.5),
+  random_flip=True,
+  color_transform=dict(
+    apply_prob=1.0,
+    brightness=0.4,
+    contrast=0.4,
+    saturation=0.2,
+    hue=0.1,
+    color_jitter_prob=0.8,
+    to_grayscale_prob=0.2,
+    shuffle=True,
+  ),
+  gaussian_blur=dict(apply_prob=1.0, blur_divider=10.0, sigma_min=0.1, sigma_max=2.0),
+  solarize=dict(apply_prob=0.0, threshold=0.5),
 )
 VIEW2_PRESET = dict(
-    random_flip=True,
-    color_transform=dict(VIEW1_PRESET['color_transform']),
-    gaussian_blur=dict(VIEW1_PRESET['gaussian_blur'], apply_prob=0.1),
-    solarize=dict(VIEW1_PRESET['solarize'], apply_prob=0.2),
+  random_flip=True,
+  color_transform=dict(VIEW1_PRESET['color_transform']),
+  gaussian_blur=dict(VIEW1_PRESET['gaussian_blur'], apply_prob=0.1),
+  solarize=dict(VIEW1_PRESET['solarize'], apply_prob=0.2),
 )
 AUGMENT_CONFIG = {'view1': VIEW1_PRESET, 'view2': VIEW2_PRESET}
 
@@ -90,6 +90,7 @@ _SLOT_TABLE = _slot_table(JITTER_ORDERS)  # [24, 6]
 
 class Decisions(NamedTuple):
   """Every random choice for one view, one entry per image (all arrays have shape [B])."""
+
   flip: jax.Array  # bool
   color_jitter: jax.Array  # bool: colour transform applied and jitter drawn.
   jitter_order: jax.Array  # int32 index into JITTER_ORDERS.
@@ -138,8 +139,8 @@ def rgb_to_hsv(images: jax.Array) -> jax.Array:
   red, green, blue = images[0], images[1], images[2]
   value = jnp.maximum(jnp.maximum(red, green), blue)
   chroma = value - jnp.minimum(jnp.minimum(red, green), blue)
-  saturation = jnp.where(value > 0, chroma / jnp.where(value > 0, value, 1.), 0.)
-  inverse_chroma = 1. / jnp.where(chroma > 0, chroma, 1.)
+  saturation = jnp.where(value > 0, chroma / jnp.where(value > 0, value, 1.0), 0.0)
+  inverse_chroma = 1.0 / jnp.where(chroma > 0, chroma, 1.0)
   # Which channel is the largest (red first on ties, then green), by comparing the channels
   # rather than testing `value == red`: XLA may recompute a fused input in each consumer, rounded
   # differently (FMA or not), and an equality that fails by one ulp would pick the wrong formula.
@@ -147,11 +148,14 @@ def rgb_to_hsv(images: jax.Array) -> jax.Array:
   green_largest = ~red_largest & (green >= blue)
   # Hue in sixths of the circle, in [-1, 5), measured from the largest channel.
   hue = jnp.where(
-      red_largest, (green - blue) * inverse_chroma,
-      jnp.where(green_largest, 2. + (blue - red) * inverse_chroma,
-                4. + (red - green) * inverse_chroma))
+    red_largest,
+    (green - blue) * inverse_chroma,
+    jnp.where(
+      green_largest, 2.0 + (blue - red) * inverse_chroma, 4.0 + (red - green) * inverse_chroma
+    ),
+  )
   # A select instead of a float modulo: XLA lowers that to an fmod, several times slower on CPU.
-  hue = jnp.where(chroma > 0, jnp.where(hue < 0, hue + 6., hue) / 6., 0.)
+  hue = jnp.where(chroma > 0, jnp.where(hue < 0, hue + 6.0, hue) / 6.0, 0.0)
   return jnp.stack([hue, saturation, value])
 
 
@@ -161,10 +165,10 @@ def hsv_to_rgb(images: jax.Array) -> jax.Array:
   channels = []
   # Each channel is value - chroma * ramp, the ramp a trapezoid of the hue shifted per channel
   # (R, G, B read it 5, 3 and 1 sixths ahead); the modulo also wraps hues outside [0, 1).
-  for shift in (5., 3., 1.):
-    position = hue * 6. + shift
-    position = position - 6. * jnp.floor(position / 6.)  # Modulo 6, without an fmod.
-    ramp = jnp.clip(jnp.minimum(position, 4. - position), 0., 1.)
+  for shift in (5.0, 3.0, 1.0):
+    position = hue * 6.0 + shift
+    position = position - 6.0 * jnp.floor(position / 6.0)  # Modulo 6, without an fmod.
+    ramp = jnp.clip(jnp.minimum(position, 4.0 - position), 0.0, 1.0)
     channels.append(value - value * saturation * ramp)
   return jnp.stack(channels)
 
@@ -173,7 +177,7 @@ def _adjust_hsv(images: jax.Array, saturation_factor: jax.Array, hue_delta: jax.
   """Saturation times `saturation_factor` [B] (clipped to [0, 1]) and hue plus `hue_delta` [B]."""
   hue, saturation, value = rgb_to_hsv(images)  # 3 x [B, H, W]
   hue = hue + _per_plane(hue_delta)  # hsv_to_rgb takes it modulo 1.
-  saturation = jnp.clip(saturation * _per_plane(saturation_factor), 0., 1.)
+  saturation = jnp.clip(saturation * _per_plane(saturation_factor), 0.0, 1.0)
   return hsv_to_rgb(jnp.stack([hue, saturation, value]))
 
 
@@ -188,12 +192,12 @@ def adjust_hue(images: jax.Array, delta: jax.Array) -> jax.Array:
 
 
 def color_jitter(
-    images: jax.Array,
-    brightness_delta: jax.Array,
-    contrast_factor: jax.Array,
-    saturation_factor: jax.Array,
-    hue_delta: jax.Array,
-    order: jax.Array | None = None,
+  images: jax.Array,
+  brightness_delta: jax.Array,
+  contrast_factor: jax.Array,
+  saturation_factor: jax.Array,
+  hue_delta: jax.Array,
+  order: jax.Array | None = None,
 ) -> jax.Array:
   """Brightness, contrast, saturation and hue of [3, B, H, W] (per-image [B] parameters), clipped.
 
@@ -210,20 +214,21 @@ def color_jitter(
     if not table[:, slot].any():
       continue
     ops = jnp.asarray(table[:, slot])[order]  # [B] bit masks of the ops applied in this slot.
+
     def uses(op: int) -> jax.Array:
       return (ops & (1 << op)) != 0
+
     if kind == 'r':
-      factor = jnp.where(uses(1), contrast_factor, 1.)
-      delta = jnp.where(uses(0), brightness_delta, 0.)
+      factor = jnp.where(uses(1), contrast_factor, 1.0)
+      delta = jnp.where(uses(0), brightness_delta, 0.0)
       mean = jnp.mean(images, axis=(2, 3), keepdims=True)  # [3, B, 1, 1]
       # With factor 1 the offset is exactly delta, so brightness alone is exactly x + delta.
-      images = images * _per_image(factor) + (mean * _per_image(1. - factor) + _per_image(delta))
+      images = images * _per_image(factor) + (mean * _per_image(1.0 - factor) + _per_image(delta))
     else:
       images = _adjust_hsv(
-          images,
-          jnp.where(uses(2), saturation_factor, 1.),
-          jnp.where(uses(3), hue_delta, 0.))
-    images = jnp.clip(images, 0., 1.)
+        images, jnp.where(uses(2), saturation_factor, 1.0), jnp.where(uses(3), hue_delta, 0.0)
+      )
+    images = jnp.clip(images, 0.0, 1.0)
   return images
 
 
@@ -246,12 +251,14 @@ def _blur_along(images: jax.Array, kernel: jax.Array, axis: int) -> jax.Array:
   # One shifted slice per tap: a single fused elementwise kernel, exact in float32 (a grouped
   # convolution with 3 * B groups would need a transpose and may run at reduced precision).
   return sum(
-      _per_image(kernel[:, tap]) * jax.lax.slice_in_dim(padded, tap, tap + size, axis=axis)
-      for tap in range(kernel.shape[1]))
+    _per_image(kernel[:, tap]) * jax.lax.slice_in_dim(padded, tap, tap + size, axis=axis)
+    for tap in range(kernel.shape[1])
+  )
 
 
 def gaussian_blur(
-    images: jax.Array, sigma: jax.Array, radius: int, use_cpu_kernels: bool = False) -> jax.Array:
+  images: jax.Array, sigma: jax.Array, radius: int, use_cpu_kernels: bool = False
+) -> jax.Array:
   """Separable Gaussian blur of [3, B, H, W]: `2 * radius + 1` taps, per-image `sigma` [B], SAME.
 
   Depthwise (each channel on its own), vertical then horizontal, zero-padded; the kernel sums
@@ -259,7 +266,7 @@ def gaussian_blur(
   (`cpu_kernels.blur_as_products`).
   """
   offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)  # [taps]
-  kernel = jnp.exp(-jnp.square(offsets) / (2. * jnp.square(sigma[:, None])))  # [B, taps]
+  kernel = jnp.exp(-jnp.square(offsets) / (2.0 * jnp.square(sigma[:, None])))  # [B, taps]
   kernel = kernel / jnp.sum(kernel, axis=1, keepdims=True)
   if use_cpu_kernels:
     return cpu_kernels.blur_as_products(images, kernel)
@@ -268,7 +275,7 @@ def gaussian_blur(
 
 def solarize(images: jax.Array, threshold: float) -> jax.Array:
   """x -> 1 - x where x >= threshold."""
-  return jnp.where(images >= threshold, 1. - images, images)
+  return jnp.where(images >= threshold, 1.0 - images, images)
 
 
 def draw_decisions(rng: jax.Array, batch_size: int, view_config: Mapping[str, Any]) -> Decisions:
@@ -276,8 +283,19 @@ def draw_decisions(rng: jax.Array, batch_size: int, view_config: Mapping[str, An
   color = view_config['color_transform']
   blur = view_config['gaussian_blur']
   uniforms_rng, order_rng = jax.random.split(rng)
-  (flip_u, color_u, jitter_u, grayscale_u, blur_u, solarize_u, brightness_u, contrast_u,
-   saturation_u, hue_u, sigma_u) = jax.random.uniform(uniforms_rng, (11, batch_size))
+  (
+    flip_u,
+    color_u,
+    jitter_u,
+    grayscale_u,
+    blur_u,
+    solarize_u,
+    brightness_u,
+    contrast_u,
+    saturation_u,
+    hue_u,
+    sigma_u,
+  ) = jax.random.uniform(uniforms_rng, (11, batch_size))
 
   def between(u: jax.Array, low: float, high: float) -> jax.Array:
     return low + (high - low) * u
@@ -290,25 +308,22 @@ def draw_decisions(rng: jax.Array, batch_size: int, view_config: Mapping[str, An
   else:
     order = jnp.zeros((batch_size,), jnp.int32)
   return Decisions(
-      flip=(flip_u < 0.5) if view_config['random_flip'] else jnp.zeros((batch_size,), bool),
-      color_jitter=color_applied & (jitter_u < color['color_jitter_prob']),
-      jitter_order=order,
-      brightness_delta=between(brightness_u, -color['brightness'], color['brightness']),
-      contrast_factor=between(contrast_u, 1. - color['contrast'], 1. + color['contrast']),
-      saturation_factor=between(saturation_u, 1. - color['saturation'], 1. + color['saturation']),
-      hue_delta=between(hue_u, -color['hue'], color['hue']),
-      grayscale=color_applied & (grayscale_u < color['to_grayscale_prob']),
-      blur=blur_u < blur['apply_prob'],
-      blur_sigma=between(sigma_u, blur['sigma_min'], blur['sigma_max']),
-      solarize=solarize_u < view_config['solarize']['apply_prob'],
+    flip=(flip_u < 0.5) if view_config['random_flip'] else jnp.zeros((batch_size,), bool),
+    color_jitter=color_applied & (jitter_u < color['color_jitter_prob']),
+    jitter_order=order,
+    brightness_delta=between(brightness_u, -color['brightness'], color['brightness']),
+    contrast_factor=between(contrast_u, 1.0 - color['contrast'], 1.0 + color['contrast']),
+    saturation_factor=between(saturation_u, 1.0 - color['saturation'], 1.0 + color['saturation']),
+    hue_delta=between(hue_u, -color['hue'], color['hue']),
+    grayscale=color_applied & (grayscale_u < color['to_grayscale_prob']),
+    blur=blur_u < blur['apply_prob'],
+    blur_sigma=between(sigma_u, blur['sigma_min'], blur['sigma_max']),
+    solarize=solarize_u < view_config['solarize']['apply_prob'],
   )
 
 
 def _maybe_apply(
-    op: Callable[[jax.Array], jax.Array],
-    images: jax.Array,
-    apply: jax.Array,
-    probability: float,
+  op: Callable[[jax.Array], jax.Array], images: jax.Array, apply: jax.Array, probability: float
 ) -> jax.Array:
   """`op(images)` where `apply` [B]; statically skips the op (p = 0) or the select (p = 1)."""
   if probability <= 0:
@@ -320,8 +335,11 @@ def _maybe_apply(
 
 
 def apply_decisions(
-    images: jax.Array, decisions: Decisions, view_config: Mapping[str, Any],
-    use_cpu_kernels: bool = False) -> jax.Array:
+  images: jax.Array,
+  decisions: Decisions,
+  view_config: Mapping[str, Any],
+  use_cpu_kernels: bool = False,
+) -> jax.Array:
   """Augments [B, H, W, 3] images with drawn `decisions` (the config decides what is traced).
 
   `use_cpu_kernels` blurs the way that is fast on XLA:CPU (see `gaussian_blur`).
@@ -335,52 +353,68 @@ def apply_decisions(
     images = random_flip(images, decisions.flip)
   order = decisions.jitter_order if color['shuffle'] else None
   images = _maybe_apply(
-      lambda x: color_jitter(
-          x, decisions.brightness_delta, decisions.contrast_factor, decisions.saturation_factor,
-          decisions.hue_delta, order),
-      images, decisions.color_jitter, color['apply_prob'] * color['color_jitter_prob'])
+    lambda x: color_jitter(
+      x,
+      decisions.brightness_delta,
+      decisions.contrast_factor,
+      decisions.saturation_factor,
+      decisions.hue_delta,
+      order,
+    ),
+    images,
+    decisions.color_jitter,
+    color['apply_prob'] * color['color_jitter_prob'],
+  )
   images = _maybe_apply(
-      to_grayscale, images, decisions.grayscale, color['apply_prob'] * color['to_grayscale_prob'])
+    to_grayscale, images, decisions.grayscale, color['apply_prob'] * color['to_grayscale_prob']
+  )
   radius = int(images.shape[2] / blur['blur_divider'] / 2)
   if radius > 0:  # A single tap of weight 1 would leave the images as they are.
     images = _maybe_apply(
-        lambda x: gaussian_blur(x, decisions.blur_sigma, radius, use_cpu_kernels),
-        images, decisions.blur, blur['apply_prob'])
+      lambda x: gaussian_blur(x, decisions.blur_sigma, radius, use_cpu_kernels),
+      images,
+      decisions.blur,
+      blur['apply_prob'],
+    )
   threshold = view_config['solarize']['threshold']
   images = _maybe_apply(
-      lambda x: solarize(x, threshold),
-      images, decisions.solarize, view_config['solarize']['apply_prob'])
-  return jnp.moveaxis(jnp.clip(images, 0., 1.), 0, -1)  # [B, H, W, 3]
+    lambda x: solarize(x, threshold),
+    images,
+    decisions.solarize,
+    view_config['solarize']['apply_prob'],
+  )
+  return jnp.moveaxis(jnp.clip(images, 0.0, 1.0), 0, -1)  # [B, H, W, 3]
 
 
 def augment_images(
-    images: jax.Array,
-    rng: jax.Array,
-    *,
-    random_flip: bool,
-    color_transform: Mapping[str, Any],
-    gaussian_blur: Mapping[str, Any],
-    solarize: Mapping[str, Any],
-    use_cpu_kernels: bool = False,
+  images: jax.Array,
+  rng: jax.Array,
+  *,
+  random_flip: bool,
+  color_transform: Mapping[str, Any],
+  gaussian_blur: Mapping[str, Any],
+  solarize: Mapping[str, Any],
+  use_cpu_kernels: bool = False,
 ) -> jax.Array:
   """Augments one view [B, H, W, 3] in [0, 1]; the keywords are those of VIEW1_PRESET.
 
   `use_cpu_kernels` blurs the way that is fast on XLA:CPU (see `gaussian_blur`).
   """
   view_config = dict(
-      random_flip=random_flip,
-      color_transform=color_transform,
-      gaussian_blur=gaussian_blur,
-      solarize=solarize)
+    random_flip=random_flip,
+    color_transform=color_transform,
+    gaussian_blur=gaussian_blur,
+    solarize=solarize,
+  )
   decisions = draw_decisions(rng, images.shape[0], view_config)
   return apply_decisions(images, decisions, view_config, use_cpu_kernels)
 
 
 def postprocess(
-    inputs: Mapping[str, jax.Array],
-    rng: jax.Array,
-    augment_config: Mapping[str, Mapping[str, Any]] | None = None,
-    use_cpu_kernels: bool = False,
+  inputs: Mapping[str, jax.Array],
+  rng: jax.Array,
+  augment_config: Mapping[str, Mapping[str, Any]] | None = None,
+  use_cpu_kernels: bool = False,
 ) -> dict[str, jax.Array]:
   """Augments `view1` and `view2` of a batch, each with its own key; other entries pass through.
 
@@ -395,6 +429,8 @@ def postprocess(
   for view, view_rng in zip(('view1', 'view2'), jax.random.split(rng)):
     if view in inputs:
       outputs[view] = jax.lax.stop_gradient(
-          augment_images(inputs[view], view_rng, **augment_config[view],
-                         use_cpu_kernels=use_cpu_kernels))
+        augment_images(
+          inputs[view], view_rng, **augment_config[view], use_cpu_kernels=use_cpu_kernels
+        )
+      )
   return outputs

@@ -60,17 +60,23 @@ def load_checkpoint(path: str, *, missing_ok: bool = False) -> dict[str, Any] | 
     checkpoint = safe_pickle.loads(data)
   except safe_pickle.UnsafePickleError as error:
     raise CheckpointError(
-        f'Refusing to load {path}: the file {error}. Nothing from it was run. Do not load files '
-        'from sources you do not trust.') from None
+      f'Refusing to load {path}: the file {error}. Nothing from it was run. Do not load files '
+      'from sources you do not trust.'
+    ) from None
   except pickle.UnpicklingError as error:
     raise CheckpointError(
-        f'{path} is truncated or not a checkpoint ({error}). Delete or replace it to start '
-        'afresh.') from None
-  if (not isinstance(checkpoint, dict) or 'experiment_state' not in checkpoint
-      or type(checkpoint.get('step')) is not int or not _is_key_data(checkpoint.get('rng'))):
+      f'{path} is truncated or not a checkpoint ({error}). Delete or replace it to start afresh.'
+    ) from None
+  if (
+    not isinstance(checkpoint, dict)
+    or 'experiment_state' not in checkpoint
+    or type(checkpoint.get('step')) is not int
+    or not _is_key_data(checkpoint.get('rng'))
+  ):
     raise CheckpointError(
-        f'{path} is a pickle but not a checkpoint: expected a dict with `experiment_state`, '
-        '`step` (an int) and `rng` (the uint32 data of a PRNG key).')
+      f'{path} is a pickle but not a checkpoint: expected a dict with `experiment_state`, '
+      '`step` (an int) and `rng` (the uint32 data of a PRNG key).'
+    )
   return checkpoint
 
 
@@ -111,11 +117,13 @@ class Checkpointer:
           os.unlink(os.path.join(folder, name))
     except OSError as error:
       raise CheckpointError(
-          f'Cannot write checkpoints to {folder} ({error.strerror}). Pass a writable '
-          '--checkpoint_root.') from None
+        f'Cannot write checkpoints to {folder} ({error.strerror}). Pass a writable '
+        '--checkpoint_root.'
+      ) from None
 
-  def save(self, experiment_state: NamedTuple, step: int, rng: jax.Array, *,
-           block: bool = True) -> None:
+  def save(
+    self, experiment_state: NamedTuple, step: int, rng: jax.Array, *, block: bool = True
+  ) -> None:
     """Writes the checkpoint atomically: a crash at any point leaves the previous one intact.
 
     The state is fetched to the host before `save` returns, so the next update may go on at once
@@ -129,20 +137,22 @@ class Checkpointer:
       return
     self.wait()  # One write at a time, in order.
     checkpoint = {
-        'experiment_state': jax.tree.map(np.asarray, jax.device_get(experiment_state)),
-        'step': int(step),
-        'rng': np.asarray(jax.random.key_data(rng)),
+      'experiment_state': jax.tree.map(np.asarray, jax.device_get(experiment_state)),
+      'step': int(step),
+      'rng': np.asarray(jax.random.key_data(rng)),
     }
     for key_path, leaf in jax.tree_util.tree_leaves_with_path(checkpoint['experiment_state']):
       if np.issubdtype(leaf.dtype, np.inexact) and not np.all(np.isfinite(leaf)):
         raise FloatingPointError(
-            f'Step {step} has non-finite values in {jax.tree_util.keystr(key_path)}; not saving '
-            f'it. The last good checkpoint is {self._path}.')
+          f'Step {step} has non-finite values in {jax.tree_util.keystr(key_path)}; not saving '
+          f'it. The last good checkpoint is {self._path}.'
+        )
     if block:
       self._write(checkpoint)
     else:
       self._writer = threading.Thread(
-          target=self._write_in_background, args=(checkpoint,), name='checkpoint-writer')
+        target=self._write_in_background, args=(checkpoint,), name='checkpoint-writer'
+      )
       self._writer.start()
 
   def wait(self) -> None:
@@ -164,7 +174,8 @@ class Checkpointer:
     """Pickles `checkpoint` to a temporary file, syncs it, and renames it over the checkpoint."""
     folder = os.path.dirname(self._path) or '.'
     with tempfile.NamedTemporaryFile(
-        dir=folder, prefix=self._temporary_prefix, suffix=_TEMPORARY_SUFFIX, delete=False) as f:
+      dir=folder, prefix=self._temporary_prefix, suffix=_TEMPORARY_SUFFIX, delete=False
+    ) as f:
       try:
         dill.dump(checkpoint, f, protocol=_PROTOCOL)
         f.flush()
@@ -190,7 +201,7 @@ class Checkpointer:
       checkpoint['rng'] = jax.random.wrap_key_data(checkpoint['rng'])
     except (TypeError, ValueError) as error:
       raise CheckpointError(
-          f'{self._path} holds no PRNG key of this JAX ({error}). Delete it to start afresh.'
+        f'{self._path} holds no PRNG key of this JAX ({error}). Delete it to start afresh.'
       ) from None
     return checkpoint
 
@@ -201,7 +212,7 @@ HEAD_MODULES = ('projector', 'predictor', *_CLASSIFIER_MODULES)
 
 
 def describe_networks(params: Any) -> str:
-  """What a Haiku parameter tree of ours holds, e.g. 'res_net50 width 2, classifier of 1000 classes'.
+  """What a Haiku parameter tree of ours holds: 'res_net50 width 2, classifier of 1000 classes'.
 
   The encoder is named by its top-level module; its width multiplier is read from the initial
   convolution, which has 64 x width output channels in every encoder of `byol.utils.networks`.
@@ -225,18 +236,26 @@ def encoder_from_state(experiment_state: Any, *, path: str) -> tuple[dict, dict]
   A pretraining state keeps the encoder in its online network, next to the projector, predictor
   and classifier heads, which are left out; a linear-evaluation state keeps it as its backbone.
   """
-  for params_field, state_field in (('online_params', 'online_state'),
-                                    ('backbone_params', 'backbone_state')):
+  for params_field, state_field in (
+    ('online_params', 'online_state'),
+    ('backbone_params', 'backbone_state'),
+  ):
     params = getattr(experiment_state, params_field, None)
     state = getattr(experiment_state, state_field, None)
     if isinstance(params, Mapping) and isinstance(state, Mapping):
+
       def encoder_part(tree: Mapping[str, Any]) -> dict[str, Any]:
-        return {module: value for module, value in tree.items()
-                if module.split('/')[0] not in HEAD_MODULES}
+        return {
+          module: value
+          for module, value in tree.items()
+          if module.split('/')[0] not in HEAD_MODULES
+        }
+
       return encoder_part(params), encoder_part(state)
   raise CheckpointError(
-      f'{path} holds no encoder (online_params and online_state, or backbone_params and '
-      'backbone_state): is it a pretraining or linear-evaluation checkpoint?')
+    f'{path} holds no encoder (online_params and online_state, or backbone_params and '
+    'backbone_state): is it a pretraining or linear-evaluation checkpoint?'
+  )
 
 
 def check_parameter_shapes(found: Any, wanted: Any, *, path: str, wanted_networks: str) -> None:
@@ -245,15 +264,18 @@ def check_parameter_shapes(found: Any, wanted: Any, *, path: str, wanted_network
   `wanted_networks` describes the config's networks for the message (e.g. 'ResNet50 1x, 1000
   classes'); the checkpoint's are described from its parameters (`describe_networks`).
   """
+
   def signature(params: Any) -> dict[str, tuple[int, ...]]:
     return {
-        jax.tree_util.keystr(key_path): tuple(np.shape(leaf))
-        for key_path, leaf in jax.tree_util.tree_leaves_with_path(params)
+      jax.tree_util.keystr(key_path): tuple(np.shape(leaf))
+      for key_path, leaf in jax.tree_util.tree_leaves_with_path(params)
     }
+
   found_signature, wanted_signature = signature(found), signature(wanted)
   if found_signature != wanted_signature:
     differing = sorted(set(found_signature.items()) ^ set(wanted_signature.items()))[:4]
     raise CheckpointError(
-        f'{path} holds {describe_networks(found)}, but the config asks for {wanted_networks}; '
-        f'first differences (path, shape): {differing}. Use the same --encoder, width and '
-        'dataset as the run that wrote it, or another --checkpoint_root.')
+      f'{path} holds {describe_networks(found)}, but the config asks for {wanted_networks}; '
+      f'first differences (path, shape): {differing}. Use the same --encoder, width and '
+      'dataset as the run that wrote it, or another --checkpoint_root.'
+    )

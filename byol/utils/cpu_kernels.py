@@ -30,25 +30,33 @@ def resolve_switch(setting: str) -> bool:
   """
   if setting not in SWITCH_VALUES:
     raise ValueError(
-        f"network_config.cpu_kernels must be one of {', '.join(SWITCH_VALUES)} ('auto': on for "
-        f'the CPU backend only); got {setting!r}.')
+      f"network_config.cpu_kernels must be one of {', '.join(SWITCH_VALUES)} ('auto': on for "
+      f'the CPU backend only); got {setting!r}.'
+    )
   return jax.default_backend() == 'cpu' if setting == 'auto' else setting == 'on'
 
 
 # ------------------------------------------------------------- convolutions over 2x2 maps
 
+
 def conv_as_patch_product(
-    inputs: jax.Array, w: jax.Array, stride: Sequence[int], padding: str) -> jax.Array:
+  inputs: jax.Array, w: jax.Array, stride: Sequence[int], padding: str
+) -> jax.Array:
   """The convolution of NHWC `inputs` with HWIO `w`, as image patches times a matrix.
 
   [B, H, W, C] x [kh, kw, C, O] -> [B, H', W', O], equal to `jax.lax.conv_general_dilated`.
   """
   kernel_height, kernel_width, in_channels, out_channels = w.shape
   patches = jax.lax.conv_general_dilated_patches(
-      inputs, (kernel_height, kernel_width), tuple(stride), padding,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))  # [B, H', W', C * kh * kw], channel-major.
+    inputs,
+    (kernel_height, kernel_width),
+    tuple(stride),
+    padding,
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )  # [B, H', W', C * kh * kw], channel-major.
   w_matrix = jnp.transpose(w, (2, 0, 1, 3)).reshape(
-      in_channels * kernel_height * kernel_width, out_channels)  # [C * kh * kw, O]
+    in_channels * kernel_height * kernel_width, out_channels
+  )  # [C * kh * kw, O]
   return jnp.dot(patches, w_matrix)
 
 
@@ -63,18 +71,23 @@ class PatchProductConv2D(hk.Conv2D):
   """
 
   def __call__(self, inputs: jax.Array, **kwargs: Any) -> jax.Array:
-    if not (inputs.ndim == 4 and inputs.shape[1:3] == (2, 2) and self.kernel_shape != (1, 1)
-            and isinstance(self.padding, str)):
+    if not (
+      inputs.ndim == 4
+      and inputs.shape[1:3] == (2, 2)
+      and self.kernel_shape != (1, 1)
+      and isinstance(self.padding, str)
+    ):
       return super().__call__(inputs, **kwargs)
     w_shape = (*self.kernel_shape, inputs.shape[-1], self.output_channels)
     # Haiku's default initialiser of a convolution, so the parameter is the one hk.Conv2D makes.
     fan_in = np.prod(w_shape[:-1])
-    w_init = self.w_init or hk.initializers.TruncatedNormal(stddev=1. / np.sqrt(fan_in))
+    w_init = self.w_init or hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(fan_in))
     w = hk.get_parameter('w', w_shape, inputs.dtype, init=w_init)
     return conv_as_patch_product(inputs, w, self.stride, self.padding)
 
 
 # ------------------------------------------------------------- max-pool gradient
+
 
 def max_pool(inputs: jax.Array, window: int, stride: int) -> jax.Array:
   """`hk.max_pool` of NHWC `inputs` over square windows with SAME padding: same values, gradients.
@@ -87,9 +100,11 @@ def max_pool(inputs: jax.Array, window: int, stride: int) -> jax.Array:
   [64, 64, 64, 64] input 387 -> 77 ms; the ResNet-18 update at 64 px, batch 64,
   1691-1770 -> 1587-1615 ms, and at 128 px, batch 32, 2795-2896 -> 2554-2618 ms (ccc4be2).
   """
+
   def pool(x: jax.Array) -> jax.Array:
-    return hk.max_pool(x, window_shape=(1, window, window, 1), strides=(1, stride, stride, 1),
-                       padding='SAME')
+    return hk.max_pool(
+      x, window_shape=(1, window, window, 1), strides=(1, stride, stride, 1), padding='SAME'
+    )
 
   batch, height, width, channels = inputs.shape
   out_height, out_width = -(-height // stride), -(-width // stride)
@@ -103,10 +118,16 @@ def max_pool(inputs: jax.Array, window: int, stride: int) -> jax.Array:
     best = index = None
     for k, (row, column) in enumerate(offsets):
       piece = jax.lax.slice(  # [B, Ho, Wo, C]: element (row, column) of every window.
-          padded, (0, row, column, 0),
-          (batch, row + (out_height - 1) * stride + 1, column + (out_width - 1) * stride + 1,
-           channels),
-          (1, stride, stride, 1))
+        padded,
+        (0, row, column, 0),
+        (
+          batch,
+          row + (out_height - 1) * stride + 1,
+          column + (out_width - 1) * stride + 1,
+          channels,
+        ),
+        (1, stride, stride, 1),
+      )
       if best is None:
         best, index = piece, jnp.zeros(piece.shape, jnp.int8)
       else:
@@ -119,12 +140,17 @@ def max_pool(inputs: jax.Array, window: int, stride: int) -> jax.Array:
     padded_grads = jnp.zeros(padded_shape, grads.dtype)
     for k, (row, column) in enumerate(offsets):
       # Interior padding puts output (i, j)'s gradient at padded input (i * stride + row, ...).
-      padded_grads += jax.lax.pad(jnp.where(index == k, grads, zero), zero, (
+      padded_grads += jax.lax.pad(
+        jnp.where(index == k, grads, zero),
+        zero,
+        (
           (0, 0, 0),
           (row, padded_shape[1] - row - (out_height - 1) * stride - 1, stride - 1),
           (column, padded_shape[2] - column - (out_width - 1) * stride - 1, stride - 1),
-          (0, 0, 0)))
-    return (padded_grads[:, pads[0][0]:pads[0][0] + height, pads[1][0]:pads[1][0] + width],)
+          (0, 0, 0),
+        ),
+      )
+    return (padded_grads[:, pads[0][0] : pads[0][0] + height, pads[1][0] : pads[1][0] + width],)
 
   differentiable_pool = jax.custom_vjp(pool)
   differentiable_pool.defvjp(argmax_pool, backward)
@@ -132,6 +158,7 @@ def max_pool(inputs: jax.Array, window: int, stride: int) -> jax.Array:
 
 
 # ------------------------------------------------------------- Gaussian blur
+
 
 def _blur_matrices(kernel: jax.Array, size: int) -> jax.Array:
   """[B, size, size] banded matrices that convolve a length-`size` axis with `kernel` [B, taps].
@@ -141,7 +168,7 @@ def _blur_matrices(kernel: jax.Array, size: int) -> jax.Array:
   radius = (kernel.shape[1] - 1) // 2
   tap = jnp.arange(size)[None, :] - jnp.arange(size)[:, None] + radius  # [size, size]
   inside = (tap >= 0) & (tap <= 2 * radius)
-  return jnp.where(inside, kernel[:, jnp.clip(tap, 0, 2 * radius)], 0.)
+  return jnp.where(inside, kernel[:, jnp.clip(tap, 0, 2 * radius)], 0.0)
 
 
 def blur_as_products(images: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -157,7 +184,9 @@ def blur_as_products(images: jax.Array, kernel: jax.Array) -> jax.Array:
   """
   highest = jax.lax.Precision.HIGHEST
   # Both are plain matrix products per image and channel: [H, H] x [H, W], then [H, W] x [W, W].
-  vertical = jnp.einsum('bij,cbjw->cbiw', _blur_matrices(kernel, images.shape[2]), images,
-                        precision=highest)
-  return jnp.einsum('bkw,cbhw->cbhk', _blur_matrices(kernel, images.shape[3]), vertical,
-                    precision=highest)
+  vertical = jnp.einsum(
+    'bij,cbjw->cbiw', _blur_matrices(kernel, images.shape[2]), images, precision=highest
+  )
+  return jnp.einsum(
+    'bkw,cbhw->cbhk', _blur_matrices(kernel, images.shape[3]), vertical, precision=highest
+  )

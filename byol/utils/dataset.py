@@ -45,6 +45,7 @@ DatasetNotFoundError = sources.DatasetNotFoundError
 
 class Split(enum.Enum):
   """Our splits of ImageNet, carved out of the TFDS splits `train` and `validation`."""
+
   TRAIN_AND_VALID = 1
   TRAIN = 2
   VALID = 3
@@ -64,15 +65,16 @@ class Split(enum.Enum):
   def num_examples(self) -> int:
     """Number of examples of this split of `imagenet2012` (see `num_examples()` for others)."""
     return {
-        Split.TRAIN_AND_VALID: 1_281_167,
-        Split.TRAIN: 1_271_167,
-        Split.VALID: _VALID_HOLDOUT,
-        Split.TEST: 50_000,
+      Split.TRAIN_AND_VALID: 1_281_167,
+      Split.TRAIN: 1_271_167,
+      Split.VALID: _VALID_HOLDOUT,
+      Split.TEST: 50_000,
     }[self]
 
 
 class PreprocessMode(enum.Enum):
   """What `load` makes of each image."""
+
   PRETRAIN = 1  # Two independent random crops: {'view1', 'view2', 'labels'}.
   LINEAR_TRAIN = 2  # One random crop, randomly flipped: {'images', 'labels'}.
   EVAL = 3  # The centre crop, every example once: {'images', 'labels', 'mask'}.
@@ -85,8 +87,9 @@ def normalize_images(images: ImageArray) -> ImageArray:
   return (images - mean) / stddev
 
 
-def num_examples(split: Split, dataset_name: str = 'imagenet2012',
-                 data_dir: str | None = None) -> int:
+def num_examples(
+  split: Split, dataset_name: str = 'imagenet2012', data_dir: str | None = None
+) -> int:
   """Number of examples of `split` of a dataset.
 
   VALID is the first `min(10,000, n / 10)` examples of the train split and TRAIN the rest (for
@@ -109,16 +112,16 @@ def default_image_size(dataset_name: str = 'imagenet2012', data_dir: str | None 
 
 
 def load(
-    split: Split,
-    *,
-    preprocess_mode: PreprocessMode,
-    batch_dims: Sequence[int],
-    image_size: int = 224,
-    dataset_name: str = 'imagenet2012',
-    data_dir: str | None = None,
-    shards: Sequence[int] | None = None,
-    num_shards: int | None = None,
-    seed: int | None = None,
+  split: Split,
+  *,
+  preprocess_mode: PreprocessMode,
+  batch_dims: Sequence[int],
+  image_size: int = 224,
+  dataset_name: str = 'imagenet2012',
+  data_dir: str | None = None,
+  shards: Sequence[int] | None = None,
+  num_shards: int | None = None,
+  seed: int | None = None,
 ) -> Iterator[Batch]:
   """Batches of this process's shards of `split`, as numpy arrays.
 
@@ -161,28 +164,33 @@ def load(
   ranges = [_shard_range(split_size, shard, num_shards) for shard in shards]
   if min(shard_end - shard_start for shard_start, shard_end in ranges) == 0:
     raise DatasetError(
-        f'The {split.name} split of {dataset_name} has {split_size} examples, fewer than the '
-        f'{num_shards} shards (one per device) it is read in; use fewer devices or another split.')
+      f'The {split.name} split of {dataset_name} has {split_size} examples, fewer than the '
+      f'{num_shards} shards (one per device) it is read in; use fewer devices or another split.'
+    )
   is_training = preprocess_mode is not PreprocessMode.EVAL
   if is_training and split_size // num_shards < shard_batch_size:
     raise DatasetError(
-        f'The {split.name} split of {dataset_name} has {split_size} examples, fewer than one '
-        f'batch of {shard_batch_size * num_shards}: use a smaller --batch_size.')
+      f'The {split.name} split of {dataset_name} has {split_size} examples, fewer than one '
+      f'batch of {shard_batch_size * num_shards}: use a smaller --batch_size.'
+    )
 
   def read_shard(shard: int, shard_start: int, shard_end: int) -> tf.data.Dataset:
     shard_size = shard_end - shard_start
     if not is_training:
       ds = source.read(source_split, start + shard_start, start + shard_end, False, None)
       # The padding below assumes exactly `shard_size` examples.
-      ds = ds.take(shard_size).map(_eval_fn(image_size, source.center_crop_padding),
-                                   num_parallel_calls=tf.data.AUTOTUNE)
+      ds = ds.take(shard_size).map(
+        _eval_fn(image_size, source.center_crop_padding), num_parallel_calls=tf.data.AUTOTUNE
+      )
       largest_shard_size = math.ceil(split_size / num_shards)
       padded_size = math.ceil(largest_shard_size / shard_batch_size) * shard_batch_size
-      padding = tf.data.Dataset.from_tensors({
+      padding = tf.data.Dataset.from_tensors(
+        {
           'images': tf.zeros([image_size, image_size, 3], tf.float32),
           'labels': tf.constant(0, tf.int32),
-          'mask': tf.constant(0., tf.float32),
-      }).repeat(padded_size - shard_size)
+          'mask': tf.constant(0.0, tf.float32),
+        }
+      ).repeat(padded_size - shard_size)
       return ds.concatenate(padding)
     shard_seed = None if seed is None else seed * num_shards + shard
     ds = source.read(source_split, start + shard_start, start + shard_end, True, shard_seed)
@@ -191,17 +199,21 @@ def load(
     example_seeds = tf.data.Dataset.random(seed=shard_seed).batch(2)
     preprocess = _pretrain_fn if preprocess_mode is PreprocessMode.PRETRAIN else _linear_train_fn
     return tf.data.Dataset.zip(ds, example_seeds).map(
-        preprocess(image_size), num_parallel_calls=tf.data.AUTOTUNE)
+      preprocess(image_size), num_parallel_calls=tf.data.AUTOTUNE
+    )
 
   shard_datasets = [read_shard(shard, *shard_range) for shard, shard_range in zip(shards, ranges)]
   if len(shard_datasets) == 1:
     ds = shard_datasets[0]
   else:
     # Shard 0's part of the batch, then shard 1's, ...: [0] * n + [1] * n + ..., repeated.
-    choices = tf.data.Dataset.range(len(shards)).map(
-        lambda shard: tf.fill([shard_batch_size], shard)).unbatch().repeat()
-    ds = tf.data.Dataset.choose_from_datasets(
-        shard_datasets, choices, stop_on_empty_dataset=True)
+    choices = (
+      tf.data.Dataset.range(len(shards))
+      .map(lambda shard: tf.fill([shard_batch_size], shard))
+      .unbatch()
+      .repeat()
+    )
+    ds = tf.data.Dataset.choose_from_datasets(shard_datasets, choices, stop_on_empty_dataset=True)
   options = tf.data.Options()
   # Parallelism comes from the parallel map over examples; one thread per op avoids
   # oversubscribing the few host cores.
@@ -218,13 +230,13 @@ def load(
 
 
 def load_to_devices(
-    split: Split,
-    *,
-    preprocess_mode: PreprocessMode,
-    global_batch_size: int,
-    dataset_config: Mapping[str, Any],
-    sharding: jax.sharding.NamedSharding,
-    seed: int | None = None,
+  split: Split,
+  *,
+  preprocess_mode: PreprocessMode,
+  global_batch_size: int,
+  dataset_config: Mapping[str, Any],
+  sharding: jax.sharding.NamedSharding,
+  seed: int | None = None,
 ) -> Iterator[dict[str, jax.Array]]:
   """Global batches of `split` on the devices of `sharding`, the next one copied ahead.
 
@@ -234,15 +246,16 @@ def load_to_devices(
   """
   shards, num_shards = helpers.local_shards(sharding.mesh)
   batches = load(
-      split,
-      preprocess_mode=preprocess_mode,
-      batch_dims=[global_batch_size // num_shards * len(shards)],
-      image_size=dataset_config['image_size'],
-      dataset_name=dataset_config['name'],
-      data_dir=dataset_config['data_dir'],
-      shards=shards,
-      num_shards=num_shards,
-      seed=seed)
+    split,
+    preprocess_mode=preprocess_mode,
+    batch_dims=[global_batch_size // num_shards * len(shards)],
+    image_size=dataset_config['image_size'],
+    dataset_name=dataset_config['name'],
+    data_dir=dataset_config['data_dir'],
+    shards=shards,
+    num_shards=num_shards,
+    seed=seed,
+  )
   return helpers.prefetch_to_device(batches, sharding)
 
 
@@ -253,9 +266,9 @@ def _split_range(source: sources.Source, split: Split) -> tuple[str, int, int]:
   train_size = source.split_sizes['train']
   holdout = min(_VALID_HOLDOUT, train_size // _VALID_HOLDOUT_FRACTION)
   return 'train', *{
-      Split.TRAIN_AND_VALID: (0, train_size),
-      Split.TRAIN: (holdout, train_size),
-      Split.VALID: (0, holdout),
+    Split.TRAIN_AND_VALID: (0, train_size),
+    Split.TRAIN: (holdout, train_size),
+    Split.VALID: (0, holdout),
   }[split]
 
 
@@ -267,8 +280,9 @@ def _shard_range(size: int, index: int, count: int) -> tuple[int, int]:
   return start, start + quotient + (index < remainder)
 
 
-def _center_crop_window(height: IntLike, width: IntLike, image_size: int,
-                        padding: int = sources.CENTER_CROP_PADDING) -> tf.Tensor:
+def _center_crop_window(
+  height: IntLike, width: IntLike, image_size: int, padding: int = sources.CENTER_CROP_PADDING
+) -> tf.Tensor:
   """[offset_y, offset_x, side, side] of the square centre crop resized to `image_size`.
 
   The crop keeps `S / (S + padding)` of the short side (the whole of it for a padding of 0).
@@ -291,10 +305,12 @@ def _distorted_crop_window(height: IntLike, width: IntLike, seed: tf.Tensor) -> 
   height = tf.cast(height, tf.int32)
   width = tf.cast(width, tf.int32)
   area_draw, ratio_draw, offset_y_draw, offset_x_draw = tf.unstack(
-      tf.random.stateless_uniform([4], seed))
+    tf.random.stateless_uniform([4], seed)
+  )
   area = tf.cast(height * width, tf.float32)
-  target_area = area * (_CROP_AREA_RANGE[0]
-                        + (_CROP_AREA_RANGE[1] - _CROP_AREA_RANGE[0]) * area_draw)
+  target_area = area * (
+    _CROP_AREA_RANGE[0] + (_CROP_AREA_RANGE[1] - _CROP_AREA_RANGE[0]) * area_draw
+  )
   log_low, log_high = (math.log(ratio) for ratio in _CROP_ASPECT_RATIO_RANGE)
   aspect_ratio = tf.exp(log_low + (log_high - log_low) * ratio_draw)
   crop_width = tf.cast(tf.round(tf.sqrt(target_area * aspect_ratio)), tf.int32)
@@ -307,12 +323,19 @@ def _distorted_crop_window(height: IntLike, width: IntLike, seed: tf.Tensor) -> 
     offset = tf.cast(draw * tf.cast(slack + 1, tf.float32), tf.int32)
     return tf.minimum(offset, slack)  # float32 rounding may reach slack + 1.
 
-  return tf.stack([uniform_offset(offset_y_draw, height - crop_height),
-                   uniform_offset(offset_x_draw, width - crop_width), crop_height, crop_width])
+  return tf.stack(
+    [
+      uniform_offset(offset_y_draw, height - crop_height),
+      uniform_offset(offset_x_draw, width - crop_width),
+      crop_height,
+      crop_width,
+    ]
+  )
 
 
 def _decode_and_crop(image_bytes: tf.Tensor, crop_window_fn: CropWindowFn) -> tf.Tensor:
   """Decodes the window `crop_window_fn(height, width)` of an encoded image; uint8 [h, w, 3]."""
+
   def jpeg() -> tf.Tensor:
     # Only the kept window is decoded, which makes JPEG crops much cheaper.
     shape = tf.image.extract_jpeg_shape(image_bytes)
@@ -334,11 +357,13 @@ def _resize_to_unit_range(image: tf.Tensor, image_size: int) -> tf.Tensor:
   """Bicubic resize of a uint8 image to float32 [image_size, image_size, 3] in [0, 1]."""
   # Bicubic interpolation overshoots (values below 0 and above 255 near edges), hence the clip.
   image = tf.image.resize(image, [image_size, image_size], tf.image.ResizeMethod.BICUBIC)
-  return tf.clip_by_value(image / 255., 0., 1.)
+  return tf.clip_by_value(image / 255.0, 0.0, 1.0)
 
 
 def _random_crop(image_bytes: tf.Tensor, image_size: int, seed: tf.Tensor) -> tf.Tensor:
-  window_fn = lambda height, width: _distorted_crop_window(height, width, seed)
+  def window_fn(height, width):
+    return _distorted_crop_window(height, width, seed)
+
   return _resize_to_unit_range(_decode_and_crop(image_bytes, window_fn), image_size)
 
 
@@ -346,10 +371,11 @@ def _pretrain_fn(image_size: int) -> Callable[[Example, tf.Tensor], Example]:
   def preprocess(example: Example, seed: tf.Tensor) -> Example:
     view1_seed, view2_seed = tf.unstack(tf.random.split(seed, 2))
     return {
-        'view1': _random_crop(example['image'], image_size, view1_seed),
-        'view2': _random_crop(example['image'], image_size, view2_seed),
-        'labels': tf.cast(example['label'], tf.int32),
+      'view1': _random_crop(example['image'], image_size, view1_seed),
+      'view2': _random_crop(example['image'], image_size, view2_seed),
+      'labels': tf.cast(example['label'], tf.int32),
     }
+
   return preprocess
 
 
@@ -358,20 +384,23 @@ def _linear_train_fn(image_size: int) -> Callable[[Example, tf.Tensor], Example]
     crop_seed, flip_seed = tf.unstack(tf.random.split(seed, 2))
     image = _random_crop(example['image'], image_size, crop_seed)
     return {
-        'images': tf.image.stateless_random_flip_left_right(image, flip_seed),
-        'labels': tf.cast(example['label'], tf.int32),
+      'images': tf.image.stateless_random_flip_left_right(image, flip_seed),
+      'labels': tf.cast(example['label'], tf.int32),
     }
+
   return preprocess
 
 
 def _eval_fn(image_size: int, center_crop_padding: int) -> Callable[[Example], Example]:
   def preprocess(example: Example) -> Example:
-    window_fn = lambda height, width: _center_crop_window(
-        height, width, image_size, center_crop_padding)
+    def window_fn(height, width):
+      return _center_crop_window(height, width, image_size, center_crop_padding)
+
     image = _decode_and_crop(example['image'], window_fn)
     return {
-        'images': _resize_to_unit_range(image, image_size),
-        'labels': tf.cast(example['label'], tf.int32),
-        'mask': tf.constant(1., tf.float32),
+      'images': _resize_to_unit_range(image, image_size),
+      'labels': tf.cast(example['label'], tf.int32),
+      'mask': tf.constant(1.0, tf.float32),
     }
+
   return preprocess

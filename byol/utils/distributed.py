@@ -19,11 +19,11 @@ class DistributedError(RuntimeError):
 
 
 def initialize(
-    *,
-    coordinator_address: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-    auto_detect: bool = False,
+  *,
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  auto_detect: bool = False,
 ) -> None:
   """Joins a multi-process run; does nothing for a run of one process (no argument given).
 
@@ -34,16 +34,22 @@ def initialize(
     return
   try:
     jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes,
-        process_id=process_id)
+      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
   except (ValueError, RuntimeError) as error:
     raise DistributedError(
-        f'Could not join the run of several processes ({error}). Give the coordinator\'s '
-        'address (process 0\'s host:port), the number of processes and this process\'s id, or '
-        'start the processes under a cluster manager that JAX detects (SLURM, Cloud TPU, '
-        'Open MPI).') from None
-  logging.info('Process %d of %d: %d of the run\'s %d devices.', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+      f"Could not join the run of several processes ({error}). Give the coordinator's "
+      "address (process 0's host:port), the number of processes and this process's id, or "
+      'start the processes under a cluster manager that JAX detects (SLURM, Cloud TPU, '
+      'Open MPI).'
+    ) from None
+  logging.info(
+    "Process %d of %d: %d of the run's %d devices.",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 def from_process_0(value: np.ndarray) -> np.ndarray:

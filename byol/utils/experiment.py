@@ -34,24 +34,28 @@ class Experiment:
   _checkpoint_kind: str
 
   def __init__(
-      self,
-      *,
-      random_seed: int,
-      num_classes: int,
-      batch_size: int,
-      max_steps: int,
-      network_config: Mapping[str, Any],
-      lr_schedule_config: Mapping[str, Any],
-      dataset_config: Mapping[str, Any],
-      evaluation_config: Mapping[str, Any],
-      checkpointing_config: Mapping[str, Any],
+    self,
+    *,
+    random_seed: int,
+    num_classes: int,
+    batch_size: int,
+    max_steps: int,
+    network_config: Mapping[str, Any],
+    lr_schedule_config: Mapping[str, Any],
+    dataset_config: Mapping[str, Any],
+    evaluation_config: Mapping[str, Any],
+    checkpointing_config: Mapping[str, Any],
   ):
     helpers.check_batch_size(batch_size)
     eval_batch_size = helpers.round_up_to_devices(evaluation_config['batch_size'])
     if eval_batch_size != evaluation_config['batch_size']:
-      logging.info('Evaluating in batches of %d, the evaluation batch size %d rounded up to a '
-                   'multiple of the %d devices (the extra examples are padding, masked out).',
-                   eval_batch_size, evaluation_config['batch_size'], jax.device_count())
+      logging.info(
+        'Evaluating in batches of %d, the evaluation batch size %d rounded up to a '
+        'multiple of the %d devices (the extra examples are padding, masked out).',
+        eval_batch_size,
+        evaluation_config['batch_size'],
+        jax.device_count(),
+      )
     if max_steps <= 0:
       raise ValueError(f'max_steps must be positive, got {max_steps}.')
     self._random_seed = random_seed
@@ -71,7 +75,8 @@ class Experiment:
     self._learning_rate(0)
 
     self._checkpointer = checkpointing.Checkpointer(
-        checkpointing_config['checkpoint_dir'], checkpointing_config['filename'])
+      checkpointing_config['checkpoint_dir'], checkpointing_config['filename']
+    )
     mesh = helpers.make_mesh()
     self._replicated = helpers.replicated(mesh)
     self._batch_sharding = helpers.batch_sharded(mesh)
@@ -92,18 +97,21 @@ class Experiment:
 
   def _learning_rate(self, global_step: jax.typing.ArrayLike) -> jax.Array:
     return schedules.learning_schedule(
-        global_step,
-        batch_size=self._batch_size,
-        base_learning_rate=self._lr_schedule_config['base_learning_rate'],
-        total_steps=self._max_steps,
-        warmup_steps=self._lr_schedule_config['warmup_steps'])
+      global_step,
+      batch_size=self._batch_size,
+      base_learning_rate=self._lr_schedule_config['base_learning_rate'],
+      total_steps=self._max_steps,
+      warmup_steps=self._lr_schedule_config['warmup_steps'],
+    )
 
   def _describe_networks(self) -> str:
     """The config's networks as in checkpoint errors, e.g. 'ResNet50 1x, 1000 classes'."""
     encoder_config = self._network_config['encoder_config']
     version = ' v2' if encoder_config.get('resnet_v2') else ''
-    return (f'{self._network_config["encoder_class"]} {encoder_config["width_multiplier"]}x'
-            f'{version}, {self._num_classes} classes')
+    return (
+      f'{self._network_config["encoder_class"]} {encoder_config["width_multiplier"]}x'
+      f'{version}, {self._num_classes} classes'
+    )
 
   def _current_state(self, method: str) -> tuple:
     if self._state is None:
@@ -114,22 +122,25 @@ class Experiment:
     """The next training batch on the devices; the input pipeline starts on the first call."""
     if self._train_input is None:
       self._train_input = dataset.load_to_devices(
-          dataset.Split.from_string(self._dataset_config['train_split']),
-          preprocess_mode=self._train_preprocess_mode,
-          global_batch_size=self._batch_size,
-          dataset_config=self._dataset_config,
-          sharding=self._batch_sharding,
-          seed=self._random_seed)
+        dataset.Split.from_string(self._dataset_config['train_split']),
+        preprocess_mode=self._train_preprocess_mode,
+        global_batch_size=self._batch_size,
+        dataset_config=self._dataset_config,
+        sharding=self._batch_sharding,
+        seed=self._random_seed,
+      )
     return next(self._train_input)
 
   def _evaluate_with(
-      self, batch_sums_fn: Callable[[Batch], Scalars], global_step: int) -> dict[str, float]:
+    self, batch_sums_fn: Callable[[Batch], Scalars], global_step: int
+  ) -> dict[str, float]:
     return evaluation.evaluate_split(
-        batch_sums_fn,
-        dataset_config=self._dataset_config,
-        evaluation_config=self._evaluation_config,
-        sharding=self._batch_sharding,
-        global_step=global_step)
+      batch_sums_fn,
+      dataset_config=self._dataset_config,
+      evaluation_config=self._evaluation_config,
+      sharding=self._batch_sharding,
+      global_step=global_step,
+    )
 
   # ------------------------------------------------------------------------------- worker API
 
@@ -172,18 +183,23 @@ class Experiment:
     fields = tuple(getattr(state, '_fields', ()))
     if fields != self._state_class._fields:
       raise checkpointing.CheckpointError(
-          f'{self._checkpointer.path} is not a {self._checkpoint_kind} checkpoint (its state has '
-          f'fields {fields or type(state).__name__}).')
+        f'{self._checkpointer.path} is not a {self._checkpoint_kind} checkpoint (its state has '
+        f'fields {fields or type(state).__name__}).'
+      )
     expected = jax.eval_shape(self._init_fn, jax.random.key(0), self._train_batch_shapes())
     checkpointing.check_parameter_shapes(
-        self._checked_params(state), self._checked_params(expected),
-        path=self._checkpointer.path, wanted_networks=self._describe_networks())
+      self._checked_params(state),
+      self._checked_params(expected),
+      path=self._checkpointer.path,
+      wanted_networks=self._describe_networks(),
+    )
     if jax.tree.structure(tuple(state)) != jax.tree.structure(tuple(expected)):
       raise checkpointing.CheckpointError(
-          f'{self._checkpointer.path} has the right networks but an optimiser state of another '
-          'layout (a file written by another version, such as a 2020 release checkpoint), so '
-          'training cannot resume from it. Its encoder can still be evaluated: put it in '
-          'another folder as pretrain.pkl and run --experiment_mode=linear-eval there.')
+        f'{self._checkpointer.path} has the right networks but an optimiser state of another '
+        'layout (a file written by another version, such as a 2020 release checkpoint), so '
+        'training cannot resume from it. Its encoder can still be evaluated: put it in '
+        'another folder as pretrain.pkl and run --experiment_mode=linear-eval there.'
+      )
     self._state = jax.device_put(self._state_class(*state), self._replicated)
     return checkpoint['step'], checkpoint['rng']
 

@@ -59,8 +59,9 @@ def local_shards(mesh: Mesh) -> tuple[list[int], int]:
   its devices, in the mesh's order.
   """
   devices = list(mesh.devices.flat)
-  positions = [index for index, device in enumerate(devices)
-               if device.process_index == jax.process_index()]
+  positions = [
+    index for index, device in enumerate(devices) if device.process_index == jax.process_index()
+  ]
   return positions, len(devices)
 
 
@@ -83,9 +84,10 @@ def check_batch_size(batch_size: int) -> None:
   num_devices = jax.device_count()
   if batch_size <= 0 or batch_size % num_devices:
     raise BatchSizeError(
-        f'batch_size={batch_size} must be a positive multiple of the number of devices '
-        f'({num_devices} over {jax.process_count()} process(es)). Pick e.g. '
-        f'{max(num_devices, batch_size - batch_size % num_devices)}.')
+      f'batch_size={batch_size} must be a positive multiple of the number of devices '
+      f'({num_devices} over {jax.process_count()} process(es)). Pick e.g. '
+      f'{max(num_devices, batch_size - batch_size % num_devices)}.'
+    )
 
 
 def round_up_to_devices(batch_size: int) -> int:
@@ -103,15 +105,13 @@ def round_up_to_devices(batch_size: int) -> int:
 def to_global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
   """Assembles this process's share of a batch into global arrays split over `sharding`'s mesh."""
   return {
-      key: jax.make_array_from_process_local_data(sharding, value)
-      for key, value in local_batch.items()
+    key: jax.make_array_from_process_local_data(sharding, value)
+    for key, value in local_batch.items()
   }
 
 
 def prefetch_to_device(
-    local_batches: Iterable[Mapping[str, np.ndarray]],
-    sharding: NamedSharding,
-    size: int = 2,
+  local_batches: Iterable[Mapping[str, np.ndarray]], sharding: NamedSharding, size: int = 2
 ) -> Iterator[dict]:
   """Yields global device batches, keeping `size` transfers in flight ahead of the consumer.
 

@@ -48,8 +48,10 @@ def _list_image_folder(root: str) -> ImageFolder:
   if not os.path.isdir(root):
     raise ImageFolderError(f'No folder {root}; it must hold {_LAYOUT}.')
   train_root = os.path.join(root, 'train')
-  test_root = next((os.path.join(root, name) for name in _TEST_FOLDERS
-                    if os.path.isdir(os.path.join(root, name))), None)
+  test_root = next(
+    (os.path.join(root, name) for name in _TEST_FOLDERS if os.path.isdir(os.path.join(root, name))),
+    None,
+  )
   if not os.path.isdir(train_root) or test_root is None:
     raise ImageFolderError(f'{root} must hold {_LAYOUT}.')
 
@@ -58,8 +60,9 @@ def _list_image_folder(root: str) -> ImageFolder:
   unknown = sorted(set(test_class_names) - set(class_names))
   if unknown:
     raise ImageFolderError(
-        f'{test_root} has classes that train/ lacks: {unknown}; every evaluation class must also '
-        'be a training class (same folder name).')
+      f'{test_root} has classes that train/ lacks: {unknown}; every evaluation class must also '
+      'be a training class (same folder name).'
+    )
   train = _labelled_files(train_root, class_names, class_names)
   test = _labelled_files(test_root, test_class_names, class_names)
   _check_image_bytes(np.concatenate([train.paths, test.paths]))
@@ -77,18 +80,23 @@ def _class_names(part_root: str) -> tuple[str, ...]:
   return names
 
 
-def _labelled_files(part_root: str, folder_names: tuple[str, ...],
-                    class_names: tuple[str, ...]) -> LabelledFiles:
+def _labelled_files(
+  part_root: str, folder_names: tuple[str, ...], class_names: tuple[str, ...]
+) -> LabelledFiles:
   """The image files of `part_root/<name>/` for each name, sorted, labelled by `class_names`."""
   paths, labels = [], []
   for name in folder_names:
     class_root = os.path.join(part_root, name)
-    files = sorted(entry.name for entry in os.scandir(class_root)
-                   if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS))
+    files = sorted(
+      entry.name
+      for entry in os.scandir(class_root)
+      if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+    )
     if not files:
       raise ImageFolderError(
-          f'{class_root} holds no images (files ending in {", ".join(IMAGE_EXTENSIONS)}, any '
-          'case); add its images or remove the folder.')
+        f'{class_root} holds no images (files ending in {", ".join(IMAGE_EXTENSIONS)}, any '
+        'case); add its images or remove the folder.'
+      )
     paths.extend(os.path.join(class_root, file) for file in files)
     labels.extend([class_names.index(name)] * len(files))
   return LabelledFiles(np.array(paths, dtype=str), np.array(labels, dtype=np.int64))
@@ -103,5 +111,6 @@ def _check_image_bytes(paths: np.ndarray) -> None:
         bad_paths.append(str(path))
   if bad_paths:
     raise ImageFolderError(
-        f'{len(bad_paths)} files with an image extension are not JPEG, PNG, GIF or BMP images (by '
-        f'their first bytes), e.g. {bad_paths[:_MAX_NAMED_PATHS]}; delete or convert them.')
+      f'{len(bad_paths)} files with an image extension are not JPEG, PNG, GIF or BMP images (by '
+      f'their first bytes), e.g. {bad_paths[:_MAX_NAMED_PATHS]}; delete or convert them.'
+    )

@@ -20,8 +20,7 @@ from byol.utils import cpu_kernels
 _GROUP_STRIDES = (1, 2, 2, 2)
 
 
-def _conv(channels: int, kernel: int, stride: int, name: str,
-          use_cpu_kernels: bool) -> hk.Conv2D:
+def _conv(channels: int, kernel: int, stride: int, name: str, use_cpu_kernels: bool) -> hk.Conv2D:
   """Builds every convolution of the ResNets: no bias, SAME padding.
 
   With `use_cpu_kernels`, one that convolves 2x2 maps faster on XLA:CPU (same parameter).
@@ -49,10 +48,10 @@ class BatchNorm(hk.BatchNorm):
   On float32 inputs it is exactly `hk.BatchNorm` (same default name, parameters and values).
   """
 
-  def __call__(self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False,
-               **kwargs: Any) -> jax.Array:
-    outputs = super().__call__(
-        inputs.astype(jnp.float32), is_training, test_local_stats, **kwargs)
+  def __call__(
+    self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False, **kwargs: Any
+  ) -> jax.Array:
+    outputs = super().__call__(inputs.astype(jnp.float32), is_training, test_local_stats, **kwargs)
     return outputs.astype(inputs.dtype)
 
 
@@ -76,14 +75,20 @@ def mixed_precision(compute_dtype: str) -> Iterator[None]:
     yield
     return
 
-  def create_in_float32(next_creator: Callable[..., jax.Array], shape: Sequence[int], dtype: Any,
-                        init: hk.initializers.Initializer, context: hk.GetterContext) -> jax.Array:
+  def create_in_float32(
+    next_creator: Callable[..., jax.Array],
+    shape: Sequence[int],
+    dtype: Any,
+    init: hk.initializers.Initializer,
+    context: hk.GetterContext,
+  ) -> jax.Array:
     del context
     dtype = jnp.float32 if jnp.issubdtype(dtype, jnp.floating) else dtype
     return next_creator(shape, dtype, init)
 
-  def read_in_compute_dtype(next_getter: Callable[[jax.Array], jax.Array], value: jax.Array,
-                            context: hk.GetterContext) -> jax.Array:
+  def read_in_compute_dtype(
+    next_getter: Callable[[jax.Array], jax.Array], value: jax.Array, context: hk.GetterContext
+  ) -> jax.Array:
     value = next_getter(value)
     if isinstance(context.module, hk.BatchNorm) or value.dtype != jnp.float32:
       return value
@@ -103,17 +108,11 @@ def _with_bn_defaults(bn_config: Mapping[str, Any] | None) -> dict[str, Any]:
   return bn_config
 
 
-def _conv_specs(
-  channels: int, stride: int, bottleneck: bool
-) -> list[tuple[int, int, int]]:
+def _conv_specs(channels: int, stride: int, bottleneck: bool) -> list[tuple[int, int, int]]:
   """(channels, kernel, stride) of the residual branch's convolutions."""
   if bottleneck:
     # 1x1 reduce, 3x3 (strided), 1x1 expand.
-    return [
-      (channels // 4, 1, 1),
-      (channels // 4, 3, stride),
-      (channels, 1, 1),
-    ]
+    return [(channels // 4, 1, 1), (channels // 4, 3, stride), (channels, 1, 1)]
   return [(channels, 3, stride), (channels, 3, 1)]
 
 
@@ -152,15 +151,19 @@ class _Block(hk.Module):
     if use_projection:
       self.shortcut_conv = _conv(channels, 1, stride, 'shortcut_conv', use_cpu_kernels)
       if self.normalise_shortcut:
-        self.shortcut_batchnorm = BatchNorm(
-          name='shortcut_batchnorm', **bn_config)
+        self.shortcut_batchnorm = BatchNorm(name='shortcut_batchnorm', **bn_config)
     specs = _conv_specs(channels, stride, bottleneck)
     # By default every BatchNorm scale starts at 1, as in the paper; Haiku's bottleneck block (the
     # released code's) starts the last one at 0, which `zero_init_residual` offers.
     self.layers = [
-      (_conv(out_channels, kernel, conv_stride, f'conv_{i}', use_cpu_kernels),
-       BatchNorm(name=f'batchnorm_{i}', **bn_config, **(
-           dict(scale_init=jnp.zeros) if zero_init_residual and i == len(specs) - 1 else {})))
+      (
+        _conv(out_channels, kernel, conv_stride, f'conv_{i}', use_cpu_kernels),
+        BatchNorm(
+          name=f'batchnorm_{i}',
+          **bn_config,
+          **(dict(scale_init=jnp.zeros) if zero_init_residual and i == len(specs) - 1 else {}),
+        ),
+      )
       for i, (out_channels, kernel, conv_stride) in enumerate(specs)
     ]
 
@@ -177,8 +180,7 @@ class BlockV1(_Block):
     shortcut = inputs
     if self.use_projection:
       shortcut = self.shortcut_conv(inputs)
-      shortcut = self.shortcut_batchnorm(
-        shortcut, is_training, test_local_stats)
+      shortcut = self.shortcut_batchnorm(shortcut, is_training, test_local_stats)
     out = inputs
     for i, (conv, batchnorm) in enumerate(self.layers):
       out = batchnorm(conv(out), is_training, test_local_stats)
@@ -267,7 +269,8 @@ def _check_per_group(name: str, values: Sequence[Any]) -> None:
   if len(values) != len(_GROUP_STRIDES):
     raise ValueError(
       f'`{name}` must have {len(_GROUP_STRIDES)} entries (one per block '
-      f'group), got {len(values)}: {values!r}.')
+      f'group), got {len(values)}: {values!r}.'
+    )
 
 
 def _is_positive_int(value: Any) -> bool:
@@ -322,38 +325,46 @@ class ResNetTorso(hk.Module):
       ValueError: on malformed per-group sequences, channel counts or widths.
     """
     super().__init__(name=name)
-    for arg_name, values in (('blocks_per_group', blocks_per_group),
-                             ('channels_per_group', channels_per_group),
-                             ('use_projection', use_projection)):
+    for arg_name, values in (
+      ('blocks_per_group', blocks_per_group),
+      ('channels_per_group', channels_per_group),
+      ('use_projection', use_projection),
+    ):
       _check_per_group(arg_name, values)
     if not all(_is_positive_int(n) for n in blocks_per_group):
-      raise ValueError('`blocks_per_group` entries must be positive ints, '
-                       f'got {blocks_per_group!r}.')
+      raise ValueError(
+        f'`blocks_per_group` entries must be positive ints, got {blocks_per_group!r}.'
+      )
     if not all(_is_positive_int(c) for c in channels_per_group):
-      raise ValueError('`channels_per_group` entries must be positive '
-                       f'ints, got {channels_per_group!r}.')
+      raise ValueError(
+        f'`channels_per_group` entries must be positive ints, got {channels_per_group!r}.'
+      )
     if bottleneck and any(c % 4 for c in channels_per_group):
       raise ValueError(
         'Bottleneck blocks reduce to a quarter of their channels, so '
         '`channels_per_group` entries must be multiples of 4, got '
-        f'{channels_per_group!r}.')
+        f'{channels_per_group!r}.'
+      )
     if not _is_positive_int(width_multiplier):
-      raise ValueError('`width_multiplier` must be a positive int (1, 2, '
-                       f'4, ...), got {width_multiplier!r}.')
+      raise ValueError(
+        f'`width_multiplier` must be a positive int (1, 2, 4, ...), got {width_multiplier!r}.'
+      )
     if zero_init_residual and resnet_v2:
-      raise ValueError('`zero_init_residual` applies to v1 blocks, whose last BatchNorm ends the '
-                       'residual branch; pre-activation (v2) blocks end on a convolution.')
+      raise ValueError(
+        '`zero_init_residual` applies to v1 blocks, whose last BatchNorm ends the '
+        'residual branch; pre-activation (v2) blocks end on a convolution.'
+      )
     if num_classes is not None and not _is_positive_int(num_classes):
-      raise ValueError('`num_classes` must be None (no logits layer) or '
-                       f'a positive int, got {num_classes!r}.')
+      raise ValueError(
+        f'`num_classes` must be None (no logits layer) or a positive int, got {num_classes!r}.'
+      )
 
     bn_config = _with_bn_defaults(bn_config)
     self.resnet_v2 = resnet_v2
     self.use_cpu_kernels = use_cpu_kernels
     self.initial_conv = _conv(64 * width_multiplier, 7, 2, 'initial_conv', use_cpu_kernels)
     if not resnet_v2:
-      self.initial_batchnorm = BatchNorm(
-        name='initial_batchnorm', **bn_config)
+      self.initial_batchnorm = BatchNorm(name='initial_batchnorm', **bn_config)
     self.block_groups = [
       BlockGroup(
         channels=channels_per_group[i] * width_multiplier,
@@ -371,8 +382,7 @@ class ResNetTorso(hk.Module):
     ]
     if resnet_v2:
       # Pre-activation blocks leave their sum un-normalised.
-      self.final_batchnorm = BatchNorm(
-        name='final_batchnorm', **bn_config)
+      self.final_batchnorm = BatchNorm(name='final_batchnorm', **bn_config)
     self.logits = None
     if num_classes is not None:
       self.logits = hk.Linear(num_classes, w_init=jnp.zeros, name='logits')
@@ -492,8 +502,7 @@ class ResNet200(_ResNetPreset):
 
 ENCODERS: dict[str, type[ResNetTorso]] = {
   encoder.__name__: encoder
-  for encoder in (TinyResNet, ResNet18, ResNet34, ResNet50, ResNet101,
-          ResNet152, ResNet200)
+  for encoder in (TinyResNet, ResNet18, ResNet34, ResNet50, ResNet101, ResNet152, ResNet200)
 }
 
 
@@ -504,8 +513,7 @@ def get_encoder(name: str) -> type[ResNetTorso]:
     ValueError: if no encoder has that name; the message lists the valid ones.
   """
   if name not in ENCODERS:
-    raise ValueError(
-      f'Unknown encoder {name!r}; valid names are {", ".join(ENCODERS)}.')
+    raise ValueError(f'Unknown encoder {name!r}; valid names are {", ".join(ENCODERS)}.')
   return ENCODERS[name]
 
 
@@ -513,11 +521,7 @@ class MLP(hk.Module):
   """Projector/predictor head: Linear -> BatchNorm -> ReLU -> Linear."""
 
   def __init__(
-    self,
-    name: str,
-    hidden_size: int,
-    output_size: int,
-    bn_config: Mapping[str, Any] | None = None,
+    self, name: str, hidden_size: int, output_size: int, bn_config: Mapping[str, Any] | None = None
   ):
     """Stores the sizes; the layers are created when the module is called.
 

@@ -19,7 +19,8 @@ def exclude_bias_and_norm(params: optax.Params) -> Any:
   """Mask that is False for biases (`b`) and normalisation parameters (module path with `norm`).
 
   Haiku params are `{module_path: {param_name: array}}`, e.g.
-  `{'res_net50/~/initial_batchnorm': {'scale': ..., 'offset': ...}, 'projector/linear': {'b': ...}}`.
+  `{'res_net50/~/initial_batchnorm': {'scale': ..., 'offset': ...},
+  'projector/linear': {'b': ...}}`.
   """
 
   def include(path: tuple[Any, ...], _: jax.Array) -> bool:
@@ -30,24 +31,24 @@ def exclude_bias_and_norm(params: optax.Params) -> Any:
 
 
 def lars(
-    learning_rate: optax.ScalarOrSchedule,
-    weight_decay: float = 0.,
-    momentum: float = 0.9,
-    eta: float = 1e-3,
-    weight_decay_mask: Mask | None = None,
-    trust_ratio_mask: Mask | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: float = 0.0,
+  momentum: float = 0.9,
+  eta: float = 1e-3,
+  weight_decay_mask: Mask | None = None,
+  trust_ratio_mask: Mask | None = None,
 ) -> optax.GradientTransformation:
   """LARS with momentum; `learning_rate` may be an optax schedule of the update count.
 
   Unlike `optax.lars`, the learning rate is applied after the momentum (the original's order, which
   matters when the rate changes between steps).
   """
-  trust_ratio = optax.scale_by_trust_ratio(trust_coefficient=eta, eps=0.)
+  trust_ratio = optax.scale_by_trust_ratio(trust_coefficient=eta, eps=0.0)
   if trust_ratio_mask is not None:
     trust_ratio = optax.masked(trust_ratio, trust_ratio_mask)
   return optax.chain(
-      optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
-      trust_ratio,
-      optax.trace(decay=momentum, nesterov=False),
-      optax.scale_by_learning_rate(learning_rate),
+    optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
+    trust_ratio,
+    optax.trace(decay=momentum, nesterov=False),
+    optax.scale_by_learning_rate(learning_rate),
   )

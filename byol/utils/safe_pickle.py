@@ -72,12 +72,14 @@ class UnsafePickleError(pickle.UnpicklingError):
 @dataclasses.dataclass(frozen=True)
 class _Global:
   """A global named by the file, e.g. 'numpy.dtype': inert until a step below applies it."""
+
   name: str
 
 
 @dataclasses.dataclass(frozen=True)
 class _StateClass:
   """A state class named by the file; `fields` is None when named by reference (no field names)."""
+
   module: str
   name: str
   fields: tuple[str, ...] | None
@@ -85,6 +87,7 @@ class _StateClass:
 
 class _Pending:
   """An array or dtype made by REDUCE that the file's next BUILD fills; `value` once filled."""
+
   __slots__ = ('dtype', 'value')
 
   def __init__(self, dtype: np.dtype | None = None):
@@ -95,7 +98,8 @@ class _Pending:
 def _expect(value: Any, kind: type, what: str) -> Any:
   if type(value) is not kind:  # Exactly: a bool is no int here, a numpy scalar no float.
     raise pickle.UnpicklingError(
-        f'expected {what} of type {kind.__name__}, not {type(value).__name__}')
+      f'expected {what} of type {kind.__name__}, not {type(value).__name__}'
+    )
   return value
 
 
@@ -110,11 +114,17 @@ def _is_global(value: Any, name: str) -> bool:
 
 def _reconstruct(subtype: Any, shape: Any, dtype_code: Any) -> _Pending:
   """numpy's `_reconstruct(ndarray, (0,), b'b')`: an empty array for the BUILD that follows."""
-  if (not _is_global(subtype, _NDARRAY) or type(shape) is not tuple or shape != (0,)
-      or type(dtype_code) is not bytes or dtype_code != b'b'):
+  if (
+    not _is_global(subtype, _NDARRAY)
+    or type(shape) is not tuple
+    or shape != (0,)
+    or type(dtype_code) is not bytes
+    or dtype_code != b'b'
+  ):
     raise UnsafePickleError(
-        f'calls `{_RECONSTRUCT}` with ({_short(subtype)}, {_short(shape)}, {_short(dtype_code)}), '
-        "not with (numpy.ndarray, (0,), b'b') as numpy does")
+      f'calls `{_RECONSTRUCT}` with ({_short(subtype)}, {_short(shape)}, {_short(dtype_code)}), '
+      "not with (numpy.ndarray, (0,), b'b') as numpy does"
+    )
   return _Pending()
 
 
@@ -123,15 +133,19 @@ def _array(state: Any) -> np.ndarray:
   version, shape, dtype, fortran_order, data = _expect(state, tuple, 'array state')
   if type(version) is not int or version != 1 or type(fortran_order) is not bool:
     raise pickle.UnpicklingError(f'array state {_short((version, shape, dtype, fortran_order))}')
-  if (type(shape) is not tuple or len(shape) > _MAX_DIMENSIONS
-      or not all(type(size) is int and size >= 0 for size in shape)):
+  if (
+    type(shape) is not tuple
+    or len(shape) > _MAX_DIMENSIONS
+    or not all(type(size) is int and size >= 0 for size in shape)
+  ):
     raise pickle.UnpicklingError(f'array shape {_short(shape)}')
   if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS:
     raise UnsafePickleError(f'builds an array of {_short(dtype)}; only numeric arrays are data')
   data = _expect(data, bytes, 'array data')
   if len(data) != math.prod(shape) * dtype.itemsize:
     raise pickle.UnpicklingError(
-        f'{len(data)} bytes for an array of shape {shape} and dtype {dtype}')
+      f'{len(data)} bytes for an array of shape {shape} and dtype {dtype}'
+    )
   order = 'F' if fortran_order else 'C'
   # A copy, so the array owns writable memory rather than viewing the file's bytes.
   return np.ndarray(shape, dtype=dtype, buffer=data, order=order).copy(order='K')
@@ -139,11 +153,16 @@ def _array(state: Any) -> np.ndarray:
 
 def _dtype(code: Any, align: Any, copy: Any) -> _Pending:
   """numpy's `dtype(code, False, True)` for a numeric type code such as 'f4': see `_build_dtype`."""
-  if (type(code) is not str or not _NUMERIC_TYPE_CODE.fullmatch(code) or align is not False
-      or copy is not True):
+  if (
+    type(code) is not str
+    or not _NUMERIC_TYPE_CODE.fullmatch(code)
+    or align is not False
+    or copy is not True
+  ):
     raise UnsafePickleError(
-        f'calls `numpy.dtype` with ({_short(code)}, {_short(align)}, {_short(copy)}); only '
-        'numeric dtypes are data')
+      f'calls `numpy.dtype` with ({_short(code)}, {_short(align)}, {_short(copy)}); only '
+      'numeric dtypes are data'
+    )
   dtype = np.dtype(code)  # A TypeError for codes numpy does not know, such as 'i3'.
   if dtype.kind not in _NUMERIC_KINDS:
     raise UnsafePickleError(f'builds the dtype {dtype}; only numeric dtypes are data')
@@ -153,12 +172,20 @@ def _dtype(code: Any, align: Any, copy: Any) -> _Pending:
 def _build_dtype(pending: _Pending, state: Any) -> np.dtype:
   """The dtype with the byte order of numpy's pickled state `(3, order, None, ..., -1, -1, 0)`."""
   state = _expect(state, tuple, 'dtype state')
-  if (len(state) != 8 or type(state[0]) is not int or state[0] != 3
-      or type(state[1]) is not str or state[1] not in _BYTE_ORDERS
-      or any(type(item) is not type(plain) or item != plain
-             for item, plain in zip(state[2:], _PLAIN_DTYPE_STATE))):
+  if (
+    len(state) != 8
+    or type(state[0]) is not int
+    or state[0] != 3
+    or type(state[1]) is not str
+    or state[1] not in _BYTE_ORDERS
+    or any(
+      type(item) is not type(plain) or item != plain
+      for item, plain in zip(state[2:], _PLAIN_DTYPE_STATE)
+    )
+  ):
     raise UnsafePickleError(
-        f'sets the dtype state {_short(state)}; only plain numeric dtypes are data')
+      f'sets the dtype state {_short(state)}; only plain numeric dtypes are data'
+    )
   return pending.dtype.newbyteorder(state[1])
 
 
@@ -174,18 +201,19 @@ def _scalar(dtype: Any, data: Any) -> np.generic:
 def _encode(text: Any, encoding: Any) -> bytes:
   """`_codecs.encode(text, 'latin1')`: how protocol 2 writes bytes. Any other codec is refused."""
   if type(encoding) is not str or encoding not in ('latin1', 'latin-1'):
-    raise UnsafePickleError(
-        f'calls `_codecs.encode` with the codec {_short(encoding)}, not latin1')
+    raise UnsafePickleError(f'calls `_codecs.encode` with the codec {_short(encoding)}, not latin1')
   return _expect(text, str, 'encoded text').encode('latin-1')
 
 
-def _create_array(reconstruct: Any, arguments: Any, state: Any, instance_dict: Any = None
-                  ) -> np.ndarray:
+def _create_array(
+  reconstruct: Any, arguments: Any, state: Any, instance_dict: Any = None
+) -> np.ndarray:
   """dill's `_create_array(_reconstruct, (ndarray, (0,), b'b'), state, None)`: a numeric array."""
   if not _is_global(reconstruct, _RECONSTRUCT) or instance_dict is not None:
     raise UnsafePickleError(
-        f'calls `dill._dill._create_array` with {_short(reconstruct)} and {_short(instance_dict)}, '
-        f'not with `{_RECONSTRUCT}` and None')
+      f'calls `dill._dill._create_array` with {_short(reconstruct)} and {_short(instance_dict)}, '
+      f'not with `{_RECONSTRUCT}` and None'
+    )
   _reconstruct(*_expect(arguments, tuple, '_create_array arguments'))
   return _array(state)
 
@@ -194,21 +222,26 @@ def _create_namedtuple(name: Any, fields: Any, module: Any, defaults: Any = None
   """dill's `_create_namedtuple(name, fields, module)`: a state class, by its name and fields."""
   del defaults  # Checkpoints store every field.
   fields = _expect(fields, tuple, 'namedtuple fields')
-  if (len(fields) > _MAX_FIELDS or len(set(fields)) != len(fields) or not all(
+  if (
+    len(fields) > _MAX_FIELDS
+    or len(set(fields)) != len(fields)
+    or not all(
       type(field) is str and _FIELD_NAME.fullmatch(field) and not keyword.iskeyword(field)
-      for field in fields)):
+      for field in fields
+    )
+  ):
     raise pickle.UnpicklingError(f'namedtuple fields {_short(fields)}')
   return _state_class(module, name, fields)
 
 
 # What applying each global to arguments (REDUCE) makes; `numpy.ndarray` is only an argument.
 _REDUCERS = {
-    _RECONSTRUCT: _reconstruct,
-    'numpy.dtype': _dtype,
-    'numpy._core.multiarray.scalar': _scalar,
-    '_codecs.encode': _encode,
-    'dill._dill._create_array': _create_array,
-    'dill._dill._create_namedtuple': _create_namedtuple,
+  _RECONSTRUCT: _reconstruct,
+  'numpy.dtype': _dtype,
+  'numpy._core.multiarray.scalar': _scalar,
+  '_codecs.encode': _encode,
+  'dill._dill._create_array': _create_array,
+  'dill._dill._create_namedtuple': _create_namedtuple,
 }
 ALLOWED_GLOBALS = frozenset({*_REDUCERS, _NDARRAY})
 
@@ -223,8 +256,13 @@ def _loaded_state_class(module: str, name: str) -> type | None:
   if type(module_object) is not types.ModuleType:
     return None
   cls = vars(module_object).get(name)
-  if (isinstance(cls, type) and issubclass(cls, tuple) and type(vars(cls).get('_fields')) is tuple
-      and cls.__module__ == module and cls.__qualname__ == name):
+  if (
+    isinstance(cls, type)
+    and issubclass(cls, tuple)
+    and type(vars(cls).get('_fields')) is tuple
+    and cls.__module__ == module
+    and cls.__qualname__ == name
+  ):
     return cls
   return None
 
@@ -238,13 +276,15 @@ def _state_class(module: Any, name: Any, fields: tuple[str, ...] | None) -> _Sta
     if len(qualified_name) > 200:
       qualified_name = qualified_name[:200] + '...'
     raise UnsafePickleError(
-        f'names `{qualified_name}`; a checkpoint may name numpy arrays, dtypes and scalars, '
-        'latin-1 bytes and the state NamedTuples (<Name>State) of byol and optax, nothing else')
+      f'names `{qualified_name}`; a checkpoint may name numpy arrays, dtypes and scalars, '
+      'latin-1 bytes and the state NamedTuples (<Name>State) of byol and optax, nothing else'
+    )
   return _StateClass(module, name, fields)
 
 
 class _StandIn(tuple):
   """Base of the stand-ins for state classes named by reference that are not loaded (no fields)."""
+
   __slots__ = ()
 
   def __new__(cls, *values: Any) -> '_StandIn':
@@ -262,7 +302,8 @@ def _stand_in_class(module: str, name: str, fields: tuple[str, ...] | None) -> t
     return collections.namedtuple(name, fields, module=module)
   cls = type(name, (_StandIn,), {'__slots__': (), '__module__': module, '__qualname__': name})
   jax.tree_util.register_pytree_node(
-      cls, lambda stand_in: (tuple(stand_in), None), lambda _, values: cls(*values))
+    cls, lambda stand_in: (tuple(stand_in), None), lambda _, values: cls(*values)
+  )
   return cls
 
 
@@ -271,8 +312,11 @@ def _make_state(state_class: _StateClass, values: Any) -> tuple:
   values = _expect(values, tuple, 'state values')
   module, name, fields = state_class.module, state_class.name, state_class.fields
   real_class = _loaded_state_class(module, name)
-  if real_class is not None and len(values) == len(real_class._fields) and (
-      fields is None or fields == real_class._fields):
+  if (
+    real_class is not None
+    and len(values) == len(real_class._fields)
+    and (fields is None or fields == real_class._fields)
+  ):
     return tuple.__new__(real_class, values)  # As NEWOBJ would, without the class's `__new__`.
   if fields is not None and len(fields) != len(values):
     raise pickle.UnpicklingError(f'{len(values)} values for the {len(fields)} fields of {name}')
@@ -298,7 +342,8 @@ def _apply(function: Any, arguments: Any) -> Any:
   reducer = _REDUCERS.get(function.name)
   if reducer is None:
     raise UnsafePickleError(
-        f'calls `{function.name}`, which is only an argument of `{_RECONSTRUCT}`')
+      f'calls `{function.name}`, which is only an argument of `{_RECONSTRUCT}`'
+    )
   return reducer(*arguments)
 
 
@@ -306,7 +351,8 @@ def _build(target: Any, state: Any) -> Any:
   """BUILD: fills an array or dtype made by REDUCE; no other object may have its state set."""
   if not isinstance(target, _Pending) or target.value is not None:
     raise UnsafePickleError(
-        f'sets the state of {_describe(target)}; only arrays and dtypes have a state to set')
+      f'sets the state of {_describe(target)}; only arrays and dtypes have a state to set'
+    )
   if target.dtype is None:
     target.value = _array(state)
   else:
@@ -320,9 +366,21 @@ def _filled(value: Any) -> Any:
 
 
 # Opcodes that push their argument, or a constant.
-_ARGUMENT_OPCODES = frozenset({
-    'BININT', 'BININT1', 'BININT2', 'LONG1', 'BINFLOAT', 'BINUNICODE', 'SHORT_BINUNICODE',
-    'BINUNICODE8', 'BINBYTES', 'SHORT_BINBYTES', 'BINBYTES8'})
+_ARGUMENT_OPCODES = frozenset(
+  {
+    'BININT',
+    'BININT1',
+    'BININT2',
+    'LONG1',
+    'BINFLOAT',
+    'BINUNICODE',
+    'SHORT_BINUNICODE',
+    'BINUNICODE8',
+    'BINBYTES',
+    'SHORT_BINBYTES',
+    'BINBYTES8',
+  }
+)
 _CONSTANT_OPCODES = {'NONE': None, 'NEWTRUE': True, 'NEWFALSE': False}
 _TUPLE_OPCODES = {'TUPLE1': 1, 'TUPLE2': 2, 'TUPLE3': 3}
 
@@ -367,8 +425,8 @@ def _evaluate(data: bytes) -> Any:
       size = _TUPLE_OPCODES[name]
       if len(stack) < size:
         raise pickle.UnpicklingError(f'{name} on a stack of {len(stack)}')
-      items = tuple(stack[len(stack) - size:])
-      del stack[len(stack) - size:]
+      items = tuple(stack[len(stack) - size :])
+      del stack[len(stack) - size :]
       stack.append(items)
     elif name == 'TUPLE':
       items = pop_mark()  # Before `stack.` is read: the stack below the mark is pushed to.
@@ -422,7 +480,8 @@ def _evaluate(data: bytes) -> Any:
       return stack[0]
     else:
       raise UnsafePickleError(
-          f'uses the pickle opcode {name} ({_short(argument)}), which checkpoints never contain')
+        f'uses the pickle opcode {name} ({_short(argument)}), which checkpoints never contain'
+      )
   raise pickle.UnpicklingError('the pickle ends before STOP')
 
 
@@ -432,15 +491,21 @@ def _describe(value: Any) -> str:
   if isinstance(value, _StateClass):
     return f'the class `{value.module}.{value.name}` itself'
   if isinstance(value, _Pending):
-    return 'an array or dtype whose state was never set' if value.value is None else (
-        f'a {type(value.value).__name__} whose state was already set')
+    return (
+      'an array or dtype whose state was never set'
+      if value.value is None
+      else (f'a {type(value.value).__name__} whose state was already set')
+    )
   return f'a {type(value).__name__}'
 
 
 def _is_state_tuple(kind: type) -> bool:
   """Whether `kind` is a state class that `_make_state` may return (real or stand-in)."""
-  return (issubclass(kind, tuple) and type(vars(kind).get('_fields', ())) is tuple
-          and bool(_STATE_MODULE.fullmatch(kind.__module__)))
+  return (
+    issubclass(kind, tuple)
+    and type(vars(kind).get('_fields', ())) is tuple
+    and bool(_STATE_MODULE.fullmatch(kind.__module__))
+  )
 
 
 def _check_data(root: Any) -> None:
@@ -455,7 +520,8 @@ def _check_data(root: Any) -> None:
     count += 1
     if count > _MAX_VALUES or depth > _MAX_DEPTH:
       raise pickle.UnpicklingError(
-          f'more than {_MAX_VALUES} values or {_MAX_DEPTH} levels of nesting (a cycle?)')
+        f'more than {_MAX_VALUES} values or {_MAX_DEPTH} levels of nesting (a cycle?)'
+      )
     kind = type(value)
     if value is None or kind in (bool, int, float, str, bytes):
       return

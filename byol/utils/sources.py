@@ -35,6 +35,7 @@ class DatasetNotFoundError(DatasetError):
 
 class Source(NamedTuple):
   """Where a dataset's encoded examples `{'image': bytes, 'label': int64}` come from."""
+
   num_classes: int
   split_sizes: dict[str, int]  # 'train' and 'test'.
   # (split, start, end, shuffle, seed) -> examples [start, end) of 'train' or 'test'.
@@ -52,7 +53,7 @@ def get_source(dataset_name: str, data_dir: str | None) -> Source:
   # Before TensorFlow's first op, which would initialise (and take memory on) the accelerators.
   _hide_accelerators_from_tensorflow()
   if dataset_name.startswith(_FOLDER_PREFIX):
-    return _folder_source(dataset_name[len(_FOLDER_PREFIX):])
+    return _folder_source(dataset_name[len(_FOLDER_PREFIX) :])
   if dataset_name == 'synthetic':
     return _synthetic_source()
   return _tfds_source(dataset_name, data_dir)
@@ -68,17 +69,19 @@ def _tfds_source(dataset_name: str, data_dir: str | None) -> Source:
   tfds_splits = {'train': 'train', 'test': test_split}
 
   def read(split: str, start: int, end: int, shuffle: bool, seed: int | None) -> tf.data.Dataset:
-    return _as_dataset(builder, f'{tfds_splits[split]}[{start}:{end}]', shuffle_files=shuffle,
-                       seed=seed)
+    return _as_dataset(
+      builder, f'{tfds_splits[split]}[{start}:{end}]', shuffle_files=shuffle, seed=seed
+    )
 
   native_sizes = {'imagenette': 128, 'cifar10': 32}  # imagenette: SPEC 7's small-scale preset.
   return Source(
-      num_classes=builder.info.features['label'].num_classes,
-      split_sizes={split: _tfds_split_size(builder, name) for split, name in tfds_splits.items()},
-      read=read,
-      default_image_size=lambda: native_sizes.get(dataset_name, _MAX_DEFAULT_IMAGE_SIZE),
-      # CIFAR-10 images are the crop already: evaluation keeps all of them.
-      center_crop_padding=0 if dataset_name == 'cifar10' else CENTER_CROP_PADDING)
+    num_classes=builder.info.features['label'].num_classes,
+    split_sizes={split: _tfds_split_size(builder, name) for split, name in tfds_splits.items()},
+    read=read,
+    default_image_size=lambda: native_sizes.get(dataset_name, _MAX_DEFAULT_IMAGE_SIZE),
+    # CIFAR-10 images are the crop already: evaluation keeps all of them.
+    center_crop_padding=0 if dataset_name == 'cifar10' else CENTER_CROP_PADDING,
+  )
 
 
 def _folder_source(path: str) -> Source:
@@ -91,25 +94,31 @@ def _folder_source(path: str) -> Source:
   files = {'train': listing.train, 'test': listing.eval}
 
   def read(split: str, start: int, end: int, shuffle: bool, seed: int | None) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices({
+    ds = tf.data.Dataset.from_tensor_slices(
+      {
         'path': np.asarray(files[split].paths[start:end]),
-        'label': np.asarray(files[split].labels[start:end], np.int64)})
+        'label': np.asarray(files[split].labels[start:end], np.int64),
+      }
+    )
     if shuffle:  # A new order of the file names (cheap) in every epoch.
       ds = ds.shuffle(end - start, seed=seed, reshuffle_each_iteration=True)
-    return ds.map(lambda example: {'image': tf.io.read_file(example['path']),
-                                   'label': example['label']},
-                  num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(
+      lambda example: {'image': tf.io.read_file(example['path']), 'label': example['label']},
+      num_parallel_calls=tf.data.AUTOTUNE,
+    )
 
-  first_image = tf.io.decode_image(tf.io.read_file(listing.train.paths[0]), channels=3,
-                                   expand_animations=False)
+  first_image = tf.io.decode_image(
+    tf.io.read_file(listing.train.paths[0]), channels=3, expand_animations=False
+  )
   short_side = int(min(first_image.shape[:2]))
   return Source(
-      num_classes=len(listing.class_names),
-      split_sizes={split: len(files[split].paths) for split in files},
-      read=read,
-      default_image_size=lambda: min(short_side, _MAX_DEFAULT_IMAGE_SIZE),
-      # Tiny images (CIFAR-like) are the object already: evaluation keeps all of them.
-      center_crop_padding=0 if short_side <= _TINY_IMAGE_SIDE else CENTER_CROP_PADDING)
+    num_classes=len(listing.class_names),
+    split_sizes={split: len(files[split].paths) for split in files},
+    read=read,
+    default_image_size=lambda: min(short_side, _MAX_DEFAULT_IMAGE_SIZE),
+    # Tiny images (CIFAR-like) are the object already: evaluation keeps all of them.
+    center_crop_padding=0 if short_side <= _TINY_IMAGE_SIDE else CENTER_CROP_PADDING,
+  )
 
 
 def _synthetic_source() -> Source:
@@ -117,14 +126,16 @@ def _synthetic_source() -> Source:
     del shuffle, seed  # In memory: the shuffle buffer of `load` mixes the whole split.
     images, labels = _synthetic_examples(split)
     return tf.data.Dataset.from_tensor_slices(
-        {'image': images[start:end], 'label': labels[start:end]})
+      {'image': images[start:end], 'label': labels[start:end]}
+    )
 
   return Source(
-      num_classes=synthetic.NUM_CLASSES,
-      split_sizes=dict(synthetic.SPLIT_SIZES),
-      read=read,
-      default_image_size=lambda: synthetic.IMAGE_SIZE,
-      center_crop_padding=0)  # The shapes fill the image; a centre crop would cut them.
+    num_classes=synthetic.NUM_CLASSES,
+    split_sizes=dict(synthetic.SPLIT_SIZES),
+    read=read,
+    default_image_size=lambda: synthetic.IMAGE_SIZE,
+    center_crop_padding=0,
+  )  # The shapes fill the image; a centre crop would cut them.
 
 
 @functools.cache
@@ -149,21 +160,23 @@ def _builder(dataset_name: str, data_dir: str | None) -> tfds.core.DatasetBuilde
     return tfds.builder(dataset_name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise DatasetNotFoundError(
-        f'There is no dataset named {dataset_name!r}: use imagenet2012, imagenette, cifar10, '
-        'synthetic, folder:PATH or the name of a TFDS dataset.'
+      f'There is no dataset named {dataset_name!r}: use imagenet2012, imagenette, cifar10, '
+      'synthetic, folder:PATH or the name of a TFDS dataset.'
     ) from None
 
 
-def _as_dataset(builder: tfds.core.DatasetBuilder, split_spec: str, *, shuffle_files: bool,
-                seed: int | None) -> tf.data.Dataset:
+def _as_dataset(
+  builder: tfds.core.DatasetBuilder, split_spec: str, *, shuffle_files: bool, seed: int | None
+) -> tf.data.Dataset:
   """The encoded examples of `split_spec`; the image stays JPEG (or PNG...) bytes."""
   try:
     return builder.as_dataset(
-        split=split_spec,
-        shuffle_files=shuffle_files,
-        # Decoding is left to the crops, which decode only the window they keep.
-        decoders={'image': tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True))
+      split=split_spec,
+      shuffle_files=shuffle_files,
+      # Decoding is left to the crops, which decode only the window they keep.
+      decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True),
+    )
   except AssertionError:
     if builder.data_path.exists():
       raise
@@ -176,13 +189,16 @@ def _not_found_message(builder: tfds.core.DatasetBuilder) -> str:
   if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
     instructions = ' '.join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
     message += (
-        f'It needs a manual download (TFDS: "{instructions}"): put the files in '
-        f'{data_dir}/downloads/manual/, then run '
-        f'`tfds build {builder.name} --data_dir={data_dir}`. ')
+      f'It needs a manual download (TFDS: "{instructions}"): put the files in '
+      f'{data_dir}/downloads/manual/, then run '
+      f'`tfds build {builder.name} --data_dir={data_dir}`. '
+    )
   else:
     message += f'Download and prepare it with `tfds build {builder.name} --data_dir={data_dir}`. '
-  return message + ('Point --data_dir (or the TFDS_DATA_DIR environment variable) at the folder '
-                    'that holds the prepared dataset.')
+  return message + (
+    'Point --data_dir (or the TFDS_DATA_DIR environment variable) at the folder '
+    'that holds the prepared dataset.'
+  )
 
 
 def _tfds_split_size(builder: tfds.core.DatasetBuilder, tfds_split: str) -> int:

@@ -13,14 +13,24 @@ from collections.abc import Callable
 import numpy as np
 
 IMAGE_SIZE = 32
-CLASS_NAMES = ('disk', 'ring', 'square', 'frame', 'plus', 'cross', 'horizontal_bar',
-               'vertical_bar', 'triangle', 'checker')
+CLASS_NAMES = (
+  'disk',
+  'ring',
+  'square',
+  'frame',
+  'plus',
+  'cross',
+  'horizontal_bar',
+  'vertical_bar',
+  'triangle',
+  'checker',
+)
 NUM_CLASSES = len(CLASS_NAMES)
 SPLIT_SIZES = {'train': 5000, 'test': 1000}
 
 # Different streams for the two splits: no test image is a train image.
 _SPLIT_SEEDS = {'train': 0, 'test': 1}
-_CELL_SIZE_RANGE = (12., 20.)  # Pixels per tile side: shapes survive the stem's 4x reduction.
+_CELL_SIZE_RANGE = (12.0, 20.0)  # Pixels per tile side: shapes survive the stem's 4x reduction.
 _SHAPE_EXTENT = 0.85  # Half the side of a shape's box, in half-cells: gaps between tiles.
 
 
@@ -36,11 +46,14 @@ def make_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   # The shape is tiled: every pixel has coordinates in its own cell, the shape spans [-1, 1] around
   # the cell's centre and fills most of it. Cell size and phase vary per image.
   cell = rng.uniform(*_CELL_SIZE_RANGE, (size, 1, 1)).astype(np.float32)
-  phase = rng.uniform(0., 1., (size, 2, 1, 1)).astype(np.float32) * cell[:, None]
+  phase = rng.uniform(0.0, 1.0, (size, 2, 1, 1)).astype(np.float32) * cell[:, None]
   pixels = np.arange(IMAGE_SIZE, dtype=np.float32) + 0.5
   offset_y = (pixels[None, :, None] - phase[:, 0]) / cell  # [N, S, 1], in cells, from -1
   offset_x = (pixels[None, None, :] - phase[:, 1]) / cell  # [N, 1, S]
-  in_cell = lambda offset: (offset % 1. * 2. - 1.) / _SHAPE_EXTENT
+
+  def in_cell(offset):
+    return (offset % 1.0 * 2.0 - 1.0) / _SHAPE_EXTENT
+
   grid = (size, IMAGE_SIZE, IMAGE_SIZE)
   dy, dx = np.broadcast_to(in_cell(offset_y), grid), np.broadcast_to(in_cell(offset_x), grid)
   mask = np.empty(grid, bool)  # [N, S, S]
@@ -52,44 +65,51 @@ def make_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   # an encoder can tell two views of an image from views of others only by the shape.
   tiles = int(IMAGE_SIZE // _CELL_SIZE_RANGE[0]) + 2  # Tiles per side, partial ones included.
   foreground, background = (
-      colours.reshape(size, tiles, tiles, 3)
-      for colours in _contrasting_colours(rng, size * tiles ** 2))  # [N, T, T, 3] each, in [0, 1]
+    colours.reshape(size, tiles, tiles, 3) for colours in _contrasting_colours(rng, size * tiles**2)
+  )  # [N, T, T, 3] each, in [0, 1]
   image_index = np.arange(size)[:, None, None]
   row = np.floor(offset_y).astype(int) + 1  # [N, S, 1], tile rows from 0
   column = np.floor(offset_x).astype(int) + 1  # [N, 1, S]
-  images = np.where(mask[..., None], foreground[image_index, row, column],
-                    background[image_index, row, column])  # [N, S, S, 3]
-  images = images + rng.normal(0., 0.06, images.shape)
-  return np.round(np.clip(images, 0., 1.) * 255).astype(np.uint8), labels.astype(np.int64)
+  images = np.where(
+    mask[..., None], foreground[image_index, row, column], background[image_index, row, column]
+  )  # [N, S, S, 3]
+  images = images + rng.normal(0.0, 0.06, images.shape)
+  return np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8), labels.astype(np.int64)
 
 
 _Mask = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # Per class, in CLASS_NAMES order: (dy, dx) [n, S, S] offsets from the tile centre -> mask.
 _SHAPES: tuple[_Mask, ...] = (
-    lambda dy, dx: dy ** 2 + dx ** 2 <= 1.,
-    lambda dy, dx: (dy ** 2 + dx ** 2 <= 1.) & (dy ** 2 + dx ** 2 >= 0.55 ** 2),
-    lambda dy, dx: np.maximum(np.abs(dy), np.abs(dx)) <= 0.85,
-    lambda dy, dx: np.abs(np.maximum(np.abs(dy), np.abs(dx)) - 0.7) <= 0.15,
-    lambda dy, dx: (np.minimum(np.abs(dy), np.abs(dx)) <= 0.25)
-    & (np.maximum(np.abs(dy), np.abs(dx)) <= 1.),
-    lambda dy, dx: (np.minimum(np.abs(dx - dy), np.abs(dx + dy)) <= 0.35)
-    & (np.maximum(np.abs(dy), np.abs(dx)) <= 0.9),
-    lambda dy, dx: (np.abs(dy) <= 0.3) & (np.abs(dx) <= 1.),
-    lambda dy, dx: (np.abs(dx) <= 0.3) & (np.abs(dy) <= 1.),
-    lambda dy, dx: (np.abs(dy) <= 0.9) & (np.abs(dx) <= (dy + 0.9) / 2.),  # Apex up.
-    lambda dy, dx: (np.maximum(np.abs(dy), np.abs(dx)) <= 0.9) & ((dy > 0) == (dx > 0)),
+  lambda dy, dx: dy**2 + dx**2 <= 1.0,
+  lambda dy, dx: (dy**2 + dx**2 <= 1.0) & (dy**2 + dx**2 >= 0.55**2),
+  lambda dy, dx: np.maximum(np.abs(dy), np.abs(dx)) <= 0.85,
+  lambda dy, dx: np.abs(np.maximum(np.abs(dy), np.abs(dx)) - 0.7) <= 0.15,
+  lambda dy, dx: (
+    (np.minimum(np.abs(dy), np.abs(dx)) <= 0.25) & (np.maximum(np.abs(dy), np.abs(dx)) <= 1.0)
+  ),
+  lambda dy, dx: (
+    (np.minimum(np.abs(dx - dy), np.abs(dx + dy)) <= 0.35)
+    & (np.maximum(np.abs(dy), np.abs(dx)) <= 0.9)
+  ),
+  lambda dy, dx: (np.abs(dy) <= 0.3) & (np.abs(dx) <= 1.0),
+  lambda dy, dx: (np.abs(dx) <= 0.3) & (np.abs(dy) <= 1.0),
+  lambda dy, dx: (np.abs(dy) <= 0.9) & (np.abs(dx) <= (dy + 0.9) / 2.0),  # Apex up.
+  lambda dy, dx: (np.maximum(np.abs(dy), np.abs(dx)) <= 0.9) & ((dy > 0) == (dx > 0)),
 )
 
 
 def _contrasting_colours(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
   """Random foreground and background colours whose brightness differs by at least 0.25."""
-  foreground = rng.uniform(0., 1., (size, 3))
-  background = rng.uniform(0., 1., (size, 3))
-  brightness = lambda colour: colour @ np.array([0.299, 0.587, 0.114])
+  foreground = rng.uniform(0.0, 1.0, (size, 3))
+  background = rng.uniform(0.0, 1.0, (size, 3))
+
+  def brightness(colour):
+    return colour @ np.array([0.299, 0.587, 0.114])
+
   too_close = np.abs(brightness(foreground) - brightness(background)) < 0.25
   # Push the two colours apart in brightness, keeping their hues.
   darker = brightness(foreground) < brightness(background)
-  shift = np.where(too_close, 0.3, 0.)[:, None]
-  foreground = np.clip(foreground + np.where(darker[:, None], -shift, shift), 0., 1.)
-  background = np.clip(background + np.where(darker[:, None], shift, -shift), 0., 1.)
+  shift = np.where(too_close, 0.3, 0.0)[:, None]
+  foreground = np.clip(foreground + np.where(darker[:, None], -shift, shift), 0.0, 1.0)
+  background = np.clip(background + np.where(darker[:, None], shift, -shift), 0.0, 1.0)
   return foreground, background
