@@ -32,6 +32,7 @@ import numpy as np
 from byol import byol_experiment
 from byol import eval_experiment
 from byol.configs import byol as byol_config
+from byol.configs import config_file
 from byol.configs import eval as eval_config
 from byol.configs import override
 from byol.utils import checkpointing
@@ -201,6 +202,7 @@ _USER_ERRORS = (
   distributed.DistributedError,
   helpers.BatchSizeError,
   override.OverrideError,
+  config_file.ConfigError,
   FloatingPointError,
 )
 
@@ -273,7 +275,30 @@ def get_config() -> dict[str, Any]:
     checkpoint_dir=FLAGS.checkpoint_root, save_checkpoint_interval=FLAGS.save_checkpoint_interval
   )
   override.apply(config, FLAGS.override)
+  if not (FLAGS.experiment_mode == 'pretrain' and FLAGS.worker_mode == 'train'):
+    # Rebuild the encoder of the pretraining run, on images of its size.
+    pretraining = config_file.read(FLAGS.checkpoint_root, 'pretrain')
+    if pretraining is not None:
+      config_file.inherit(
+        config,
+        pretraining,
+        explicit=_explicit_entries(),
+        source=config_file.path(FLAGS.checkpoint_root, 'pretrain'),
+      )
   return config
+
+
+def _explicit_entries() -> dict[tuple[str, ...], str]:
+  """The config entries the command line sets, each with the flag that sets it."""
+  explicit = {
+    tuple(assignment.partition('=')[0].split('.')): (f'--override {assignment.partition("=")[0]}')
+    for assignment in FLAGS.override
+  }
+  if FLAGS.encoder is not None:
+    explicit[('network_config', 'encoder_class')] = '--encoder'
+  if FLAGS.image_size is not None:
+    explicit[('dataset_config', 'image_size')] = '--image_size'
+  return explicit
 
 
 def _format_scalars(scalars: Mapping[str, float]) -> str:
@@ -308,6 +333,8 @@ def train_loop(config: Mapping[str, Any]) -> Any:
   else:
     step, loop_rng = restored
     logging.info('Resumed from %s at step %d of %d.', experiment.checkpoint_path, step, max_steps)
+  if jax.process_index() == 0:  # Once the checkpoints it starts from have been read.
+    config_file.write(config, checkpoint_dir, FLAGS.experiment_mode)
 
   last_log_time = last_save_time = time.time()
   last_log_step = step

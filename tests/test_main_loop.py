@@ -204,16 +204,39 @@ def test_linear_eval_trains_from_pretrain_checkpoint_and_eval_worker_reports_acc
   flags = [f'--checkpoint_root={tmp_path}', '--max_steps=2', *TINY_RUN]
   code, output = run('--experiment_mode=pretrain', '--worker_mode=train', *flags)
   assert code == 0, output
-  code, output = run('--experiment_mode=linear-eval', '--worker_mode=train', *flags)
+  pretraining = json.loads((tmp_path / 'pretrain.config.json').read_text())
+  assert pretraining['network_config']['encoder_class'] == 'TinyResNet'
+  assert pretraining['dataset_config']['image_size'] == 32
+  # The encoder and the image size come from pretrain.config.json: not repeated here (without
+  # it, the mock ImageNet's defaults, ResNet-50 at 224 px, would not match the checkpoint).
+  linear_flags = [flag for flag in flags if not flag.startswith(('--encoder=', '--image_size='))]
+  code, output = run('--experiment_mode=linear-eval', '--worker_mode=train', *linear_flags)
   assert code == 0, output
   assert 'Loaded the pretrained encoder' in output
   assert checkpointing.load_checkpoint(str(tmp_path / 'linear-eval.pkl'))['step'] == 2
+  linear_eval = json.loads((tmp_path / 'linear-eval.config.json').read_text())
+  assert linear_eval['network_config']['encoder_class'] == 'TinyResNet'
 
-  code, output = run('--experiment_mode=linear-eval', '--worker_mode=eval', *flags)
+  code, output = run('--experiment_mode=linear-eval', '--worker_mode=eval', *linear_flags)
   assert code == 0, output
   assert 'eval step 2' in output and 'top1_accuracy=' in output and 'top5_accuracy=' in output
   eval_log = [json.loads(line) for line in open(tmp_path / 'linear-eval_eval.jsonl')]
   assert eval_log[-1]['num_examples'] == MOCK_NUM_EXAMPLES
+
+
+def test_a_flag_that_contradicts_the_pretraining_config_is_one_clear_error(tmp_path):
+  pretraining = {'network_config': {'encoder_class': 'TinyResNet'}}
+  (tmp_path / 'pretrain.config.json').write_text(json.dumps(pretraining))
+  code, output = run(
+    '--experiment_mode=linear-eval',
+    '--worker_mode=train',
+    f'--checkpoint_root={tmp_path}',
+    '--encoder=ResNet18',
+  )
+  assert_one_clear_error(
+    code, output, "--encoder gives network_config.encoder_class='ResNet18'", "used 'TinyResNet'"
+  )
+  assert os.listdir(tmp_path) == ['pretrain.config.json']
 
 
 def test_unknown_override_key_is_a_clear_error(tmp_path):
