@@ -58,7 +58,7 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string(
   'checkpoint_root',
-  '/tmp/byol_checkpoints',
+  byol_config.DEFAULT_CHECKPOINT_ROOT,
   'Folder of the checkpoints (pretrain.pkl) and scalar logs.',
 )
 flags.DEFINE_integer(

@@ -55,6 +55,8 @@ DATASET_PRESETS = {
   ),
 }
 DEFAULT_BATCH_SIZE = 4096
+# Where checkpoints and logs go unless --checkpoint_root says otherwise.
+DEFAULT_CHECKPOINT_ROOT = '/tmp/byol_checkpoints'
 
 
 def dataset_preset(dataset_name: str) -> dict[str, Any]:
@@ -121,9 +123,6 @@ def get_config(
     ),
     evaluation_config=dict(subset='test', batch_size=100),
     checkpointing_config=dict(
-      use_checkpointing=True,
-      checkpoint_dir='/tmp/byol',
-      save_checkpoint_interval=300,
-      filename='pretrain.pkl',
+      checkpoint_dir=DEFAULT_CHECKPOINT_ROOT, save_checkpoint_interval=300, filename='pretrain.pkl'
     ),
   )

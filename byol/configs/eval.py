@@ -45,8 +45,7 @@ def get_config(
     ),
     evaluation_config=dict(subset='test', batch_size=100),
     checkpointing_config=dict(
-      use_checkpointing=True,
-      checkpoint_dir='/tmp/byol',
+      checkpoint_dir=byol_config.DEFAULT_CHECKPOINT_ROOT,
       save_checkpoint_interval=300,
       filename='linear-eval.pkl',
     ),
