@@ -143,6 +143,20 @@ class Experiment:
     )
 
   # ------------------------------------------------------------------------------- worker API
+  # What the train and eval workers of byol.main_loop call: `initialize` or `load_checkpoint`,
+  # then `step` and `save_checkpoint` (train worker), or `load_checkpoint` and `evaluate` (eval).
+
+  def initialize(self, rng: jax.Array) -> None:
+    """Creates the initial state from `rng` (the same key on every host)."""
+    raise NotImplementedError
+
+  def step(self, *, global_step: int, rng: jax.Array) -> Scalars:
+    """Trains on the next batch; returns the step's scalars as device arrays (no host sync)."""
+    raise NotImplementedError
+
+  def evaluate(self, *, global_step: int) -> dict[str, float]:
+    """Top-1, top-5, mean loss and example count of the classifier over the evaluation split."""
+    raise NotImplementedError
 
   @property
   def state(self) -> tuple | None:
