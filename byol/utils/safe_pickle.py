@@ -18,30 +18,24 @@ something only in one of the steps written out below. What those steps make is d
 | `dill._dill._create_namedtuple` | a state class (name, fields, module), applied by NEWOBJ |
 | `byol.<module>.<Name>State`, `optax.<module>.<Name>State` | a state class named by reference |
 
-(numpy 2 names its modules `numpy._core`; both spellings are read.) A state class is a NamedTuple
-of the experiments or of optax: the real class when a module already imported defines it with those
-fields, else a stand-in NamedTuple of the same name and fields. It is found by name only: no module
-a file names is ever imported. A loaded value is None, a bool, int, float, str or bytes, a tuple,
-list or dict of values, a numeric numpy array or scalar, or a state tuple of values; nothing else
-gets out. Errors are `pickle.UnpicklingError`, and `UnsafePickleError` for a file that names or
-builds something other than data.
+(numpy 2 names its modules `numpy._core`; both spellings are read.) State classes are found by
+name only, never by importing what a file names (`state_classes`). A loaded value is None, a bool,
+int, float, str or bytes, a tuple, list or dict of values, a numeric numpy array or scalar, or a
+state tuple of values; nothing else gets out. Errors are `pickle.UnpicklingError`, and
+`UnsafePickleError` for a file that names or builds something other than data.
 """
 
-import collections
 import dataclasses
-import functools
-import keyword
 import math
 import pickle
 import pickletools
 import re
 import reprlib
-import sys
-import types
 from typing import Any
 
-import jax
 import numpy as np
+
+from byol.utils import state_classes
 
 # A checkpoint nests containers about ten deep and holds a few thousand values. These bounds refuse
 # cycles, and shared containers that would expand into a huge tree, long before they cost time.
@@ -49,10 +43,6 @@ _MAX_DEPTH = 64
 _MAX_VALUES = 1_000_000
 _MAX_DIMENSIONS = 32
 
-_STATE_MODULE = re.compile(r'(byol|optax)(\.[A-Za-z_][A-Za-z0-9_]*)+')
-_STATE_NAME = re.compile(r'_?[A-Z][A-Za-z0-9]*State')
-_FIELD_NAME = re.compile(r'[A-Za-z][A-Za-z0-9_]*')
-_MAX_FIELDS = 64
 _NUMERIC_KINDS = 'biufc'  # bool, signed and unsigned int, float, complex.
 _NUMERIC_TYPE_CODE = re.compile(r'[biufc][0-9]{1,2}')  # numpy's pickled type codes, e.g. 'f4'.
 # numpy's pickled dtype state beyond its version and byte order, for a plain (non-structured) dtype.
@@ -222,14 +212,7 @@ def _create_namedtuple(name: Any, fields: Any, module: Any, defaults: Any = None
   """dill's `_create_namedtuple(name, fields, module)`: a state class, by its name and fields."""
   del defaults  # Checkpoints store every field.
   fields = _expect(fields, tuple, 'namedtuple fields')
-  if (
-    len(fields) > _MAX_FIELDS
-    or len(set(fields)) != len(fields)
-    or not all(
-      type(field) is str and _FIELD_NAME.fullmatch(field) and not keyword.iskeyword(field)
-      for field in fields
-    )
-  ):
+  if not state_classes.are_field_names(fields):
     raise pickle.UnpicklingError(f'namedtuple fields {_short(fields)}')
   return _state_class(module, name, fields)
 
@@ -246,32 +229,11 @@ _REDUCERS = {
 ALLOWED_GLOBALS = frozenset({*_REDUCERS, _NDARRAY})
 
 
-def _loaded_state_class(module: str, name: str) -> type | None:
-  """The NamedTuple class `module.name` if a module already imported defines it, else None.
-
-  Only `sys.modules` and the module's own namespace are read: nothing is imported and no code of the
-  module runs (a module-level `__getattr__` is not consulted).
-  """
-  module_object = sys.modules.get(module)
-  if type(module_object) is not types.ModuleType:
-    return None
-  cls = vars(module_object).get(name)
-  if (
-    isinstance(cls, type)
-    and issubclass(cls, tuple)
-    and type(vars(cls).get('_fields')) is tuple
-    and cls.__module__ == module
-    and cls.__qualname__ == name
-  ):
-    return cls
-  return None
-
-
 def _state_class(module: Any, name: Any, fields: tuple[str, ...] | None) -> _StateClass:
   """The marker of the state class `module.name`; refuses any other name, naming it."""
   if type(module) is not str or type(name) is not str:
     raise pickle.UnpicklingError(f'a class named by {_short(module)} and {_short(name)}')
-  if not _STATE_MODULE.fullmatch(module) or not _STATE_NAME.fullmatch(name):
+  if not state_classes.is_state_class_name(module, name):
     qualified_name = f'{module}.{name}'
     if len(qualified_name) > 200:
       qualified_name = qualified_name[:200] + '...'
@@ -282,45 +244,10 @@ def _state_class(module: Any, name: Any, fields: tuple[str, ...] | None) -> _Sta
   return _StateClass(module, name, fields)
 
 
-class _StandIn(tuple):
-  """Base of the stand-ins for state classes named by reference that are not loaded (no fields)."""
-
-  __slots__ = ()
-
-  def __new__(cls, *values: Any) -> '_StandIn':
-    return super().__new__(cls, values)
-
-  def __repr__(self) -> str:
-    return f'{type(self).__name__}{tuple.__repr__(self)}'
-
-
-@functools.cache
-def _stand_in_class(module: str, name: str, fields: tuple[str, ...] | None) -> type:
-  """A NamedTuple (or, without fields, a `_StandIn` pytree) called `module.name`, made once."""
-  if fields is not None:
-    # The names were checked (`_STATE_NAME`, `_create_namedtuple`): namedtuple's own checks pass.
-    return collections.namedtuple(name, fields, module=module)
-  cls = type(name, (_StandIn,), {'__slots__': (), '__module__': module, '__qualname__': name})
-  jax.tree_util.register_pytree_node(
-    cls, lambda stand_in: (tuple(stand_in), None), lambda _, values: cls(*values)
-  )
-  return cls
-
-
 def _make_state(state_class: _StateClass, values: Any) -> tuple:
   """The state tuple of `values`: of the real class when it is loaded and fits, else a stand-in."""
   values = _expect(values, tuple, 'state values')
-  module, name, fields = state_class.module, state_class.name, state_class.fields
-  real_class = _loaded_state_class(module, name)
-  if (
-    real_class is not None
-    and len(values) == len(real_class._fields)
-    and (fields is None or fields == real_class._fields)
-  ):
-    return tuple.__new__(real_class, values)  # As NEWOBJ would, without the class's `__new__`.
-  if fields is not None and len(fields) != len(values):
-    raise pickle.UnpicklingError(f'{len(values)} values for the {len(fields)} fields of {name}')
-  return _stand_in_class(module, name, fields)(*values)
+  return state_classes.make(state_class.module, state_class.name, state_class.fields, values)
 
 
 def _find_global(module: Any, name: Any) -> _Global | _StateClass:
@@ -499,15 +426,6 @@ def _describe(value: Any) -> str:
   return f'a {type(value).__name__}'
 
 
-def _is_state_tuple(kind: type) -> bool:
-  """Whether `kind` is a state class that `_make_state` may return (real or stand-in)."""
-  return (
-    issubclass(kind, tuple)
-    and type(vars(kind).get('_fields', ())) is tuple
-    and bool(_STATE_MODULE.fullmatch(kind.__module__))
-  )
-
-
 def _check_data(root: Any) -> None:
   """Refuses a value of `root` that is not data, and trees too deep or too large to be checkpoints.
 
@@ -529,7 +447,7 @@ def _check_data(root: Any) -> None:
       if value.dtype.kind not in _NUMERIC_KINDS:
         raise UnsafePickleError(f'holds an array of {value.dtype}')
       return
-    if kind is dict or kind is list or kind is tuple or _is_state_tuple(kind):
+    if kind is dict or kind is list or kind is tuple or state_classes.is_state_class(kind):
       for item in value.values() if kind is dict else value:  # Keys are str (see SETITEM).
         visit(item, depth + 1)
       return
