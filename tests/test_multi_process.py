@@ -137,6 +137,7 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
     3,
   ]
   assert sorted(path.name for path in roots['2x2'].iterdir()) == [
+    'pretrain.config.json',
     'pretrain.pkl',
     'pretrain_eval.jsonl',
     'pretrain_train.jsonl',
