@@ -9,9 +9,9 @@ versions) take the flags as before.
 
 import json
 import os
-import tempfile
 from typing import Any, Mapping, MutableMapping
 
+from byol.utils import checkpointing
 from byol.utils import distributed
 
 # Entries a run on a pretraining checkpoint must share with the pretraining run: the encoder it
@@ -36,12 +36,8 @@ def path(checkpoint_root: str, experiment_mode: str) -> str:
 
 def write(config: Mapping[str, Any], checkpoint_root: str, experiment_mode: str) -> None:
   """Writes `config` as JSON beside the checkpoint, atomically (a temporary file, then a rename)."""
-  target = path(checkpoint_root, experiment_mode)
-  with tempfile.NamedTemporaryFile(
-    'w', dir=checkpoint_root, prefix=os.path.basename(target) + '.', suffix='.tmp', delete=False
-  ) as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-  os.replace(f.name, target)
+  data = json.dumps(config, indent=2, sort_keys=True).encode()
+  checkpointing.write_atomically(path(checkpoint_root, experiment_mode), lambda f: f.write(data))
 
 
 def read(checkpoint_root: str, experiment_mode: str) -> dict[str, Any] | None:

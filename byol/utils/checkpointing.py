@@ -20,7 +20,7 @@ import os
 import pickle
 import tempfile
 import threading
-from typing import Any, Mapping, NamedTuple
+from typing import Any, BinaryIO, Callable, Mapping, NamedTuple
 
 from absl import logging
 import dill
@@ -40,6 +40,37 @@ _PROTOCOL = 4
 
 class CheckpointError(ValueError):
   """A checkpoint that is missing, unreadable, truncated, unsafe or of the wrong kind."""
+
+
+def _temporary_prefix(path: str) -> str:
+  """Start of the names of the temporary files a write of `path` goes through: 'pretrain.pkl.'."""
+  return os.path.basename(path) + '.'
+
+
+def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
+  """Calls `write` on a temporary file beside `path`, syncs it, and renames it over `path`.
+
+  A crash at any point leaves the previous file intact; the temporary file is
+  `<file name>.<random>.tmp`, removed if `write` raises.
+  """
+  folder = os.path.dirname(path) or '.'
+  with tempfile.NamedTemporaryFile(
+    dir=folder, prefix=_temporary_prefix(path), suffix=_TEMPORARY_SUFFIX, delete=False
+  ) as f:
+    try:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    except BaseException:
+      os.unlink(f.name)
+      raise
+  os.replace(f.name, path)
+  # Make the rename itself durable.
+  directory = os.open(folder, os.O_RDONLY)
+  try:
+    os.fsync(directory)
+  finally:
+    os.close(directory)
 
 
 def load_checkpoint(path: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
@@ -94,11 +125,6 @@ class Checkpointer:
     self._write_error: BaseException | None = None  # What made the last background write fail.
 
   @property
-  def _temporary_prefix(self) -> str:
-    """Start of the names of the temporary files a write goes through, e.g. 'pretrain.pkl.'."""
-    return os.path.basename(self._path) + '.'
-
-  @property
   def path(self) -> str:
     """Where the checkpoint lives."""
     return self._path
@@ -113,7 +139,7 @@ class Checkpointer:
       with tempfile.TemporaryFile(dir=folder):
         pass
       for name in os.listdir(folder):
-        if name.startswith(self._temporary_prefix) and name.endswith(_TEMPORARY_SUFFIX):
+        if name.startswith(_temporary_prefix(self._path)) and name.endswith(_TEMPORARY_SUFFIX):
           os.unlink(os.path.join(folder, name))
     except OSError as error:
       raise CheckpointError(
@@ -171,25 +197,8 @@ class Checkpointer:
       self._write_error = error
 
   def _write(self, checkpoint: dict[str, Any]) -> None:
-    """Pickles `checkpoint` to a temporary file, syncs it, and renames it over the checkpoint."""
-    folder = os.path.dirname(self._path) or '.'
-    with tempfile.NamedTemporaryFile(
-      dir=folder, prefix=self._temporary_prefix, suffix=_TEMPORARY_SUFFIX, delete=False
-    ) as f:
-      try:
-        dill.dump(checkpoint, f, protocol=_PROTOCOL)
-        f.flush()
-        os.fsync(f.fileno())
-      except BaseException:
-        os.unlink(f.name)
-        raise
-    os.replace(f.name, self._path)
-    # Make the rename itself durable.
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-      os.fsync(directory)
-    finally:
-      os.close(directory)
+    """Pickles `checkpoint` over the checkpoint file, atomically (`write_atomically`)."""
+    write_atomically(self._path, lambda f: dill.dump(checkpoint, f, protocol=_PROTOCOL))
     logging.info('Saved step %d to %s.', checkpoint['step'], self._path)
 
   def restore(self) -> dict[str, Any] | None:
