@@ -24,6 +24,7 @@ from byol import byol_experiment
 from byol.utils import checkpointing
 from byol.utils import optimizers
 from byol.utils import safe_pickle
+import support
 
 RECONSTRUCT = 'numpy._core.multiarray._reconstruct'
 
@@ -376,16 +377,6 @@ def test_no_arguments_make_an_allowed_global_return_code(name):
 # --- Crafted payloads: each is live under the plain unpickler, and refused by `load_checkpoint`.
 
 
-class _Payload:
-  """Pickles to `os.system(command)`: the classic malicious checkpoint."""
-
-  def __init__(self, command: str):
-    self.command = command
-
-  def __reduce__(self):
-    return (os.system, (self.command,))
-
-
 def _a_valid_state(payload: Any = None, in_optimiser: bool = False) -> NamedTuple:
   """A small pretraining state with our classes and optax's, `payload` inside it if given."""
   params = {'encoder/~/conv': {'w': np.ones((3, 3), np.float32), 'b': np.zeros(3, np.float32)}}
@@ -468,7 +459,10 @@ def _class_attribute_set_by_build(marker: str) -> bytes:
 
 
 PAYLOADS = {
-  'os.system': (lambda marker: pickle.dumps(_Payload(f'touch {marker}'), protocol=2), 'system'),
+  'os.system': (
+    lambda marker: pickle.dumps(support.RunsACommand(f'touch {marker}'), protocol=2),
+    'system',
+  ),
   'eval': (
     lambda marker: whole(call(global_('builtins.eval'), text(f'open({marker!r}, "w").close()'))),
     'builtins.eval',
@@ -504,7 +498,7 @@ PAYLOADS = {
   'payload in experiment_state': (
     lambda marker: pickle.dumps(
       {
-        'experiment_state': _a_valid_state(_Payload(f'touch {marker}')),
+        'experiment_state': _a_valid_state(support.RunsACommand(f'touch {marker}')),
         'step': 1,
         'rng': np.zeros(2, np.uint32),
       },
@@ -515,7 +509,9 @@ PAYLOADS = {
   'payload in an optimiser state (dill)': (
     lambda marker: dill.dumps(
       {
-        'experiment_state': _a_valid_state(_Payload(f'touch {marker}'), in_optimiser=True),
+        'experiment_state': _a_valid_state(
+          support.RunsACommand(f'touch {marker}'), in_optimiser=True
+        ),
         'step': 1,
         'rng': np.zeros(2, np.uint32),
       },

@@ -16,6 +16,7 @@ from byol.utils import checkpointing
 from byol.utils import dataset
 from byol.utils import helpers
 from byol.utils import networks
+import support
 from test_eval_experiment import IMAGE_SIZE, make_experiment, write_2020_release_file
 from test_eval_experiment import write_pretrain_checkpoint
 
@@ -41,6 +42,18 @@ def test_export_of_a_pretraining_checkpoint_round_trips_the_online_encoder(tmp_p
   )
 
 
+def exported_embedding(path, images):
+  """The embedding of `images` by the TinyResNet exported to `path`, built as the README says."""
+  params, state = export_encoder.load_encoder(path)
+  bn_config = byol_config.get_config(100, 8)['network_config']['bn_config']
+  encoder = hk.without_apply_rng(
+    hk.transform_with_state(
+      lambda x: networks.TinyResNet(bn_config=bn_config)(x, is_training=False)
+    )
+  )
+  return encoder.apply(params, state, images)[0]
+
+
 def test_exported_encoder_gives_the_embedding_of_the_linear_evaluation_backbone(tmp_path):
   checkpoint, _ = write_pretrain_checkpoint(tmp_path)
   experiment = make_experiment(tmp_path, checkpoint)
@@ -50,15 +63,8 @@ def test_exported_encoder_gives_the_embedding_of_the_linear_evaluation_backbone(
   export_encoder.export_encoder(experiment.checkpoint_path, output)
 
   # The README's recipe: the same encoder class, inference mode, normalised images.
-  params, state = export_encoder.load_encoder(output)
-  bn_config = byol_config.get_config(100, 8)['network_config']['bn_config']
-  encoder = hk.without_apply_rng(
-    hk.transform_with_state(
-      lambda images: networks.TinyResNet(bn_config=bn_config)(images, is_training=False)
-    )
-  )
   images = np.random.default_rng(0).uniform(size=(3, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
-  embedding, _ = encoder.apply(params, state, dataset.normalize_images(images))
+  embedding = exported_embedding(output, dataset.normalize_images(images))
 
   run_state = helpers.to_host(experiment.state)
   expected, _ = experiment._backbone.apply(
@@ -70,22 +76,12 @@ def test_exported_encoder_gives_the_embedding_of_the_linear_evaluation_backbone(
   )
 
 
-class _RunsACommand:
-  """Pickles to `os.system(command)`."""
-
-  def __init__(self, command):
-    self.command = command
-
-  def __reduce__(self):
-    return (os.system, (self.command,))
-
-
 @pytest.mark.parametrize(
   'contents, message',
   [
     (lambda marker: b'not a pickle at all', 'truncated or not a checkpoint'),
     (
-      lambda marker: pickle.dumps({'experiment_state': _RunsACommand(f'touch {marker}')}),
+      lambda marker: pickle.dumps({'experiment_state': support.RunsACommand(f'touch {marker}')}),
       'Refusing to load',
     ),
   ],
@@ -114,15 +110,8 @@ def test_a_2020_release_file_exports_the_encoder_of_our_file_with_the_same_embed
   for source in (checkpoint, release_file):
     output = f'{source}.npz'
     assert export_encoder.export_encoder(source, output) == 'tiny_res_net width 1'
-    params, state = export_encoder.load_encoder(output)
-    bn_config = byol_config.get_config(100, 8)['network_config']['bn_config']
-    encoder = hk.without_apply_rng(
-      hk.transform_with_state(
-        lambda images: networks.TinyResNet(bn_config=bn_config)(images, is_training=False)
-      )
-    )
     images = np.random.default_rng(0).uniform(size=(2, IMAGE_SIZE, IMAGE_SIZE, 3))
-    embeddings.append(encoder.apply(params, state, images.astype(np.float32))[0])
+    embeddings.append(exported_embedding(output, images.astype(np.float32)))
   np.testing.assert_array_equal(embeddings[0], embeddings[1])
   assert np.std(embeddings[0]) > 0
 

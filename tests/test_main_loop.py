@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from byol.utils import checkpointing
+import support
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MOCK_NUM_EXAMPLES = 24  # Examples per split of the mock imagenet2012.
@@ -281,20 +282,12 @@ def test_linear_eval_without_pretrain_checkpoint_is_a_clear_error(tmp_path):
   assert not (tmp_path / 'linear-eval.pkl').exists()
 
 
-class _RunsACommand:
-  """Pickles to `os.system(command)`: a malicious download saved as pretrain.pkl."""
-
-  def __init__(self, command):
-    self.command = command
-
-  def __reduce__(self):
-    return (os.system, (self.command,))
-
-
 def test_linear_eval_refuses_a_pretrain_checkpoint_that_names_code_and_writes_nothing(tmp_path):
   marker = tmp_path.parent / f'{tmp_path.name}-pwned'
   (tmp_path / 'pretrain.pkl').write_bytes(
-    pickle.dumps({'experiment_state': _RunsACommand(f'touch {marker}'), 'step': 0}, protocol=2)
+    pickle.dumps(
+      {'experiment_state': support.RunsACommand(f'touch {marker}'), 'step': 0}, protocol=2
+    )
   )
   code, output = run(
     '--experiment_mode=linear-eval',
