@@ -34,6 +34,7 @@ import numpy as np
 from byol import byol_experiment
 from byol import eval_experiment
 from byol.configs import byol as byol_config
+from byol.configs import datasets
 from byol.configs import eval as eval_config
 from byol.utils import augmentations
 from byol.utils import cpu_kernels
@@ -42,35 +43,41 @@ from byol.utils import helpers
 from byol.utils import networks
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum('encoder', 'ResNet18', sorted(networks.ENCODERS), 'Encoder to benchmark.')
-flags.DEFINE_integer('image_size', 64, 'Side of the input images.', lower_bound=8)
-flags.DEFINE_integer('batch_size', 64, 'Total batch size.', lower_bound=1)
-flags.DEFINE_integer('steps', 5, 'Timed steps (after one compile step).', lower_bound=1)
-flags.DEFINE_string(
-  'dataset',
-  'synthetic',
-  'Images of the input rows: synthetic (embedded), '
-  'folder:PATH, imagenette, or any dataset of --dataset in byol.main_loop.',
-)
-flags.DEFINE_string(
-  'data_dir',
-  None,
-  'TFDS data folder of --dataset (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).',
-)
-flags.DEFINE_enum(
-  'compute_dtype',
-  'float32',
-  list(networks.COMPUTE_DTYPES),
-  'Dtype the networks compute in (parameters stay float32).',
-)
-flags.DEFINE_enum(
-  'cpu_kernels',
-  'auto',
-  list(cpu_kernels.SWITCH_VALUES),
-  'Take the CPU-only routes (byol.utils.cpu_kernels): on, off, or auto (on for the '
-  'CPU backend only).',
-)
-flags.DEFINE_string('output', None, 'Where to write the figures as JSON.')
+
+
+def define_flags() -> None:
+  """The benchmark's flags, defined when it runs as a program only: several share their names
+  with `byol.main_loop`'s (with other defaults), and both modules are imported by the tests."""
+  flags.DEFINE_enum('encoder', 'ResNet18', sorted(networks.ENCODERS), 'Encoder to benchmark.')
+  flags.DEFINE_integer('image_size', 64, 'Side of the input images.', lower_bound=8)
+  flags.DEFINE_integer('batch_size', 64, 'Total batch size.', lower_bound=1)
+  flags.DEFINE_integer('steps', 5, 'Timed steps (after one compile step).', lower_bound=1)
+  flags.DEFINE_string(
+    'dataset',
+    'synthetic',
+    'Images of the input rows: synthetic (embedded), '
+    'folder:PATH, imagenette, or any dataset of --dataset in byol.main_loop.',
+  )
+  flags.DEFINE_string(
+    'data_dir',
+    None,
+    'TFDS data folder of --dataset (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).',
+  )
+  flags.DEFINE_enum(
+    'compute_dtype',
+    'float32',
+    list(networks.COMPUTE_DTYPES),
+    'Dtype the networks compute in (parameters stay float32).',
+  )
+  flags.DEFINE_enum(
+    'cpu_kernels',
+    'auto',
+    list(cpu_kernels.SWITCH_VALUES),
+    'Take the CPU-only routes (byol.utils.cpu_kernels): on, off, or auto (on for the '
+    'CPU backend only).',
+  )
+  flags.DEFINE_string('output', None, 'Where to write the figures as JSON.')
+
 
 Row = dict[str, Any]
 
@@ -151,6 +158,18 @@ def small_map_convolution(batch_size: int, steps: int) -> list[Row]:
   return rows
 
 
+def _network_overrides(
+  encoder: str, image_size: int, compute_dtype: str, cpu_kernels_setting: str
+) -> list[str]:
+  """The config entries (as `--override`) of the network a benchmark row times."""
+  return [
+    f'network_config.encoder_class={encoder}',
+    f'network_config.compute_dtype={compute_dtype}',
+    f'network_config.cpu_kernels={cpu_kernels_setting}',
+    f'dataset_config.image_size={image_size}',
+  ]
+
+
 def pretraining(
   encoder: str,
   dataset_name: str,
@@ -165,12 +184,11 @@ def pretraining(
   `cpu_kernels_setting` is the config's `network_config.cpu_kernels` ('auto', 'on' or 'off').
   """
   config = byol_config.get_config(
-    100, batch_size, num_classes=dataset.num_classes(dataset_name, data_dir=data_dir)
+    100,
+    batch_size,
+    dataset=datasets.describe(dataset_name, data_dir),
+    overrides=_network_overrides(encoder, image_size, compute_dtype, cpu_kernels_setting),
   )
-  config['network_config'].update(
-    encoder_class=encoder, compute_dtype=compute_dtype, cpu_kernels=cpu_kernels_setting
-  )
-  config['dataset_config'].update(name=dataset_name, image_size=image_size, data_dir=data_dir)
   experiment = byol_experiment.ByolExperiment(**config)
   experiment.initialize(jax.random.key(0))
   return experiment
@@ -237,12 +255,15 @@ def linear_eval_update(
 ) -> list[Row]:
   """The jitted linear-evaluation update on a frozen (random) encoder (`cpu_kernels_setting` as
   in `pretraining`)."""
-  config = eval_config.get_config(None, batch_size)
-  config.update(allow_train_from_scratch=True)
-  config['network_config'].update(
-    encoder_class=encoder, compute_dtype=compute_dtype, cpu_kernels=cpu_kernels_setting
+  config = eval_config.get_config(
+    None,
+    batch_size,
+    dataset=datasets.describe('synthetic'),
+    overrides=[
+      'allow_train_from_scratch=true',
+      *_network_overrides(encoder, image_size, compute_dtype, cpu_kernels_setting),
+    ],
   )
-  config['dataset_config'].update(name='synthetic', image_size=image_size)
   experiment = eval_experiment.EvalExperiment(**config)
   experiment.initialize(jax.random.key(0))
   rng = np.random.default_rng(0)
@@ -418,4 +439,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

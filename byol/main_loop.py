@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from absl import app
 from absl import flags
@@ -33,11 +33,13 @@ from byol import byol_experiment
 from byol import eval_experiment
 from byol.configs import byol as byol_config
 from byol.configs import config_file
+from byol.configs import datasets
 from byol.configs import eval as eval_config
 from byol.configs import override
 from byol.utils import checkpointing
 from byol.utils import dataset
 from byol.utils import distributed
+from byol.utils import experiment as experiment_lib
 from byol.utils import helpers
 from byol.utils import networks
 from byol.utils import summaries
@@ -75,7 +77,7 @@ flags.DEFINE_integer(
   'batch_size',
   None,
   'Total batch size over all devices and hosts (default '
-  f"{byol_config.DEFAULT_BATCH_SIZE}, or the dataset preset's).",
+  f"{datasets.DEFAULT_BATCH_SIZE}, or the dataset preset's).",
 )
 flags.DEFINE_integer('log_tensors_interval', 60, 'Seconds between two logs of the scalars.')
 flags.DEFINE_integer(
@@ -214,67 +216,44 @@ _EXPERIMENTS = {
 }
 
 
-def get_config() -> dict[str, Any]:
-  """The config of `--experiment_mode` for the flags: preset, dataset, then each flag's override.
+# The flags that set one entry of the config each, applied before `--override`.
+_CONFIG_FLAGS = {
+  'encoder': 'network_config.encoder_class',
+  'compute_dtype': 'network_config.compute_dtype',
+  'image_size': 'dataset_config.image_size',
+  'eval_batch_size': 'evaluation_config.batch_size',
+  'save_checkpoint_interval': 'checkpointing_config.save_checkpoint_interval',
+}
 
-  The number of classes and of training images come from the dataset, as does the image size
-  unless `--image_size` is given.
+
+def get_config() -> dict[str, Any]:
+  """The complete config of `--experiment_mode` for the flags.
+
+  The dataset's facts (classes, training images, image size) are read from it; the other flags
+  become arguments or overrides of the experiment's `get_config`. Runs on a pretraining
+  checkpoint take its encoder and image size from `pretrain.config.json`, where there is one.
   """
-  dataset_name = FLAGS.dataset
-  preset = byol_config.dataset_preset(dataset_name)
-  batch_size = FLAGS.batch_size or preset.get('batch_size', byol_config.DEFAULT_BATCH_SIZE)
-  train_images = dataset.num_examples(
-    dataset.Split.TRAIN_AND_VALID, dataset_name=dataset_name, data_dir=FLAGS.data_dir
+  # (flag, key.path=value), in the order they apply: the last one wins.
+  assignments = [
+    (f'--{name}', f'{key_path}={FLAGS[name].value}')
+    for name, key_path in _CONFIG_FLAGS.items()
+    if FLAGS[name].value is not None
+  ]
+  assignments += [(f'--override {text.partition("=")[0]}', text) for text in FLAGS.override]
+  arguments = dict(
+    batch_size=FLAGS.batch_size,
+    dataset=datasets.describe(FLAGS.dataset, FLAGS.data_dir),
+    max_steps=FLAGS.max_steps,
+    checkpoint_root=FLAGS.checkpoint_root,
+    overrides=[text for _, text in assignments],
   )
-  num_classes = dataset.num_classes(dataset_name, data_dir=FLAGS.data_dir)
   if FLAGS.experiment_mode == 'pretrain':
-    recipe = {
-      key: value
-      for key, value in preset.items()
-      if key in byol_config.PRESETS[FLAGS.pretrain_epochs]
-    }
-    config = byol_config.get_config(
-      FLAGS.pretrain_epochs,
-      batch_size,
-      train_images=train_images,
-      num_classes=num_classes,
-      recipe=recipe,
-    )
+    config = byol_config.get_config(FLAGS.pretrain_epochs, **arguments)
   else:
     # Read by process 0 when training starts; a random encoder is trained if it is absent and
     # that is allowed.
-    config = eval_config.get_config(
-      os.path.join(FLAGS.checkpoint_root, 'pretrain.pkl'),
-      batch_size,
-      train_images=train_images,
-      num_classes=num_classes,
-    )
-  # The linear evaluation must build the encoder that pretraining built.
-  config['network_config']['encoder_class'] = preset.get(
-    'encoder_class', config['network_config']['encoder_class']
-  )
-  config['evaluation_config']['batch_size'] = preset.get(
-    'eval_batch_size', config['evaluation_config']['batch_size']
-  )
-  config['dataset_config']['image_size'] = FLAGS.image_size or dataset.default_image_size(
-    dataset_name, data_dir=FLAGS.data_dir
-  )
-  config['dataset_config'].update(name=dataset_name, data_dir=FLAGS.data_dir)
-  if FLAGS.max_steps is not None:
-    # Keep the warm-up's share of the run, so a shortened run has the preset's schedule shape.
-    share = config['lr_schedule_config']['warmup_steps'] / config['max_steps']
-    config['max_steps'] = FLAGS.max_steps
-    config['lr_schedule_config']['warmup_steps'] = int(share * FLAGS.max_steps)
-  if FLAGS.encoder is not None:
-    config['network_config']['encoder_class'] = FLAGS.encoder
-  if FLAGS.compute_dtype is not None:
-    config['network_config']['compute_dtype'] = FLAGS.compute_dtype
-  if FLAGS.eval_batch_size is not None:
-    config['evaluation_config']['batch_size'] = FLAGS.eval_batch_size
-  config['checkpointing_config'].update(
-    checkpoint_dir=FLAGS.checkpoint_root, save_checkpoint_interval=FLAGS.save_checkpoint_interval
-  )
-  override.apply(config, FLAGS.override)
+    pretrain_checkpoint = os.path.join(FLAGS.checkpoint_root, 'pretrain.pkl')
+    config = eval_config.get_config(pretrain_checkpoint, **arguments)
   if not (FLAGS.experiment_mode == 'pretrain' and FLAGS.worker_mode == 'train'):
     # Rebuild the encoder of the pretraining run, on images of its size.
     pretraining = config_file.read(FLAGS.checkpoint_root, 'pretrain')
@@ -282,41 +261,36 @@ def get_config() -> dict[str, Any]:
       config_file.inherit(
         config,
         pretraining,
-        explicit=_explicit_entries(),
+        explicit={tuple(text.partition('=')[0].split('.')): flag for flag, text in assignments},
         source=config_file.path(FLAGS.checkpoint_root, 'pretrain'),
       )
   return config
-
-
-def _explicit_entries() -> dict[tuple[str, ...], str]:
-  """The config entries the command line sets, each with the flag that sets it."""
-  explicit = {
-    tuple(assignment.partition('=')[0].split('.')): (f'--override {assignment.partition("=")[0]}')
-    for assignment in FLAGS.override
-  }
-  if FLAGS.encoder is not None:
-    explicit[('network_config', 'encoder_class')] = '--encoder'
-  if FLAGS.image_size is not None:
-    explicit[('dataset_config', 'image_size')] = '--image_size'
-  return explicit
 
 
 def _format_scalars(scalars: Mapping[str, float]) -> str:
   return ', '.join(f'{name}={value:.4g}' for name, value in sorted(scalars.items()))
 
 
-def train_loop(config: Mapping[str, Any]) -> Any:
+def train_loop(
+  config: Mapping[str, Any], experiment_mode: str, *, log_interval: float = 60.0
+) -> experiment_lib.Experiment:
   """Trains until `max_steps`, resuming from the checkpoint, saving periodically and at the end.
 
-  With `--experiment_mode=linear-eval`, a fresh run starts from `<checkpoint_root>/pretrain.pkl`.
-  Returns the experiment, holding the final state.
+  Args:
+    config: the experiment's config (`get_config`).
+    experiment_mode: 'pretrain' or 'linear-eval' (which starts a fresh run from the config's
+      `checkpoint_to_evaluate`).
+    log_interval: seconds between two progress lines and scalar logs.
+
+  Returns:
+    The experiment, holding the final state.
   """
-  experiment = _EXPERIMENTS[FLAGS.experiment_mode](**config)
+  experiment = _EXPERIMENTS[experiment_mode](**config)
   experiment.check_writable()
   max_steps = config['max_steps']
   checkpoint_dir = config['checkpointing_config']['checkpoint_dir']
   save_interval = config['checkpointing_config']['save_checkpoint_interval']
-  scalar_log = summaries.ScalarLog(checkpoint_dir, f'{FLAGS.experiment_mode}_train')
+  scalar_log = summaries.ScalarLog(checkpoint_dir, f'{experiment_mode}_train')
 
   restored = experiment.load_checkpoint()
   if restored is None:
@@ -326,7 +300,7 @@ def train_loop(config: Mapping[str, Any]) -> Any:
     logging.info(
       'No checkpoint to resume from at %s; starting %s: %d steps of batch %d.',
       experiment.checkpoint_path,
-      FLAGS.experiment_mode,
+      experiment_mode,
       max_steps,
       config['batch_size'],
     )
@@ -334,7 +308,7 @@ def train_loop(config: Mapping[str, Any]) -> Any:
     step, loop_rng = restored
     logging.info('Resumed from %s at step %d of %d.', experiment.checkpoint_path, step, max_steps)
   if jax.process_index() == 0:  # Once the checkpoints it starts from have been read.
-    config_file.write(config, checkpoint_dir, FLAGS.experiment_mode)
+    config_file.write(config, checkpoint_dir, experiment_mode)
 
   last_log_time = last_save_time = time.time()
   last_log_step = step
@@ -342,12 +316,13 @@ def train_loop(config: Mapping[str, Any]) -> Any:
     logs = experiment.step(global_step=step, rng=jax.random.fold_in(loop_rng, step))
     step += 1
     now = time.time()
-    log_due = now - last_log_time >= FLAGS.log_tensors_interval or step == max_steps
+    log_due = now - last_log_time >= log_interval or step == max_steps
     save_due = now - last_save_time >= save_interval and step < max_steps
     if not (log_due or save_due):
       continue  # No host sync: the next step is dispatched while this one runs.
     scalars = {name: float(value) for name, value in helpers.to_host(logs).items()}
     if not math.isfinite(scalars['loss']):
+      experiment.wait_for_checkpoint()  # The last good step's, if one is being written.
       raise FloatingPointError(
         f'The loss became {scalars["loss"]} at step {step}; stopping without saving. The last '
         f'good checkpoint is {experiment.checkpoint_path}.'
@@ -375,11 +350,17 @@ def train_loop(config: Mapping[str, Any]) -> Any:
   return experiment
 
 
-def eval_loop(config: Mapping[str, Any]) -> None:
-  """Evaluates each new checkpoint once; returns after evaluating the one of the final step."""
-  experiment = _EXPERIMENTS[FLAGS.experiment_mode](**config)
+def eval_loop(
+  config: Mapping[str, Any], experiment_mode: str, *, poll_interval: float = 10.0
+) -> None:
+  """Evaluates each new checkpoint once; returns after evaluating the one of the final step.
+
+  Looks for a new checkpoint every `poll_interval` seconds.
+  """
+  experiment = _EXPERIMENTS[experiment_mode](**config)
   max_steps = config['max_steps']
-  scalar_log = summaries.ScalarLog(FLAGS.checkpoint_root, f'{FLAGS.experiment_mode}_eval')
+  checkpoint_dir = config['checkpointing_config']['checkpoint_dir']
+  scalar_log = summaries.ScalarLog(checkpoint_dir, f'{experiment_mode}_eval')
   path = experiment.checkpoint_path
   last_seen_version = last_evaluated_step = None
   logging.info('Waiting for checkpoints at %s.', path)
@@ -397,10 +378,12 @@ def eval_loop(config: Mapping[str, Any]) -> None:
         logging.info('Evaluated the final step %d; done.', step)
         return
       continue
-    time.sleep(FLAGS.eval_poll_interval)
+    time.sleep(poll_interval)
 
 
-def sweep_loop(config: Mapping[str, Any]) -> None:
+def sweep_loop(
+  config: Mapping[str, Any], base_learning_rates: Sequence[float], *, log_interval: float = 60.0
+) -> None:
   """The paper's linear-evaluation protocol over `--base_learning_rates` (SPEC section 9).
 
   One classifier per base learning rate is trained on TRAIN, in its own folder
@@ -409,17 +392,18 @@ def sweep_loop(config: Mapping[str, Any]) -> None:
   is ever evaluated on TEST. The table of all runs goes to
   `<checkpoint_root>/linear-eval-sweep.json`.
   """
+  root = config['checkpointing_config']['checkpoint_dir']
   runs = []
-  for rate in sorted({float(value) for value in FLAGS.base_learning_rates}):
+  for rate in sorted(set(base_learning_rates)):
     run_config = copy.deepcopy(dict(config))
     run_config['lr_schedule_config']['base_learning_rate'] = rate
     run_config['dataset_config']['train_split'] = 'train'
     run_config['evaluation_config']['subset'] = 'valid'
     run_config['checkpointing_config']['checkpoint_dir'] = os.path.join(
-      FLAGS.checkpoint_root, 'linear-eval-sweep', f'lr_{rate:g}'
+      root, 'linear-eval-sweep', f'lr_{rate:g}'
     )
     logging.info('Sweep: base learning rate %g.', rate)
-    experiment = train_loop(run_config)
+    experiment = train_loop(run_config, 'linear-eval', log_interval=log_interval)
     valid = experiment.evaluate(global_step=run_config['max_steps'])
     logging.info('Sweep: base learning rate %g | VALID %s', rate, _format_scalars(valid))
     runs.append(
@@ -430,7 +414,7 @@ def sweep_loop(config: Mapping[str, Any]) -> None:
   test_config = copy.deepcopy(dict(config))
   test_config['checkpointing_config']['checkpoint_dir'] = os.path.dirname(chosen['checkpoint'])
   test_config['lr_schedule_config']['base_learning_rate'] = chosen['base_learning_rate']
-  experiment = _EXPERIMENTS[FLAGS.experiment_mode](**test_config)
+  experiment = eval_experiment.EvalExperiment(**test_config)
   step, _ = experiment.load_checkpoint()
   chosen['test'] = experiment.evaluate(global_step=step)
   table = dict(
@@ -438,7 +422,7 @@ def sweep_loop(config: Mapping[str, Any]) -> None:
     chosen_base_learning_rate=chosen['base_learning_rate'],
     runs=runs,
   )
-  path = os.path.join(FLAGS.checkpoint_root, 'linear-eval-sweep.json')
+  path = os.path.join(root, 'linear-eval-sweep.json')
   if jax.process_index() == 0:
     with open(path + '.tmp', 'w') as f:
       json.dump(table, f, indent=2)
@@ -486,11 +470,12 @@ def main(argv: list[str]) -> None:
     )
     config = get_config()
     if FLAGS.base_learning_rates is not None:
-      sweep_loop(config)
+      rates = [float(rate) for rate in FLAGS.base_learning_rates]
+      sweep_loop(config, rates, log_interval=FLAGS.log_tensors_interval)
     elif FLAGS.worker_mode == 'train':
-      train_loop(config)
+      train_loop(config, FLAGS.experiment_mode, log_interval=FLAGS.log_tensors_interval)
     else:
-      eval_loop(config)
+      eval_loop(config, FLAGS.experiment_mode, poll_interval=FLAGS.eval_poll_interval)
   except _USER_ERRORS as error:
     sys.exit(f'error: {error}')
 

@@ -2,7 +2,9 @@
 
 import os
 import pathlib
+import shutil
 import tarfile
+import tempfile
 
 import jax
 import pytest
@@ -10,17 +12,25 @@ import pytest
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 
-@pytest.fixture(scope='session', autouse=True)
-def compilation_cache(tmp_path_factory):
+def pytest_configure(config):
   """One persistent XLA compilation cache for the session, in this process and its subprocesses.
 
-  The end-to-end tests start many workers that compile the same small networks; each compiles a
-  program only the first time it is seen in the session. Every session starts with an empty cache.
+  Most tests build small experiments whose programs take seconds to compile on a CPU and are the
+  same from one test to the next (and in the workers the end-to-end tests start): each is compiled
+  once in the session and read from the cache afterwards, however short its compilation. Set
+  before the first compilation, which would otherwise find the cache off for this process.
   """
-  folder = str(tmp_path_factory.mktemp('jax_compilation_cache'))
+  del config
+  folder = tempfile.mkdtemp(prefix='byol_test_jax_cache_')
   os.environ['JAX_COMPILATION_CACHE_DIR'] = folder
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   jax.config.update('jax_compilation_cache_dir', folder)
-  yield folder
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
+def pytest_unconfigure(config):
+  del config
+  shutil.rmtree(os.environ.pop('JAX_COMPILATION_CACHE_DIR', ''), ignore_errors=True)
 
 
 # Beside the project, never in it (see ../shared/data/README.md); BYOL_SHARED_DATA overrides.

@@ -17,18 +17,20 @@ import jax  # noqa: E402  (after XLA_FLAGS)
 
 from byol import byol_experiment  # noqa: E402
 from byol.configs import byol as byol_config  # noqa: E402
-import test_byol_experiment  # noqa: E402  (this folder is on the path)
+from byol.configs import datasets  # noqa: E402
+import support  # noqa: E402  (this folder is on the path)
 
 
 def main() -> None:
   assert jax.device_count() == num_devices, jax.devices()
-  default = byol_config.get_config(100, 8)['evaluation_config']['batch_size']
+  default = byol_config.get_config()['evaluation_config']['batch_size']
   results = {}
   for preset_batch_size in sorted(
-    {preset.get('eval_batch_size', default) for preset in byol_config.DATASET_PRESETS.values()}
+    {preset.get('eval_batch_size', default) for preset in datasets.PRESETS.values()}
   ):
-    config = test_byol_experiment.tiny_config(os.path.dirname(output))
-    config['evaluation_config']['batch_size'] = preset_batch_size
+    config = support.pretrain_config(
+      os.path.dirname(output), overrides=[f'evaluation_config.batch_size={preset_batch_size}']
+    )
     experiment = byol_experiment.ByolExperiment(**config)
     experiment.initialize(jax.random.key(0))
     scalars = experiment.evaluate(global_step=0)

@@ -18,8 +18,8 @@ from byol import main_loop
 warnings.filterwarnings('error', category=DeprecationWarning, module='(jax|haiku|optax|byol)')
 
 
-def train_loop_keeping_state(config):
-  experiment = train_loop(config)
+def train_loop_keeping_state(*args, **kwargs):
+  experiment = train_loop(*args, **kwargs)
   copies = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(experiment.state):
     for shard in leaf.addressable_shards:

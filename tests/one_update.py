@@ -15,17 +15,15 @@ os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}
 import jax  # noqa: E402  (after XLA_FLAGS)
 import numpy as np  # noqa: E402
 
-from byol import byol_experiment  # noqa: E402
 from byol.utils import helpers  # noqa: E402
-import test_byol_experiment  # noqa: E402  (this folder is on the path)
+import support  # noqa: E402  (this folder is on the path)
 
 
 def main() -> None:
   assert jax.device_count() == num_devices, jax.devices()
-  config = test_byol_experiment.tiny_config(os.path.dirname(output))
-  experiment = byol_experiment.ByolExperiment(**config)
+  experiment = support.pretrain_experiment(os.path.dirname(output))
   experiment.initialize(jax.random.key(0))
-  batch = test_byol_experiment.random_batch(experiment)
+  batch = support.random_views(experiment)
   state, logs = experiment.update(experiment.state, batch, jax.random.key(1), np.int32(3))
   state, logs = helpers.to_host((state, logs))
   leaves = jax.tree_util.tree_leaves_with_path(

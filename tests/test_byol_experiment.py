@@ -9,33 +9,7 @@ from byol.configs import byol as byol_config
 from byol.utils import checkpointing
 from byol.utils import helpers
 from byol.utils import schedules
-
-
-def tiny_config(tmp_path, encoder='TinyResNet', **overrides):
-  config = byol_config.get_config(100, 8, train_images=80, num_classes=5)
-  config['network_config'].update(
-    encoder_class=encoder,
-    projector_hidden_size=32,
-    projector_output_size=16,
-    predictor_hidden_size=32,
-  )
-  # The embedded dataset: `initialize` reads the first training batch.
-  config['dataset_config'].update(name='synthetic', image_size=16)
-  config['evaluation_config']['batch_size'] = 8
-  config['checkpointing_config']['checkpoint_dir'] = str(tmp_path)
-  config.update(overrides)
-  return config
-
-
-def random_batch(experiment, batch_size=8, image_size=16, num_classes=5, seed=0):
-  rng = np.random.default_rng(seed)
-  images = rng.uniform(size=(2, batch_size, image_size, image_size, 3)).astype(np.float32)
-  batch = dict(
-    view1=images[0],
-    view2=images[1],
-    labels=rng.integers(0, num_classes, batch_size).astype(np.int32),
-  )
-  return helpers.to_global_batch(batch, experiment.batch_sharding)
+import support  # This folder is on the path.
 
 
 def test_resnet50_experiment_state_has_the_released_parameter_tree(tmp_path):
@@ -64,17 +38,8 @@ def test_resnet50_experiment_state_has_the_released_parameter_tree(tmp_path):
   }
 
 
-def test_a_recipe_replaces_only_its_entries_of_the_length_preset():
-  config = byol_config.get_config(1000, 256, recipe=dict(base_target_ema=0.99))
-  assert config['base_target_ema'] == 0.99
-  assert config['lr_schedule_config']['base_learning_rate'] == 0.2
-  assert config['optimizer_config']['weight_decay'] == 1.5e-6
-  with pytest.raises(ValueError, match="not \\['momentum'\\]"):
-    byol_config.get_config(1000, 256, recipe=dict(momentum=0.8))
-
-
 def test_online_and_target_networks_start_from_different_keys(tmp_path):
-  experiment = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  experiment = support.pretrain_experiment(tmp_path)
   experiment.initialize(jax.random.key(0))
   online = experiment.state.online_params['tiny_res_net/~/initial_conv']['w']
   target = experiment.state.target_params['tiny_res_net/~/initial_conv']['w']
@@ -82,7 +47,7 @@ def test_online_and_target_networks_start_from_different_keys(tmp_path):
 
 
 def test_batchnorm_averages_start_at_statistics_of_the_first_batch(tmp_path):
-  experiment = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  experiment = support.pretrain_experiment(tmp_path)
   experiment.initialize(jax.random.key(0))
   state = helpers.to_host(experiment.state)
   for network_state in (state.online_state, state.target_state):
@@ -94,13 +59,13 @@ def test_batchnorm_averages_start_at_statistics_of_the_first_batch(tmp_path):
 
 
 def test_update_moves_target_by_ema_of_new_online_params_and_logs_schedules(tmp_path):
-  config = tiny_config(tmp_path)
+  config = support.pretrain_config(tmp_path)
   experiment = byol_experiment.ByolExperiment(**config)
   experiment.initialize(jax.random.key(0))
   before = helpers.to_host(experiment.state)
   step = 7
   state, logs = experiment.update(
-    experiment.state, random_batch(experiment), jax.random.key(1), np.int32(step)
+    experiment.state, support.random_views(experiment), jax.random.key(1), np.int32(step)
   )
   after, logs = helpers.to_host((state, logs))
 
@@ -134,10 +99,10 @@ def test_update_moves_target_by_ema_of_new_online_params_and_logs_schedules(tmp_
 
 
 def test_classifier_loss_does_not_reach_the_encoder(tmp_path):
-  experiment = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  experiment = support.pretrain_experiment(tmp_path)
   experiment.initialize(jax.random.key(0))
   state = experiment.state
-  inputs = random_batch(experiment)
+  inputs = support.random_views(experiment)
   target_outputs, _ = experiment._forward.apply(
     state.target_params, state.target_state, inputs, is_training=True
   )
@@ -156,10 +121,10 @@ def test_classifier_loss_does_not_reach_the_encoder(tmp_path):
 
 
 def test_repr_loss_pairs_each_views_prediction_with_the_other_views_target_projection(tmp_path):
-  experiment = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  experiment = support.pretrain_experiment(tmp_path)
   experiment.initialize(jax.random.key(0))
   state = experiment.state
-  inputs = random_batch(experiment)
+  inputs = support.random_views(experiment)
   # Online and target start from different keys, so the target projections are not the online
   # ones: the pairing is checked on the two networks' own outputs, as `_update_fn` computes them.
   forward = jax.jit(experiment._forward.apply, static_argnames='is_training')
@@ -196,10 +161,10 @@ def test_repr_loss_pairs_each_views_prediction_with_the_other_views_target_proje
 
 
 def test_checkpoint_of_another_encoder_is_refused_with_both_names(tmp_path):
-  writer = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  writer = support.pretrain_experiment(tmp_path)
   writer.initialize(jax.random.key(0))
   writer.save_checkpoint(global_step=3, rng=jax.random.key(1))
-  reader = byol_experiment.ByolExperiment(**tiny_config(tmp_path, encoder='ResNet18'))
+  reader = support.pretrain_experiment(tmp_path, encoder='ResNet18')
   with pytest.raises(
     checkpointing.CheckpointError,
     match=r'holds tiny_res_net width 1, classifier of 5 classes, but '
@@ -209,10 +174,10 @@ def test_checkpoint_of_another_encoder_is_refused_with_both_names(tmp_path):
 
 
 def test_checkpoint_round_trip_restores_state_and_step(tmp_path):
-  experiment = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  experiment = support.pretrain_experiment(tmp_path)
   experiment.initialize(jax.random.key(0))
   experiment.save_checkpoint(global_step=5, rng=jax.random.key(9))
-  restored = byol_experiment.ByolExperiment(**tiny_config(tmp_path))
+  restored = support.pretrain_experiment(tmp_path)
   step, rng = restored.load_checkpoint()
   assert step == 5
   np.testing.assert_array_equal(jax.random.key_data(rng), jax.random.key_data(jax.random.key(9)))
@@ -226,7 +191,7 @@ def test_checkpoint_round_trip_restores_state_and_step(tmp_path):
 def test_bfloat16_updates_stay_finite_and_close_to_float32_with_a_float32_state(tmp_path):
   losses = {}
   for dtype in ('float32', 'bfloat16'):
-    config = tiny_config(tmp_path / dtype)
+    config = support.pretrain_config(tmp_path / dtype)
     config['network_config']['compute_dtype'] = dtype
     experiment = byol_experiment.ByolExperiment(**config)
     experiment.initialize(jax.random.key(0))
@@ -234,7 +199,7 @@ def test_bfloat16_updates_stay_finite_and_close_to_float32_with_a_float32_state(
     losses[dtype] = []
     for step in range(3):
       state, logs = experiment.update(
-        state, random_batch(experiment, seed=step), jax.random.key(step), np.int32(step)
+        state, support.random_views(experiment, seed=step), jax.random.key(step), np.int32(step)
       )
       losses[dtype].append(float(logs['loss']))
   leaves = jax.tree.leaves(helpers.to_host(state))

@@ -10,11 +10,15 @@ from byol.configs import eval as eval_config
 
 
 def pretraining_config():
-  config = byol_config.get_config(100, 8)
-  config['network_config']['encoder_class'] = 'ResNet18'
-  config['network_config']['encoder_config']['width_multiplier'] = 2
-  config['dataset_config']['image_size'] = 64
-  return config
+  return byol_config.get_config(
+    100,
+    8,
+    overrides=[
+      'network_config.encoder_class=ResNet18',
+      'network_config.encoder_config.width_multiplier=2',
+      'dataset_config.image_size=64',
+    ],
+  )
 
 
 def test_written_config_reads_back_as_json(tmp_path):

@@ -11,8 +11,7 @@ import numpy as np
 from byol import byol_experiment
 from byol.utils import checkpointing
 from byol.utils import distributed
-import test_main_loop  # This folder is on the path.
-import test_multi_process
+import support  # This folder is on the path.
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -23,7 +22,7 @@ def test_every_process_gets_the_checkpoint_of_process_0_without_a_shared_folder(
     folder.mkdir()
   state = byol_experiment._ByolExperimentState({'w': np.arange(3.0)}, {}, {}, {}, ())
   checkpointing.Checkpointer(str(folders[0]), 'pretrain.pkl').save(state, 7, jax.random.key(4))
-  port = test_multi_process.free_port()
+  port = support.free_port()
   processes = [
     subprocess.Popen(
       [
@@ -34,14 +33,14 @@ def test_every_process_gets_the_checkpoint_of_process_0_without_a_shared_folder(
         str(tmp_path / f'read_{index}.json'),
       ],
       cwd=folder,
-      env=test_main_loop.environment(),
+      env=support.environment(),
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,
       text=True,
     )
     for index, folder in enumerate(folders)
   ]
-  for code, output in test_multi_process.finish_runs(processes)[0]:
+  for code, output in support.finish_runs(processes)[0]:
     assert code == 0, output
 
   expected_rng = np.asarray(jax.random.key_data(jax.random.key(4))).tolist()

@@ -5,51 +5,9 @@ import numpy as np
 import optax
 import pytest
 
-from byol import byol_experiment
-from byol import eval_experiment
-from byol.configs import byol as byol_config
-from byol.configs import eval as eval_config
 from byol.utils import checkpointing
 from byol.utils import helpers
-import pickle_like_2020
-
-NUM_CLASSES = 5
-IMAGE_SIZE = 16
-
-
-def pretrain_experiment(folder, encoder='TinyResNet', width=1):
-  config = byol_config.get_config(100, 8, train_images=80, num_classes=NUM_CLASSES)
-  config['network_config'].update(
-    encoder_class=encoder,
-    projector_hidden_size=32,
-    projector_output_size=16,
-    predictor_hidden_size=32,
-  )
-  config['network_config']['encoder_config']['width_multiplier'] = width
-  # The embedded dataset: `initialize` reads the first training batch.
-  config['dataset_config'].update(name='synthetic', image_size=IMAGE_SIZE)
-  config['evaluation_config']['batch_size'] = 8
-  config['checkpointing_config']['checkpoint_dir'] = str(folder)
-  return byol_experiment.ByolExperiment(**config)
-
-
-def write_pretrain_checkpoint(folder, encoder='TinyResNet', width=1):
-  experiment = pretrain_experiment(folder, encoder, width)
-  experiment.initialize(jax.random.key(0))
-  experiment.save_checkpoint(global_step=10, rng=jax.random.key(1))
-  return experiment.checkpoint_path, helpers.to_host(experiment.state)
-
-
-def make_experiment(
-  folder, checkpoint, *, freeze_backbone=True, encoder='TinyResNet', allow_train_from_scratch=False
-):
-  config = eval_config.get_config(checkpoint, 8, train_images=80, num_classes=NUM_CLASSES)
-  config['network_config']['encoder_class'] = encoder
-  config['dataset_config'].update(name='synthetic', image_size=IMAGE_SIZE)
-  config['evaluation_config']['batch_size'] = 8
-  config['checkpointing_config']['checkpoint_dir'] = str(folder)
-  config.update(freeze_backbone=freeze_backbone, allow_train_from_scratch=allow_train_from_scratch)
-  return eval_experiment.EvalExperiment(**config)
+import support  # This folder is on the path.
 
 
 def train_steps(experiment, steps=2):
@@ -57,8 +15,8 @@ def train_steps(experiment, steps=2):
   state = experiment.state
   for step in range(steps):
     batch = dict(
-      images=rng.uniform(size=(8, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
-      labels=rng.integers(0, NUM_CLASSES, 8).astype(np.int32),
+      images=rng.uniform(size=(8, support.IMAGE_SIZE, support.IMAGE_SIZE, 3)).astype(np.float32),
+      labels=rng.integers(0, support.NUM_CLASSES, 8).astype(np.int32),
     )
     state, logs = experiment.update(
       state, helpers.to_global_batch(batch, experiment.batch_sharding), np.int32(step)
@@ -67,8 +25,8 @@ def train_steps(experiment, steps=2):
 
 
 def test_encoder_is_loaded_from_the_online_network(tmp_path):
-  checkpoint, pretrain_state = write_pretrain_checkpoint(tmp_path)
-  experiment = make_experiment(tmp_path, checkpoint)
+  checkpoint, pretrain_state = support.write_pretrain_checkpoint(tmp_path)
+  experiment = support.linear_eval_experiment(tmp_path, checkpoint)
   experiment.initialize(jax.random.key(5))
   state = helpers.to_host(experiment.state)
   assert set(state.backbone_params) == {
@@ -87,8 +45,8 @@ def test_encoder_is_loaded_from_the_online_network(tmp_path):
 
 
 def test_frozen_backbone_leaves_every_encoder_array_unchanged(tmp_path):
-  checkpoint, _ = write_pretrain_checkpoint(tmp_path)
-  experiment = make_experiment(tmp_path, checkpoint, freeze_backbone=True)
+  checkpoint, _ = support.write_pretrain_checkpoint(tmp_path)
+  experiment = support.linear_eval_experiment(tmp_path, checkpoint, freeze_backbone=True)
   experiment.initialize(jax.random.key(5))
   before = helpers.to_host(experiment.state)
   after, logs = train_steps(experiment)
@@ -99,8 +57,8 @@ def test_frozen_backbone_leaves_every_encoder_array_unchanged(tmp_path):
 
 
 def test_fine_tuning_trains_encoder_and_its_batchnorm_statistics(tmp_path):
-  checkpoint, _ = write_pretrain_checkpoint(tmp_path)
-  experiment = make_experiment(tmp_path, checkpoint, freeze_backbone=False)
+  checkpoint, _ = support.write_pretrain_checkpoint(tmp_path)
+  experiment = support.linear_eval_experiment(tmp_path, checkpoint, freeze_backbone=False)
   experiment.initialize(jax.random.key(5))
   before = helpers.to_host(experiment.state)
   after, _ = train_steps(experiment)
@@ -111,13 +69,13 @@ def test_fine_tuning_trains_encoder_and_its_batchnorm_statistics(tmp_path):
 
 
 def test_missing_pretrain_checkpoint_is_a_clear_error(tmp_path):
-  experiment = make_experiment(tmp_path, None)
+  experiment = support.linear_eval_experiment(tmp_path, None)
   with pytest.raises(checkpointing.CheckpointError, match='Pretrain first'):
     experiment.initialize(jax.random.key(0))
 
 
 def test_random_encoder_baseline_when_allowed(tmp_path):
-  experiment = make_experiment(tmp_path, None, allow_train_from_scratch=True)
+  experiment = support.linear_eval_experiment(tmp_path, None, allow_train_from_scratch=True)
   experiment.initialize(jax.random.key(0))
   assert experiment.state is not None
 
@@ -125,7 +83,7 @@ def test_random_encoder_baseline_when_allowed(tmp_path):
 def test_random_encoder_starts_from_batchnorm_statistics_of_real_images(tmp_path):
   # Initialised on zeros, every variance would be 0 and inference-mode BatchNorm would scale each
   # layer by 1/sqrt(eps): the baseline's classifier would see huge embeddings and diverge.
-  experiment = make_experiment(tmp_path, None, allow_train_from_scratch=True)
+  experiment = support.linear_eval_experiment(tmp_path, None, allow_train_from_scratch=True)
   experiment.initialize(jax.random.key(0))
   state = helpers.to_host(experiment.state)
   variances = [
@@ -138,12 +96,12 @@ def test_random_encoder_starts_from_batchnorm_statistics_of_real_images(tmp_path
   # Two steps on uniform noise (not the synthetic images the statistics came from): a few nats,
   # where the zero-variance start gave ~1e7.
   _, logs = train_steps(experiment)
-  assert logs['loss'] < 10 * np.log(NUM_CLASSES)
+  assert logs['loss'] < 10 * np.log(support.NUM_CLASSES)
 
 
 def test_encoder_mismatch_names_both_networks(tmp_path):
-  checkpoint, _ = write_pretrain_checkpoint(tmp_path, encoder='TinyResNet')
-  experiment = make_experiment(tmp_path, checkpoint, encoder='ResNet18')
+  checkpoint, _ = support.write_pretrain_checkpoint(tmp_path, encoder='TinyResNet')
+  experiment = support.linear_eval_experiment(tmp_path, checkpoint, encoder='ResNet18')
   with pytest.raises(
     checkpointing.CheckpointError,
     match=r'holds tiny_res_net width 1, but the config asks for ResNet18 1x',
@@ -152,8 +110,8 @@ def test_encoder_mismatch_names_both_networks(tmp_path):
 
 
 def test_width_mismatch_names_both_widths(tmp_path):
-  checkpoint, _ = write_pretrain_checkpoint(tmp_path, width=2)
-  experiment = make_experiment(tmp_path, checkpoint)
+  checkpoint, _ = support.write_pretrain_checkpoint(tmp_path, width=2)
+  experiment = support.linear_eval_experiment(tmp_path, checkpoint)
   with pytest.raises(
     checkpointing.CheckpointError,
     match=r'holds tiny_res_net width 2, but the config asks for TinyResNet 1x',
@@ -161,19 +119,10 @@ def test_width_mismatch_names_both_widths(tmp_path):
     experiment.initialize(jax.random.key(0))
 
 
-def write_2020_release_file(path, pretrain_state):
-  """`pretrain_state`'s networks in a file pickled as DeepMind's 2020 release files were."""
-  networks = ('online_params', 'target_params', 'online_state', 'target_state')
-  pickle_like_2020.write(
-    {field: getattr(pretrain_state, field) for field in networks}, str(path), 'global'
-  )
-  return str(path)
-
-
 def test_linear_evaluation_trains_from_a_2020_release_file(tmp_path):
-  _, pretrain_state = write_pretrain_checkpoint(tmp_path)
-  release_file = write_2020_release_file(tmp_path / 'pretrain_res50x1.pkl', pretrain_state)
-  experiment = make_experiment(tmp_path, release_file)
+  _, pretrain_state = support.write_pretrain_checkpoint(tmp_path)
+  release_file = support.write_2020_release_file(tmp_path / 'pretrain_res50x1.pkl', pretrain_state)
+  experiment = support.linear_eval_experiment(tmp_path, release_file)
   experiment.initialize(jax.random.key(5))
   after, logs = train_steps(experiment)
   jax.tree.map(
@@ -186,9 +135,9 @@ def test_linear_evaluation_trains_from_a_2020_release_file(tmp_path):
 
 def test_pretraining_does_not_resume_from_a_2020_release_file(tmp_path):
   (tmp_path / 'ours').mkdir()
-  _, pretrain_state = write_pretrain_checkpoint(tmp_path / 'ours')
-  write_2020_release_file(tmp_path / 'pretrain.pkl', pretrain_state)
-  experiment = pretrain_experiment(tmp_path)
+  _, pretrain_state = support.write_pretrain_checkpoint(tmp_path / 'ours')
+  support.write_2020_release_file(tmp_path / 'pretrain.pkl', pretrain_state)
+  experiment = support.pretrain_experiment(tmp_path)
   with pytest.raises(checkpointing.CheckpointError, match='optimiser state of another layout'):
     experiment.load_checkpoint()
 
@@ -218,10 +167,12 @@ def test_two_linear_evaluation_steps_match_numpy_nesterov_sgd(tmp_path):
   # SPEC 9: SGD with Nesterov momentum 0.9, base LR 0.2 scaled by batch/256, cosine decay without
   # warm-up, no weight decay; only the classifier is trained while the backbone is frozen.
   # A random encoder (the baseline) spares pretraining a checkpoint: the optimiser is the same.
-  experiment = make_experiment(tmp_path, None, freeze_backbone=True, allow_train_from_scratch=True)
+  experiment = support.linear_eval_experiment(
+    tmp_path, None, freeze_backbone=True, allow_train_from_scratch=True
+  )
   experiment.initialize(jax.random.key(5))
   before = helpers.to_host(experiment.state)  # `update` donates its state: copy it first.
-  config = eval_config.get_config(None, 8, train_images=80, num_classes=NUM_CLASSES)
+  config = support.linear_eval_config(tmp_path, None)
   momentum = config['optimizer_config']['momentum']
   assert momentum == 0.9 and config['optimizer_config']['nesterov']
   assert config['lr_schedule_config']['warmup_steps'] == 0
@@ -229,8 +180,8 @@ def test_two_linear_evaluation_steps_match_numpy_nesterov_sgd(tmp_path):
   rng = np.random.default_rng(3)
   batches = [
     dict(
-      images=rng.uniform(size=(8, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
-      labels=rng.integers(0, NUM_CLASSES, 8).astype(np.int32),
+      images=rng.uniform(size=(8, support.IMAGE_SIZE, support.IMAGE_SIZE, 3)).astype(np.float32),
+      labels=rng.integers(0, support.NUM_CLASSES, 8).astype(np.int32),
     )
     for _ in range(2)
   ]

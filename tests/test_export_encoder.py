@@ -16,13 +16,11 @@ from byol.utils import checkpointing
 from byol.utils import dataset
 from byol.utils import helpers
 from byol.utils import networks
-import support
-from test_eval_experiment import IMAGE_SIZE, make_experiment, write_2020_release_file
-from test_eval_experiment import write_pretrain_checkpoint
+import support  # This folder is on the path.
 
 
 def test_export_of_a_pretraining_checkpoint_round_trips_the_online_encoder(tmp_path):
-  checkpoint, pretrain_state = write_pretrain_checkpoint(tmp_path)
+  checkpoint, pretrain_state = support.write_pretrain_checkpoint(tmp_path)
   output = str(tmp_path / 'encoder.npz')
   assert export_encoder.export_encoder(checkpoint, output) == 'tiny_res_net width 1'
 
@@ -55,15 +53,19 @@ def exported_embedding(path, images):
 
 
 def test_exported_encoder_gives_the_embedding_of_the_linear_evaluation_backbone(tmp_path):
-  checkpoint, _ = write_pretrain_checkpoint(tmp_path)
-  experiment = make_experiment(tmp_path, checkpoint)
+  checkpoint, _ = support.write_pretrain_checkpoint(tmp_path)
+  experiment = support.linear_eval_experiment(tmp_path, checkpoint)
   experiment.initialize(jax.random.key(0))
   experiment.save_checkpoint(global_step=0, rng=jax.random.key(1))
   output = str(tmp_path / 'encoder.npz')
   export_encoder.export_encoder(experiment.checkpoint_path, output)
 
   # The README's recipe: the same encoder class, inference mode, normalised images.
-  images = np.random.default_rng(0).uniform(size=(3, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
+  images = (
+    np.random.default_rng(0)
+    .uniform(size=(3, support.IMAGE_SIZE, support.IMAGE_SIZE, 3))
+    .astype(np.float32)
+  )
   embedding = exported_embedding(output, dataset.normalize_images(images))
 
   run_state = helpers.to_host(experiment.state)
@@ -104,20 +106,20 @@ def test_command_line_reports_a_bad_checkpoint_and_writes_nothing(tmp_path, cont
 
 
 def test_a_2020_release_file_exports_the_encoder_of_our_file_with_the_same_embedding(tmp_path):
-  checkpoint, pretrain_state = write_pretrain_checkpoint(tmp_path)
-  release_file = write_2020_release_file(tmp_path / 'pretrain_res50x1.pkl', pretrain_state)
+  checkpoint, pretrain_state = support.write_pretrain_checkpoint(tmp_path)
+  release_file = support.write_2020_release_file(tmp_path / 'pretrain_res50x1.pkl', pretrain_state)
   embeddings = []
   for source in (checkpoint, release_file):
     output = f'{source}.npz'
     assert export_encoder.export_encoder(source, output) == 'tiny_res_net width 1'
-    images = np.random.default_rng(0).uniform(size=(2, IMAGE_SIZE, IMAGE_SIZE, 3))
+    images = np.random.default_rng(0).uniform(size=(2, support.IMAGE_SIZE, support.IMAGE_SIZE, 3))
     embeddings.append(exported_embedding(output, images.astype(np.float32)))
   np.testing.assert_array_equal(embeddings[0], embeddings[1])
   assert np.std(embeddings[0]) > 0
 
 
 def test_command_line_exports(tmp_path):
-  checkpoint, _ = write_pretrain_checkpoint(tmp_path)
+  checkpoint, _ = support.write_pretrain_checkpoint(tmp_path)
   output = tmp_path / 'encoder.npz'
   result = subprocess.run(
     [

@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 import pickle
 import re
 import signal
@@ -17,8 +16,6 @@ import pytest
 from byol.utils import checkpointing
 import support
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-MOCK_NUM_EXAMPLES = 24  # Examples per split of the mock imagenet2012.
 TINY_RUN = [
   '--encoder=TinyResNet',
   '--image_size=32',
@@ -29,41 +26,23 @@ TINY_RUN = [
 ]
 
 
-def byol_command(*flags, mock=True):
-  runner = [str(ROOT / 'tests' / 'mock_data_main.py')] if mock else ['-m', 'byol.main_loop']
-  return [sys.executable, *runner, *flags]
-
-
-def environment(**extra):
-  env = dict(
-    os.environ,
-    TF_CPP_MIN_LOG_LEVEL='3',
-    BYOL_MOCK_NUM_EXAMPLES=str(MOCK_NUM_EXAMPLES),
-    PYTHONPATH=str(ROOT),
-  )
-  env.pop('XLA_FLAGS', None)
-  env.update(extra)
-  return env
-
-
 def start(*flags, mock=True, **env):
+  """`python -m byol.main_loop *flags` in a process of its own (on the mock TFDS datasets)."""
+  runner = [str(support.ROOT / 'tests' / 'mock_data_main.py')] if mock else ['-m', 'byol.main_loop']
   return subprocess.Popen(
-    byol_command(*flags, mock=mock),
-    cwd=ROOT,
-    env=environment(**env),
+    [sys.executable, *runner, *flags],
+    cwd=support.ROOT,
+    env=support.environment(**env),
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
   )
 
 
-def finish(process, timeout=300):
-  output, _ = process.communicate(timeout=timeout)
-  return process.returncode, output
-
-
-def run(*flags, mock=True, **env):
-  return finish(start(*flags, mock=mock, **env))
+def run(*flags):
+  """`python -m byol.main_loop *flags` in this process, on the mock TFDS datasets."""
+  with support.mock_tfds():
+    return support.run_main_loop(*flags)
 
 
 def checkpoint_step(root):
@@ -74,9 +53,9 @@ def test_train_worker_checkpoints_and_eval_worker_evaluates_final_step(tmp_path)
   flags = [f'--checkpoint_root={tmp_path}', '--max_steps=3', *TINY_RUN]
   evaluator = start('--worker_mode=eval', *flags)
   try:
-    train_code, train_output = finish(start('--worker_mode=train', *flags))
+    train_code, train_output = support.finish(start('--worker_mode=train', *flags))
     assert train_code == 0, train_output
-    eval_code, eval_output = finish(evaluator)
+    eval_code, eval_output = support.finish(evaluator)
     assert eval_code == 0, eval_output
   finally:
     evaluator.kill()  # Left polling forever if the train worker failed.
@@ -98,7 +77,7 @@ def test_train_worker_checkpoints_and_eval_worker_evaluates_final_step(tmp_path)
   eval_log = [json.loads(line) for line in open(tmp_path / 'pretrain_eval.jsonl')]
   # The final step is evaluated exactly once, over every test example (24 with batches of 10).
   assert [entry['step'] for entry in eval_log].count(3) == 1
-  assert eval_log[-1]['num_examples'] == MOCK_NUM_EXAMPLES
+  assert eval_log[-1]['num_examples'] == support.MOCK_NUM_EXAMPLES
   assert 0.0 <= eval_log[-1]['top1_accuracy'] <= eval_log[-1]['top5_accuracy'] <= 1.0
   assert 'Evaluated the final step 3' in eval_output
 
@@ -127,28 +106,26 @@ def test_killed_train_worker_resumes_from_saved_step(tmp_path):
   assert steps[-2:] == [saved_step + 1, saved_step + 2]
 
 
-def assert_one_clear_error(code, output, *fragments):
-  assert code != 0, output
-  assert 'Traceback' not in output, output
-  for fragment in fragments:
-    assert fragment in output, output
-
-
 def test_missing_imagenet_is_one_clear_message(tmp_path):
-  code, output = run('--worker_mode=train', f'--data_dir={tmp_path}', mock=False)
-  assert_one_clear_error(code, output, 'imagenet2012', 'manual', '--data_dir', 'TFDS_DATA_DIR')
+  code, output = support.run_main_loop('--worker_mode=train', f'--data_dir={tmp_path}')
+  support.assert_one_clear_error(
+    code, output, 'imagenet2012', 'manual', '--data_dir', 'TFDS_DATA_DIR'
+  )
 
 
 def test_batch_size_not_divisible_by_devices_is_a_clear_error(tmp_path):
-  code, output = run(
-    '--worker_mode=train',
-    f'--checkpoint_root={tmp_path}',
-    '--max_steps=1',
-    *TINY_RUN,
-    '--batch_size=3',
-    XLA_FLAGS='--xla_force_host_platform_device_count=2',
+  # In a process of its own: the device count is set before JAX starts.
+  code, output = support.finish(
+    start(
+      '--worker_mode=train',
+      f'--checkpoint_root={tmp_path}',
+      '--max_steps=1',
+      *TINY_RUN,
+      '--batch_size=3',
+      XLA_FLAGS='--xla_force_host_platform_device_count=2',
+    )
   )
-  assert_one_clear_error(code, output, 'batch_size=3', 'multiple of the number of devices')
+  support.assert_one_clear_error(code, output, 'batch_size=3', 'multiple of the number of devices')
 
 
 @pytest.mark.parametrize(
@@ -164,12 +141,17 @@ def test_batch_size_not_divisible_by_devices_is_a_clear_error(tmp_path):
       '--coordinator_address=127.0.0.1:1 --num_processes=2 --process_id=2',
       '--process_id must be below --num_processes',
     ),
-    ('--distributed', 'Could not join the run of several processes'),
   ],
 )
 def test_unknown_flag_values_are_clear_errors(tmp_path, flags, message):
-  code, output = run(f'--checkpoint_root={tmp_path}', *flags.split(), mock=False)
-  assert_one_clear_error(code, output, message)
+  code, output = support.run_main_loop(f'--checkpoint_root={tmp_path}', *flags.split())
+  support.assert_one_clear_error(code, output, message)
+
+
+def test_a_cluster_that_cannot_be_detected_is_a_clear_error(tmp_path):
+  # In a process of its own: JAX's multi-process runtime is joined once per process.
+  code, output = support.finish(start(f'--checkpoint_root={tmp_path}', '--distributed', mock=False))
+  support.assert_one_clear_error(code, output, 'Could not join the run of several processes')
 
 
 def test_a_non_finite_loss_stops_training_before_it_is_saved(tmp_path):
@@ -184,7 +166,7 @@ def test_a_non_finite_loss_stops_training_before_it_is_saved(tmp_path):
     '--save_checkpoint_interval=0',
     '--override=lr_schedule_config.base_learning_rate=1e30',
   )
-  assert_one_clear_error(code, output, 'The loss became', 'stopping without saving')
+  support.assert_one_clear_error(code, output, 'The loss became', 'stopping without saving')
   step = int(re.search(r'The loss became \S+ at step (\d+)', output).group(1))
   checkpoint = checkpointing.load_checkpoint(str(tmp_path / 'pretrain.pkl'))
   assert checkpoint['step'] == step - 1  # The last good step's checkpoint...
@@ -198,7 +180,7 @@ def test_unwritable_checkpoint_root_is_a_clear_error(tmp_path):
   code, output = run(
     '--worker_mode=train', f'--checkpoint_root={blocker / "sub"}', '--max_steps=1', *TINY_RUN
   )
-  assert_one_clear_error(code, output, 'Cannot write checkpoints', '--checkpoint_root')
+  support.assert_one_clear_error(code, output, 'Cannot write checkpoints', '--checkpoint_root')
 
 
 def test_linear_eval_trains_from_pretrain_checkpoint_and_eval_worker_reports_accuracy(tmp_path):
@@ -222,7 +204,7 @@ def test_linear_eval_trains_from_pretrain_checkpoint_and_eval_worker_reports_acc
   assert code == 0, output
   assert 'eval step 2' in output and 'top1_accuracy=' in output and 'top5_accuracy=' in output
   eval_log = [json.loads(line) for line in open(tmp_path / 'linear-eval_eval.jsonl')]
-  assert eval_log[-1]['num_examples'] == MOCK_NUM_EXAMPLES
+  assert eval_log[-1]['num_examples'] == support.MOCK_NUM_EXAMPLES
 
 
 def test_a_flag_that_contradicts_the_pretraining_config_is_one_clear_error(tmp_path):
@@ -234,7 +216,7 @@ def test_a_flag_that_contradicts_the_pretraining_config_is_one_clear_error(tmp_p
     f'--checkpoint_root={tmp_path}',
     '--encoder=ResNet18',
   )
-  assert_one_clear_error(
+  support.assert_one_clear_error(
     code, output, "--encoder gives network_config.encoder_class='ResNet18'", "used 'TinyResNet'"
   )
   assert os.listdir(tmp_path) == ['pretrain.config.json']
@@ -247,7 +229,7 @@ def test_unknown_override_key_is_a_clear_error(tmp_path):
     *TINY_RUN,
     '--override=optimizer_config.weight_dacay=0',
   )
-  assert_one_clear_error(code, output, 'unknown key `weight_dacay`', 'weight_decay')
+  support.assert_one_clear_error(code, output, 'unknown key `weight_dacay`', 'weight_decay')
 
 
 def test_random_encoder_baseline_by_override_computed_in_bfloat16(tmp_path):
@@ -278,7 +260,7 @@ def test_linear_eval_without_pretrain_checkpoint_is_a_clear_error(tmp_path):
     '--max_steps=1',
     *TINY_RUN,
   )
-  assert_one_clear_error(code, output, 'No pretraining checkpoint', 'Pretrain first')
+  support.assert_one_clear_error(code, output, 'No pretraining checkpoint', 'Pretrain first')
   assert not (tmp_path / 'linear-eval.pkl').exists()
 
 
@@ -296,7 +278,7 @@ def test_linear_eval_refuses_a_pretrain_checkpoint_that_names_code_and_writes_no
     '--max_steps=1',
     *TINY_RUN,
   )
-  assert_one_clear_error(code, output, 'Refusing to load', 'names `posix.system`')
+  support.assert_one_clear_error(code, output, 'Refusing to load', 'names `posix.system`')
   assert not marker.exists()
   assert os.listdir(tmp_path) == ['pretrain.pkl']
 
@@ -317,9 +299,11 @@ def test_paper_protocol_chooses_on_valid_and_reports_only_the_chosen_run_on_test
   assert table['chosen_base_learning_rate'] == best['base_learning_rate']
   for entry in runs:
     assert os.path.exists(entry['checkpoint'])
-    assert entry['valid']['num_examples'] == MOCK_NUM_EXAMPLES // 10  # VALID: a tenth of train.
+    assert (
+      entry['valid']['num_examples'] == support.MOCK_NUM_EXAMPLES // 10
+    )  # VALID: a tenth of train.
     assert (entry['test'] is None) == (entry is not best)
-  assert best['test']['num_examples'] == MOCK_NUM_EXAMPLES
+  assert best['test']['num_examples'] == support.MOCK_NUM_EXAMPLES
   assert f'chose base learning rate {best["base_learning_rate"]:g} on VALID' in output
 
 
@@ -338,11 +322,11 @@ def test_real_image_folder_pretrains_and_evaluates_every_test_image(
     '--log_tensors_interval=0',
     '--eval_poll_interval=0.2',
   ]
-  code, output = run('--worker_mode=train', *flags, mock=False)
+  code, output = support.run_main_loop('--worker_mode=train', *flags)
   assert code == 0, output
   state = checkpointing.load_checkpoint(str(tmp_path / 'pretrain.pkl'))['experiment_state']
   assert state.online_params['classifier']['w'].shape[-1] == 10  # Classes read from the folders.
-  code, output = run('--worker_mode=eval', *flags, mock=False)
+  code, output = support.run_main_loop('--worker_mode=eval', *flags)
   assert code == 0, output
   eval_log = [json.loads(line) for line in open(tmp_path / 'pretrain_eval.jsonl')]
   assert eval_log[-1]['num_examples'] == num_test_examples
@@ -351,27 +335,23 @@ def test_real_image_folder_pretrains_and_evaluates_every_test_image(
 def test_bad_datasets_are_one_clear_message(tmp_path):
   (tmp_path / 'empty' / 'train').mkdir(parents=True)
   (tmp_path / 'empty' / 'val').mkdir()
-  code, output = run(
-    '--worker_mode=train',
-    f'--dataset=folder:{tmp_path / "empty"}',
-    f'--checkpoint_root={tmp_path}',
-    mock=False,
+  code, output = support.run_main_loop(
+    '--worker_mode=train', f'--dataset=folder:{tmp_path / "empty"}', f'--checkpoint_root={tmp_path}'
   )
-  assert_one_clear_error(code, output, 'has no class sub-folders')
-  code, output = run(
-    '--worker_mode=train', '--dataset=imagenet2013', f'--checkpoint_root={tmp_path}', mock=False
+  support.assert_one_clear_error(code, output, 'has no class sub-folders')
+  code, output = support.run_main_loop(
+    '--worker_mode=train', '--dataset=imagenet2013', f'--checkpoint_root={tmp_path}'
   )
-  assert_one_clear_error(code, output, "no dataset named 'imagenet2013'", 'folder:PATH')
-  code, output = run(
+  support.assert_one_clear_error(code, output, "no dataset named 'imagenet2013'", 'folder:PATH')
+  code, output = support.run_main_loop(
     '--worker_mode=train',
     '--dataset=synthetic',
     '--batch_size=8192',
     f'--checkpoint_root={tmp_path}',
     '--encoder=TinyResNet',
     '--max_steps=1',
-    mock=False,
   )
-  assert_one_clear_error(code, output, 'fewer than one batch of 8192', '--batch_size')
+  support.assert_one_clear_error(code, output, 'fewer than one batch of 8192', '--batch_size')
 
 
 def test_quick_start_reports_byol_against_a_random_encoder(tmp_path):
@@ -386,8 +366,8 @@ def test_quick_start_reports_byol_against_a_random_encoder(tmp_path):
       '--batch_size=16',
       '--log_tensors_interval=0',
     ],
-    cwd=ROOT,
-    env=environment(),
+    cwd=support.ROOT,
+    env=support.environment(),
     capture_output=True,
     text=True,
     timeout=600,

@@ -7,13 +7,12 @@ and logs, and an evaluation that counts every test example once.
 
 import json
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
-import test_main_loop  # This folder is on the path.
+import support  # This folder is on the path.
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SYNTHETIC_TEST_SIZE = 1000
@@ -28,15 +27,9 @@ RUN = [
 ]
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def start_run(num_processes, devices_per_process, *flags, state_folder=None):
   """The processes of one run of `main_loop_keeping_state.py`, started side by side."""
-  port = free_port()
+  port = support.free_port()
   processes = []
   for process_id in range(num_processes):
     distributed = (
@@ -55,22 +48,13 @@ def start_run(num_processes, devices_per_process, *flags, state_folder=None):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=test_main_loop.environment(
+        env=support.environment(
           XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
           BYOL_STATE_FOLDER=str(state_folder or ROOT),
         ),
       )
     )
   return processes
-
-
-def finish_runs(*runs):
-  """Exit codes and outputs of every process of `runs`; kills all of them if one hangs."""
-  try:
-    return [[test_main_loop.finish(process, timeout=300) for process in run] for run in runs]
-  finally:
-    for process in (process for run in runs for process in run):
-      process.kill()
 
 
 def load_copies(path):
@@ -88,7 +72,7 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
     root.mkdir()
   flags = {layout: [f'--checkpoint_root={root}', *RUN] for layout, root in roots.items()}
   # The eval workers wait for the train workers' final checkpoint (the only one they write).
-  evaluation, training, single = finish_runs(
+  evaluation, training, single = support.finish_runs(
     start_run(2, 2, '--worker_mode=eval', *flags['2x2']),
     start_run(2, 2, '--worker_mode=train', *flags['2x2'], state_folder=roots['2x2']),
     start_run(1, 4, '--worker_mode=train', *flags['1x4'], state_folder=roots['1x4']),
@@ -152,10 +136,10 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
 
 
 def test_a_batch_that_does_not_split_over_the_devices_of_all_processes_is_a_clear_error(tmp_path):
-  (two,) = finish_runs(
+  (two,) = support.finish_runs(
     start_run(2, 2, '--worker_mode=train', f'--checkpoint_root={tmp_path}', *RUN, '--batch_size=6')
   )
   for code, output in two:
-    test_main_loop.assert_one_clear_error(
+    support.assert_one_clear_error(
       code, output, 'batch_size=6', 'multiple of the number of devices (4 over 2 process(es))'
     )

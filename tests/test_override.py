@@ -9,6 +9,7 @@ from byol.configs import byol as byol_config
 from byol.configs import eval as eval_config
 from byol.configs import override
 from byol.utils import cpu_kernels
+import support  # This folder is on the path.
 
 
 def test_nested_entries_take_values_of_their_own_type():
@@ -100,15 +101,7 @@ def _pretraining_update_jaxpr(tmp_path, assignments):
 
   At 40 pixels the blur has radius 2 and the last block group convolves 2x2 maps.
   """
-  config = byol_config.get_config(100, 8, train_images=80, num_classes=5)
-  config['network_config'].update(
-    encoder_class='TinyResNet',
-    projector_hidden_size=32,
-    projector_output_size=16,
-    predictor_hidden_size=32,
-  )
-  config['checkpointing_config']['checkpoint_dir'] = str(tmp_path)
-  override.apply(config, assignments)
+  config = support.pretrain_config(tmp_path, overrides=assignments)
   experiment = byol_experiment.ByolExperiment(**config)
   images = np.random.default_rng(0).uniform(size=(2, 8, 40, 40, 3)).astype(np.float32)
   inputs = dict(view1=images[0], view2=images[1], labels=np.zeros(8, np.int32))

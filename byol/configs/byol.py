@@ -1,6 +1,8 @@
 """Configuration of BYOL pretraining: `get_config(num_epochs, batch_size)` (SPEC section 5)."""
 
-from typing import Any, Mapping
+from typing import Any, Sequence
+
+from byol.configs import datasets
 
 # Per pretraining length: base learning rate (before the batch_size / 256 scaling), base target EMA
 # (tau at step 0) and weight decay, as published with the original.
@@ -11,90 +13,45 @@ PRESETS = {
   1000: dict(base_learning_rate=0.2, base_target_ema=0.996, weight_decay=1.5e-6),
 }
 
-# ImageNet's TRAIN_AND_VALID split, which pretraining reads.
-IMAGENET_TRAIN_IMAGES = 1_281_167
-
 WARMUP_EPOCHS = 10
-
-# What differs from the ImageNet recipe on smaller datasets, by dataset kind (`folder:PATH` is
-# 'folder'). imagenette is the small-scale setup published with the original (SPEC 7): ResNet-18,
-# base LR 2.0, weight decay 1e-6, batch 256, evaluation batch 25. CIFAR-10 and image folders start
-# from it. The synthetic set is sized for a first run of a few minutes on a laptop CPU.
-DATASET_PRESETS = {
-  'imagenet2012': dict(),
-  'imagenette': dict(
-    encoder_class='ResNet18',
-    base_learning_rate=2.0,
-    weight_decay=1e-6,
-    batch_size=256,
-    eval_batch_size=25,
-  ),
-  'cifar10': dict(
-    encoder_class='ResNet18',
-    base_learning_rate=2.0,
-    weight_decay=1e-6,
-    batch_size=256,
-    eval_batch_size=100,
-  ),
-  'folder': dict(
-    encoder_class='ResNet18',
-    base_learning_rate=2.0,
-    weight_decay=1e-6,
-    batch_size=256,
-    eval_batch_size=100,
-  ),
-  # Measured on a 2-core CPU for 600 steps (README): at a base LR of 2.0 the tiny encoder's
-  # embedding died (all ReLUs off); a faster-moving target suits a short run.
-  'synthetic': dict(
-    encoder_class='TinyResNet',
-    base_learning_rate=0.2,
-    weight_decay=1e-6,
-    base_target_ema=0.99,
-    batch_size=128,
-    eval_batch_size=250,
-  ),
-}
-DEFAULT_BATCH_SIZE = 4096
 # Where checkpoints and logs go unless --checkpoint_root says otherwise.
 DEFAULT_CHECKPOINT_ROOT = '/tmp/byol_checkpoints'
 
 
-def dataset_preset(dataset_name: str) -> dict[str, Any]:
-  """The entries of `DATASET_PRESETS` for a dataset name; other TFDS names get ImageNet's."""
-  kind = 'folder' if dataset_name.startswith('folder:') else dataset_name
-  return dict(DATASET_PRESETS.get(kind, {}))
-
-
 def get_config(
-  num_epochs: int,
-  batch_size: int,
+  num_epochs: int = 1000,
+  batch_size: int | None = None,
   *,
-  train_images: int = IMAGENET_TRAIN_IMAGES,
-  num_classes: int = 1000,
-  recipe: Mapping[str, float] | None = None,
+  dataset: datasets.Dataset = datasets.IMAGENET,
+  max_steps: int | None = None,
+  checkpoint_root: str = DEFAULT_CHECKPOINT_ROOT,
+  overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-  """Keyword arguments of `ByolExperiment` for a preset length and a total batch size.
+  """Keyword arguments of `ByolExperiment`: the complete config of a pretraining run.
 
-  `train_images` and `num_classes` describe the pretraining set (ImageNet by default); `recipe`
-  replaces entries of the length's preset (a dataset preset's learning rate, say).
+  Args:
+    num_epochs: the preset length (one of `PRESETS`), which sets the learning rate, the target EMA
+      and the weight decay unless the dataset's recipe sets them.
+    batch_size: the total batch size (None: the dataset's preset, or 4096).
+    dataset: the pretraining set (`datasets.describe(name)`; ImageNet by default).
+    max_steps: the run's length instead of `num_epochs` epochs (the warm-up keeps its share).
+    checkpoint_root: the folder of `pretrain.pkl`.
+    overrides: `key.path=value` entries set last, as `--override` does.
   """
   if num_epochs not in PRESETS:
     raise ValueError(
       f'No preset for {num_epochs} pretraining epochs; choose one of {sorted(PRESETS)}.'
     )
-  if batch_size <= 0:
-    raise ValueError(f'batch_size must be positive, got {batch_size}.')
-  preset = PRESETS[num_epochs]
-  unknown = set(recipe or {}) - set(preset)
-  if unknown:
-    raise ValueError(f'A recipe sets {sorted(preset)}, not {sorted(unknown)}.')
-  preset = {**preset, **(recipe or {})}
-  steps_per_epoch = train_images / batch_size
-  return dict(
+  batch_size = datasets.batch_size(dataset, batch_size)
+  # The dataset's recipe replaces the length's preset where it has an entry.
+  recipe = datasets.preset(dataset.name)
+  preset = {key: recipe.get(key, value) for key, value in PRESETS[num_epochs].items()}
+  steps_per_epoch = dataset.train_images / batch_size
+  config = dict(
     random_seed=0,
-    num_classes=num_classes,
+    num_classes=dataset.num_classes,
     batch_size=batch_size,
-    max_steps=max(1, num_epochs * train_images // batch_size),
+    max_steps=max(1, num_epochs * dataset.train_images // batch_size),
     base_target_ema=preset['base_target_ema'],
     network_config=dict(
       projector_hidden_size=4096,
@@ -123,6 +80,7 @@ def get_config(
     ),
     evaluation_config=dict(subset='test', batch_size=100),
     checkpointing_config=dict(
-      checkpoint_dir=DEFAULT_CHECKPOINT_ROOT, save_checkpoint_interval=300, filename='pretrain.pkl'
+      checkpoint_dir=checkpoint_root, save_checkpoint_interval=300, filename='pretrain.pkl'
     ),
   )
+  return datasets.specialise(config, dataset, max_steps=max_steps, overrides=overrides)

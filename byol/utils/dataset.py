@@ -105,8 +105,9 @@ def num_classes(dataset_name: str = 'imagenet2012', data_dir: str | None = None)
 
 
 def default_image_size(dataset_name: str = 'imagenet2012', data_dir: str | None = None) -> int:
-  """The side of the crops for this dataset: 224 for ImageNet, 128 for imagenette (SPEC 7), the
-  native 32 for cifar10 and synthetic, and for a folder its first image's short side (at most 224).
+  """The side of the crops that suits the images: 224 for TFDS datasets, 32 for synthetic, and for
+  a folder its first image's short side (at most 224). Configs take the dataset's preset first
+  (`byol.configs.datasets`: 128 for imagenette, 32 for cifar10).
   """
   return sources.get_source(dataset_name, data_dir).default_image_size()
 

@@ -185,6 +185,10 @@ class Experiment:
     """
     self._checkpointer.save(self._state, global_step, rng, block=block)
 
+  def wait_for_checkpoint(self) -> None:
+    """Returns once a background checkpoint write is done; raises its error if it failed."""
+    self._checkpointer.wait()
+
   def load_checkpoint(self) -> tuple[int, jax.Array] | None:
     """Restores the state from the checkpoint; returns (step, loop key), or None if there is none.
 

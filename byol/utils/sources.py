@@ -73,12 +73,11 @@ def _tfds_source(dataset_name: str, data_dir: str | None) -> Source:
       builder, f'{tfds_splits[split]}[{start}:{end}]', shuffle_files=shuffle, seed=seed
     )
 
-  native_sizes = {'imagenette': 128, 'cifar10': 32}  # imagenette: SPEC 7's small-scale preset.
   return Source(
     num_classes=builder.info.features['label'].num_classes,
     split_sizes={split: _tfds_split_size(builder, name) for split, name in tfds_splits.items()},
     read=read,
-    default_image_size=lambda: native_sizes.get(dataset_name, _MAX_DEFAULT_IMAGE_SIZE),
+    default_image_size=lambda: _MAX_DEFAULT_IMAGE_SIZE,
     # CIFAR-10 images are the crop already: evaluation keeps all of them.
     center_crop_padding=0 if dataset_name == 'cifar10' else CENTER_CROP_PADDING,
   )
