@@ -41,6 +41,7 @@ from byol.utils import cpu_kernels
 from byol.utils import dataset
 from byol.utils import helpers
 from byol.utils import networks
+from byol.utils import precision
 
 FLAGS = flags.FLAGS
 
@@ -66,7 +67,7 @@ def define_flags() -> None:
   flags.DEFINE_enum(
     'compute_dtype',
     'float32',
-    list(networks.COMPUTE_DTYPES),
+    list(precision.COMPUTE_DTYPES),
     'Dtype the networks compute in (parameters stay float32).',
   )
   flags.DEFINE_enum(

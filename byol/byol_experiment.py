@@ -20,6 +20,7 @@ from byol.utils import evaluation
 from byol.utils import experiment
 from byol.utils import helpers
 from byol.utils import networks
+from byol.utils import precision
 from byol.utils import optimizers
 from byol.utils import schedules
 
@@ -102,7 +103,7 @@ class ByolExperiment(experiment.Experiment):
     classifier = hk.Linear(output_size=self._num_classes, name='classifier')
 
     def apply_once(images: jax.Array) -> dict[str, jax.Array]:
-      with networks.mixed_precision(self._compute_dtype):
+      with precision.mixed_precision(self._compute_dtype):
         images = dataset.normalize_images(images).astype(self._compute_dtype)
         embedding = encoder(images, is_training=is_training)  # [B, D]
         projection = projector(embedding, is_training)  # [B, 256]

@@ -20,7 +20,7 @@ from byol.utils import dataset
 from byol.utils import evaluation
 from byol.utils import experiment
 from byol.utils import helpers
-from byol.utils import networks
+from byol.utils import precision
 
 Batch = Mapping[str, jax.Array]
 Scalars = dict[str, jax.Array]
@@ -90,7 +90,7 @@ class EvalExperiment(experiment.Experiment):
       **config['encoder_config'],
       use_cpu_kernels=self._use_cpu_kernels,
     )
-    with networks.mixed_precision(self._compute_dtype):
+    with precision.mixed_precision(self._compute_dtype):
       embedding = encoder(
         dataset.normalize_images(images).astype(self._compute_dtype), is_training=is_training
       )
@@ -213,8 +213,10 @@ class EvalExperiment(experiment.Experiment):
   def initialize(self, rng: jax.Array) -> None:
     """A fresh classifier on the pretrained encoder (or a random one, if allowed)."""
     # Consumes the first training batch, as the original did: training starts on the second.
-    state = jax.jit(self._init_fn)(rng, self._next_train_batch())
-    pretrained = self._pretrained_backbone(state)
+    batch = self._next_train_batch()
+    # Checked against the shapes: a checkpoint of other networks is refused before compiling.
+    pretrained = self._pretrained_backbone(jax.eval_shape(self._init_fn, rng, batch))
+    state = jax.jit(self._init_fn)(rng, batch)
     if pretrained is None:
       if not self._allow_train_from_scratch:
         where = f' at {self._checkpoint_to_evaluate}' if self._checkpoint_to_evaluate else ''

@@ -2,8 +2,8 @@ r"""A first run with no download: BYOL on the embedded synthetic images, then li
 
   python -m byol.quickstart [--checkpoint_root=/tmp/byol_quickstart]
 
-Runs the project's own commands (`python -m byol.main_loop ...`, printed as they start) on
-`--dataset=synthetic`:
+Runs, in this one process, what these commands of the project run on `--dataset=synthetic` (each
+is printed as it starts, so that it can be repeated or changed by hand):
   1. BYOL pretraining (train worker), to `<root>/byol/pretrain.pkl`;
   2. linear evaluation of that encoder (train worker, then eval worker on the test split);
   3. the same linear evaluation on a random encoder (`allow_train_from_scratch`), in
@@ -14,83 +14,126 @@ where it stopped when started again with the same root.
 
 import json
 import os
-import subprocess
 import sys
 import time
+from typing import Sequence
 
 from absl import app
 from absl import flags
 
-_CHECKPOINT_ROOT = flags.DEFINE_string(
-  'checkpoint_root', '/tmp/byol_quickstart', 'Folder of the runs (created if needed).'
-)
-_PRETRAIN_STEPS = flags.DEFINE_integer(
-  'pretrain_steps', 600, 'Steps of BYOL pretraining.', lower_bound=1
-)
-_LINEAR_EVAL_STEPS = flags.DEFINE_integer(
-  'linear_eval_steps', 300, 'Steps of each linear evaluation.', lower_bound=1
-)
-_BATCH_SIZE = flags.DEFINE_integer(
-  'batch_size', None, "Batch size (default: the synthetic preset's).", lower_bound=1
-)
-_LOG_INTERVAL = flags.DEFINE_integer(
-  'log_tensors_interval', 20, 'Seconds between two progress lines.', lower_bound=0
-)
+from byol import workers
+from byol.configs import byol as byol_config
+from byol.configs import datasets
+from byol.configs import eval as eval_config
+
+FLAGS = flags.FLAGS
 
 
-def _main_loop(*arguments: str) -> None:
-  """Runs `python -m byol.main_loop` on the synthetic set; stops the quick start if it fails."""
-  command = [
-    sys.executable,
-    '-m',
-    'byol.main_loop',
-    '--dataset=synthetic',
-    f'--log_tensors_interval={_LOG_INTERVAL.value}',
-    '--eval_poll_interval=1',
-    *arguments,
-  ]
-  if _BATCH_SIZE.value is not None:
-    command.append(f'--batch_size={_BATCH_SIZE.value}')
-  print('$ python -m byol.main_loop ' + ' '.join(command[3:]), flush=True)
-  if subprocess.run(command, check=False).returncode != 0:
-    sys.exit('error: the command above failed; its output says why.')
+def define_flags() -> None:
+  """The quick start's flags, defined when it runs as a program only: three share their names
+  with `byol.main_loop`'s (with other defaults), and both modules are imported by the tests."""
+  flags.DEFINE_string(
+    'checkpoint_root', '/tmp/byol_quickstart', 'Folder of the runs (created if needed).'
+  )
+  flags.DEFINE_integer('pretrain_steps', 600, 'Steps of BYOL pretraining.', lower_bound=1)
+  flags.DEFINE_integer('linear_eval_steps', 300, 'Steps of each linear evaluation.', lower_bound=1)
+  flags.DEFINE_integer(
+    'batch_size', None, "Batch size (default: the synthetic preset's).", lower_bound=1
+  )
+  flags.DEFINE_integer(
+    'log_tensors_interval', 20, 'Seconds between two progress lines.', lower_bound=0
+  )
 
 
-def _linear_evaluation(root: str, *extra: str) -> float:
+def _print_command(*arguments: str) -> None:
+  print('$ python -m byol.main_loop --dataset=synthetic ' + ' '.join(arguments), flush=True)
+
+
+def _linear_evaluation(
+  root: str,
+  *,
+  steps: int,
+  batch_size: int | None,
+  log_interval: float,
+  overrides: Sequence[str] = (),
+) -> float:
   """Trains and evaluates a linear classifier in `root`; returns its test top-1 accuracy."""
-  flags_ = [f'--checkpoint_root={root}', f'--max_steps={_LINEAR_EVAL_STEPS.value}', *extra]
-  _main_loop('--experiment_mode=linear-eval', '--worker_mode=train', *flags_)
-  _main_loop('--experiment_mode=linear-eval', '--worker_mode=eval', *flags_)
+  config = eval_config.get_config(
+    os.path.join(root, 'pretrain.pkl'),
+    batch_size,
+    dataset=datasets.describe('synthetic'),
+    max_steps=steps,
+    checkpoint_root=root,
+    overrides=overrides,
+  )
+  arguments = [f'--checkpoint_root={root}', f'--max_steps={steps}']
+  arguments += [f'--override={text}' for text in overrides]
+  if batch_size is not None:
+    arguments.append(f'--batch_size={batch_size}')
+  _print_command('--experiment_mode=linear-eval', '--worker_mode=train', *arguments)
+  workers.train_loop(config, 'linear-eval', log_interval=log_interval)
+  _print_command('--experiment_mode=linear-eval', '--worker_mode=eval', *arguments)
+  workers.eval_loop(config, 'linear-eval', poll_interval=1.0)
   with open(os.path.join(root, 'linear-eval_eval.jsonl')) as f:
     return json.loads(f.readlines()[-1])['top1_accuracy']
+
+
+def run(
+  root: str,
+  *,
+  pretrain_steps: int = 600,
+  linear_eval_steps: int = 300,
+  batch_size: int | None = None,
+  log_interval: float = 20.0,
+) -> str:
+  """The quick start in `root`; returns its last line, BYOL's linear top-1 against a random
+  encoder's (also printed)."""
+  start = time.time()
+  byol_root = os.path.join(root, 'byol')
+  random_root = os.path.join(root, 'random')
+  print(f'[1/3] BYOL pretraining on the synthetic images, {pretrain_steps} steps.', flush=True)
+  arguments = [f'--checkpoint_root={byol_root}', f'--max_steps={pretrain_steps}']
+  if batch_size is not None:
+    arguments.append(f'--batch_size={batch_size}')
+  _print_command('--experiment_mode=pretrain', '--worker_mode=train', *arguments)
+  config = byol_config.get_config(
+    batch_size=batch_size,
+    dataset=datasets.describe('synthetic'),
+    max_steps=pretrain_steps,
+    checkpoint_root=byol_root,
+  )
+  workers.train_loop(config, 'pretrain', log_interval=log_interval)
+  evaluation = dict(steps=linear_eval_steps, batch_size=batch_size, log_interval=log_interval)
+  print('[2/3] Linear evaluation of the BYOL encoder.', flush=True)
+  byol_top1 = _linear_evaluation(byol_root, **evaluation)
+  print('[3/3] Linear evaluation of a random encoder (the baseline).', flush=True)
+  random_top1 = _linear_evaluation(
+    random_root, overrides=['allow_train_from_scratch=true'], **evaluation
+  )
+  minutes = (time.time() - start) / 60
+  line = (
+    f'Linear top-1 on the synthetic test split: BYOL {100 * byol_top1:.1f}% vs random encoder '
+    f'{100 * random_top1:.1f}% ({minutes:.1f} min).'
+  )
+  print(line, flush=True)
+  return line
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
-  start = time.time()
-  byol_root = os.path.join(_CHECKPOINT_ROOT.value, 'byol')
-  random_root = os.path.join(_CHECKPOINT_ROOT.value, 'random')
-  print(
-    f'[1/3] BYOL pretraining on the synthetic images, {_PRETRAIN_STEPS.value} steps.', flush=True
-  )
-  _main_loop(
-    '--experiment_mode=pretrain',
-    '--worker_mode=train',
-    f'--checkpoint_root={byol_root}',
-    f'--max_steps={_PRETRAIN_STEPS.value}',
-  )
-  print('[2/3] Linear evaluation of the BYOL encoder.', flush=True)
-  byol_top1 = _linear_evaluation(byol_root)
-  print('[3/3] Linear evaluation of a random encoder (the baseline).', flush=True)
-  random_top1 = _linear_evaluation(random_root, '--override=allow_train_from_scratch=true')
-  minutes = (time.time() - start) / 60
-  print(
-    f'Linear top-1 on the synthetic test split: BYOL {100 * byol_top1:.1f}% vs random encoder '
-    f'{100 * random_top1:.1f}% ({minutes:.1f} min).',
-    flush=True,
-  )
+  try:
+    run(
+      FLAGS.checkpoint_root,
+      pretrain_steps=FLAGS.pretrain_steps,
+      linear_eval_steps=FLAGS.linear_eval_steps,
+      batch_size=FLAGS.batch_size,
+      log_interval=FLAGS.log_tensors_interval,
+    )
+  except workers.USER_ERRORS as error:
+    sys.exit(f'error: {error}')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -1,5 +1,6 @@
 """Shared test setup: quiet TensorFlow, one compilation cache, the real images of ../shared/data."""
 
+import fcntl
 import os
 import pathlib
 import shutil
@@ -12,25 +13,32 @@ import pytest
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 
+_CACHE_VARIABLE = 'JAX_COMPILATION_CACHE_DIR'
+_OWN_CACHE = pytest.StashKey[str]()  # The cache folder this process made (and removes).
+
+
 def pytest_configure(config):
   """One persistent XLA compilation cache for the session, in this process and its subprocesses.
 
   Most tests build small experiments whose programs take seconds to compile on a CPU and are the
   same from one test to the next (and in the workers the end-to-end tests start): each is compiled
   once in the session and read from the cache afterwards, however short its compilation. Set
-  before the first compilation, which would otherwise find the cache off for this process.
+  before the first compilation, which would otherwise find the cache off for this process. The
+  workers of `pytest -n` inherit the folder of the process that started them.
   """
-  del config
-  folder = tempfile.mkdtemp(prefix='byol_test_jax_cache_')
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = folder
+  if not (os.environ.get('PYTEST_XDIST_WORKER') and os.environ.get(_CACHE_VARIABLE)):
+    folder = tempfile.mkdtemp(prefix='byol_test_jax_cache_')
+    config.stash[_OWN_CACHE] = folder
+    os.environ[_CACHE_VARIABLE] = folder
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
-  jax.config.update('jax_compilation_cache_dir', folder)
+  jax.config.update('jax_compilation_cache_dir', os.environ[_CACHE_VARIABLE])
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 
 def pytest_unconfigure(config):
-  del config
-  shutil.rmtree(os.environ.pop('JAX_COMPILATION_CACHE_DIR', ''), ignore_errors=True)
+  folder = config.stash.get(_OWN_CACHE, None)
+  if folder is not None:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 # Beside the project, never in it (see ../shared/data/README.md); BYOL_SHARED_DATA overrides.
@@ -43,7 +51,13 @@ SHARED_DATA = pathlib.Path(
 
 @pytest.fixture(scope='session')
 def real_folders(tmp_path_factory):
-  """Imagenette and CIFAR-10 JPEG folders extracted from ../shared/data (skipped if absent)."""
+  """Imagenette and CIFAR-10 JPEG folders extracted from ../shared/data (skipped if absent).
+
+  Extracted once per session: the workers of `pytest -n` share one copy, under a lock.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # Shared by the workers of one session.
   folders = {}
   for name, archive, folder in (
     ('imagenette', 'imagenette2-160.tar', 'imagenette2-160'),
@@ -51,8 +65,13 @@ def real_folders(tmp_path_factory):
   ):
     if not (SHARED_DATA / archive).exists():
       pytest.skip(f'{SHARED_DATA / archive} is absent: real-data tests need ../shared/data.')
-    target = tmp_path_factory.mktemp(name)
-    with tarfile.open(SHARED_DATA / archive) as tar:
-      tar.extractall(target, filter='data')
+    target = root / f'real_{name}'
+    with open(root / f'real_{name}.lock', 'w') as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+      if not (target / 'complete').exists():
+        shutil.rmtree(target, ignore_errors=True)
+        with tarfile.open(SHARED_DATA / archive) as tar:
+          tar.extractall(target, filter='data')
+        (target / 'complete').touch()
     folders[name] = f'folder:{target / folder}'
   return folders

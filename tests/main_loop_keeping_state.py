@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from byol import main_loop
+from byol import workers
 
 # The same rule as pytest.ini, for the code that runs in this subprocess.
 warnings.filterwarnings('error', category=DeprecationWarning, module='(jax|haiku|optax|byol)')
@@ -31,6 +32,6 @@ def train_loop_keeping_state(*args, **kwargs):
 
 
 if __name__ == '__main__':
-  train_loop = main_loop.train_loop
-  main_loop.train_loop = train_loop_keeping_state
+  train_loop = workers.train_loop
+  workers.train_loop = train_loop_keeping_state
   app.run(main_loop.main)

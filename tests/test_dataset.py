@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from byol.configs import datasets
 from byol.utils import dataset
 from byol.utils import sources
 from byol.utils import synthetic
@@ -355,11 +356,14 @@ def test_training_batches_are_the_same_in_every_run_with_a_seed(tiny_data_dir):
 # ----------------------------------------------------------------------------------- splits
 
 
-def test_imagenet_split_sizes():
-  assert dataset.Split.TRAIN_AND_VALID.num_examples == 1_281_167
-  assert dataset.Split.TRAIN.num_examples == 1_271_167
-  assert dataset.Split.VALID.num_examples == 10_000
-  assert dataset.Split.TEST.num_examples == 50_000
+def test_imagenet_splits_partition_its_published_sizes_as_the_configs_count_them():
+  # ILSVRC-2012 has 1,281,167 training and 50,000 validation images; VALID is held out of TRAIN.
+  sizes = {split: split.num_examples for split in dataset.Split}
+  train_and_valid = sizes[dataset.Split.TRAIN_AND_VALID]
+  assert sizes[dataset.Split.TRAIN] + sizes[dataset.Split.VALID] == train_and_valid == 1_281_167
+  assert sizes[dataset.Split.VALID] == 10_000 and sizes[dataset.Split.TEST] == 50_000
+  # The configs size ImageNet runs (epochs to steps) without reading it: with the same count.
+  assert datasets.IMAGENET.train_images == train_and_valid
 
 
 def test_split_from_string_accepts_any_case_and_validation():

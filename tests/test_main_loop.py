@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from byol import quickstart
 from byol.utils import checkpointing
 import support
 
@@ -354,26 +355,18 @@ def test_bad_datasets_are_one_clear_message(tmp_path):
   support.assert_one_clear_error(code, output, 'fewer than one batch of 8192', '--batch_size')
 
 
-def test_quick_start_reports_byol_against_a_random_encoder(tmp_path):
-  process = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'byol.quickstart',
-      f'--checkpoint_root={tmp_path}',
-      '--pretrain_steps=2',
-      '--linear_eval_steps=2',
-      '--batch_size=16',
-      '--log_tensors_interval=0',
-    ],
-    cwd=support.ROOT,
-    env=support.environment(),
-    capture_output=True,
-    text=True,
-    timeout=600,
+def test_quick_start_reports_byol_against_a_random_encoder(tmp_path, capsys):
+  last_line = quickstart.run(
+    str(tmp_path), pretrain_steps=2, linear_eval_steps=2, batch_size=16, log_interval=0
   )
-  assert process.returncode == 0, process.stdout + process.stderr
-  last_line = process.stdout.strip().splitlines()[-1]
+  printed = capsys.readouterr().out
+  assert printed.strip().splitlines()[-1] == last_line
+  # Each stage prints the command that runs it alone.
+  assert (
+    f'$ python -m byol.main_loop --dataset=synthetic --experiment_mode=linear-eval '
+    f'--worker_mode=eval --checkpoint_root={tmp_path / "random"} --max_steps=2 '
+    '--override=allow_train_from_scratch=true --batch_size=16'
+  ) in printed
   assert re.fullmatch(
     r'Linear top-1 on the synthetic test split: BYOL \d+\.\d% vs random '
     r'encoder \d+\.\d% \(\d+\.\d min\)\.',
@@ -384,3 +377,17 @@ def test_quick_start_reports_byol_against_a_random_encoder(tmp_path):
       json.loads(open(tmp_path / folder / 'linear-eval_eval.jsonl').readlines()[-1])['num_examples']
       == 1000
     )
+
+
+def test_quick_start_command_line_takes_its_flags():
+  process = subprocess.run(
+    [sys.executable, '-m', 'byol.quickstart', '--helpshort'],
+    cwd=support.ROOT,
+    env=support.environment(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert process.returncode == 0, process.stderr
+  for flag in ('checkpoint_root', 'pretrain_steps', 'linear_eval_steps', 'batch_size'):
+    assert f'--{flag}' in process.stdout, process.stdout

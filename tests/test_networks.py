@@ -8,6 +8,8 @@ import pytest
 
 from byol.utils import cpu_kernels
 from byol.utils import networks
+from byol.utils import precision
+from byol.utils import resnet_blocks
 
 BN_CONFIG = {'decay_rate': 0.9, 'eps': 1e-5, 'create_scale': True, 'create_offset': True}
 NUM_CLASSES = 1000
@@ -300,7 +302,7 @@ def test_zero_init_residual_starts_each_blocks_last_batchnorm_at_zero_so_blocks_
 
   # So a block without a projection starts as relu(input): block_group_0's second block.
   def second_block(x):
-    block = networks.BlockV1(8, 1, False, BN_CONFIG, bottleneck, zero_init_residual=True)
+    block = resnet_blocks.BlockV1(8, 1, False, BN_CONFIG, bottleneck, zero_init_residual=True)
     return block(x, is_training=True)
 
   block = hk.transform_with_state(second_block)
@@ -359,7 +361,7 @@ def test_bad_torso_arguments_raise_value_error(kwargs, message):
     model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
 
 
-def test_every_convolution_is_built_by_conv(monkeypatch):
+def test_every_convolution_is_built_by_conv2d(monkeypatch):
   built = []
 
   def recording_conv(*args, **kwargs):
@@ -367,8 +369,8 @@ def test_every_convolution_is_built_by_conv(monkeypatch):
     built.append(conv.module_name)
     return conv
 
-  build_conv = networks._conv
-  monkeypatch.setattr(networks, '_conv', recording_conv)
+  build_conv = resnet_blocks.conv2d
+  monkeypatch.setattr(resnet_blocks, 'conv2d', recording_conv)
   for resnet_v2 in (False, True):
     params, _ = jax.eval_shape(
       _tiny_torso(bottleneck=True, resnet_v2=resnet_v2).init,
@@ -432,7 +434,7 @@ def _random_block_run(block_class):
 
 
 def test_block_v1_matches_numpy_in_training_mode():
-  p, x, out = _random_block_run(networks.BlockV1)
+  p, x, out = _random_block_run(resnet_blocks.BlockV1)
 
   def relu(v):
     return np.maximum(v, 0.0)
@@ -448,7 +450,7 @@ def test_block_v1_matches_numpy_in_training_mode():
 
 
 def test_block_v2_matches_numpy_in_training_mode():
-  p, x, out = _random_block_run(networks.BlockV2)
+  p, x, out = _random_block_run(resnet_blocks.BlockV2)
 
   def relu(v):
     return np.maximum(v, 0.0)
@@ -519,7 +521,7 @@ def _tiny_byol_forward(compute_dtype):
   """A TinyResNet and a projector under `mixed_precision`, inputs cast in, outputs cast out."""
 
   def forward(images):
-    with networks.mixed_precision(compute_dtype):
+    with precision.mixed_precision(compute_dtype):
       embedding = networks.TinyResNet(bn_config=BN_CONFIG)(
         images.astype(compute_dtype), is_training=True
       )
@@ -568,7 +570,7 @@ def test_bfloat16_computes_in_bfloat16_with_the_float32_parameters_and_statistic
 
 def test_unknown_compute_dtype_is_refused():
   with pytest.raises(ValueError, match="Unknown compute dtype 'float16'"):
-    with networks.mixed_precision('float16'):
+    with precision.mixed_precision('float16'):
       pass
 
 
@@ -713,7 +715,7 @@ def test_resnet50_bottleneck_groups_equal_haiku_block_group_numerically(
   assert channels == haiku_config['channels_per_group'] and all(haiku_config['use_projection'])
   assert networks._GROUP_STRIDES == _HAIKU_RESNET_STRIDES
   ours = _first_two_groups(
-    networks.BlockGroup,
+    resnet_blocks.BlockGroup,
     blocks,
     channels,
     networks._GROUP_STRIDES,

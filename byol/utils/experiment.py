@@ -18,6 +18,7 @@ from byol.utils import dataset
 from byol.utils import evaluation
 from byol.utils import helpers
 from byol.utils import networks
+from byol.utils import precision
 from byol.utils import schedules
 
 Batch = Mapping[str, jax.Array]
@@ -64,7 +65,7 @@ class Experiment:
     self._max_steps = max_steps
     self._network_config = dict(network_config)
     self._encoder_class = networks.get_encoder(network_config['encoder_class'])
-    networks.check_compute_dtype(network_config['compute_dtype'])
+    precision.check_compute_dtype(network_config['compute_dtype'])
     self._compute_dtype = network_config['compute_dtype']
     # Resolved here, once: traced code only sees the resulting bool.
     self._use_cpu_kernels = cpu_kernels.resolve_switch(network_config['cpu_kernels'])

@@ -5,8 +5,7 @@ Module and parameter names follow the original release exactly (for example
 checkpoints are Haiku parameter dicts keyed by these names.
 """
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-import contextlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import haiku as hk
@@ -14,88 +13,12 @@ import jax
 import jax.numpy as jnp
 
 from byol.utils import cpu_kernels
+from byol.utils import precision
+from byol.utils import resnet_blocks
 
 # Per-group stride of the four block groups; the first group keeps the
 # resolution because the stem already downsamples by 4.
 _GROUP_STRIDES = (1, 2, 2, 2)
-
-
-def _conv(channels: int, kernel: int, stride: int, name: str, use_cpu_kernels: bool) -> hk.Conv2D:
-  """Builds every convolution of the ResNets: no bias, SAME padding.
-
-  With `use_cpu_kernels`, one that convolves 2x2 maps faster on XLA:CPU (same parameter).
-  """
-  conv_class = cpu_kernels.PatchProductConv2D if use_cpu_kernels else hk.Conv2D
-  return conv_class(
-    output_channels=channels,
-    kernel_shape=kernel,
-    stride=stride,
-    with_bias=False,
-    padding='SAME',
-    name=name,
-  )
-
-
-# Dtypes the networks can compute in (`mixed_precision`); parameters are float32 in all of them.
-COMPUTE_DTYPES = ('float32', 'bfloat16')
-
-
-class BatchNorm(hk.BatchNorm):
-  """`hk.BatchNorm` computed in float32 whatever its input's dtype; returns the input's dtype.
-
-  Under a bfloat16 compute dtype, batch statistics, moving averages, scale and offset all stay
-  float32: bfloat16's 8-bit mantissa would lose small variances and the averages' slow updates.
-  On float32 inputs it is exactly `hk.BatchNorm` (same default name, parameters and values).
-  """
-
-  def __call__(
-    self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False, **kwargs: Any
-  ) -> jax.Array:
-    outputs = super().__call__(inputs.astype(jnp.float32), is_training, test_local_stats, **kwargs)
-    return outputs.astype(inputs.dtype)
-
-
-def check_compute_dtype(compute_dtype: str) -> None:
-  """Raises a ValueError unless `compute_dtype` is one of COMPUTE_DTYPES."""
-  if compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(f'Unknown compute dtype {compute_dtype!r}; use one of {COMPUTE_DTYPES}.')
-
-
-@contextlib.contextmanager
-def mixed_precision(compute_dtype: str) -> Iterator[None]:
-  """Within it, Haiku modules compute in `compute_dtype` while their parameters stay float32.
-
-  Parameters are created in float32 (so their initial values do not depend on the compute dtype)
-  and read as `compute_dtype`, except BatchNorm's (see `BatchNorm`); gradients, the optimiser
-  state and checkpoints therefore stay float32. The caller casts the inputs to `compute_dtype`
-  and the outputs back. With 'float32' it changes nothing.
-  """
-  check_compute_dtype(compute_dtype)
-  if compute_dtype == 'float32':
-    yield
-    return
-
-  def create_in_float32(
-    next_creator: Callable[..., jax.Array],
-    shape: Sequence[int],
-    dtype: Any,
-    init: hk.initializers.Initializer,
-    context: hk.GetterContext,
-  ) -> jax.Array:
-    del context
-    dtype = jnp.float32 if jnp.issubdtype(dtype, jnp.floating) else dtype
-    return next_creator(shape, dtype, init)
-
-  def read_in_compute_dtype(
-    next_getter: Callable[[jax.Array], jax.Array], value: jax.Array, context: hk.GetterContext
-  ) -> jax.Array:
-    value = next_getter(value)
-    if isinstance(context.module, hk.BatchNorm) or value.dtype != jnp.float32:
-      return value
-    return value.astype(compute_dtype)
-
-  with hk.custom_creator(create_in_float32), hk.custom_getter(read_in_compute_dtype):
-    yield
 
 
 def _with_bn_defaults(bn_config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -106,162 +29,6 @@ def _with_bn_defaults(bn_config: Mapping[str, Any] | None) -> dict[str, Any]:
   bn_config.setdefault('create_scale', True)
   bn_config.setdefault('create_offset', True)
   return bn_config
-
-
-def _conv_specs(channels: int, stride: int, bottleneck: bool) -> list[tuple[int, int, int]]:
-  """(channels, kernel, stride) of the residual branch's convolutions."""
-  if bottleneck:
-    # 1x1 reduce, 3x3 (strided), 1x1 expand.
-    return [(channels // 4, 1, 1), (channels // 4, 3, stride), (channels, 1, 1)]
-  return [(channels, 3, stride), (channels, 3, 1)]
-
-
-class _Block(hk.Module):
-  """Convolutions and BatchNorms shared by the v1 and v2 residual blocks."""
-
-  # v1 normalises its projection shortcut; v2 projects the input of conv_0,
-  # which is already normalised.
-  normalise_shortcut: bool
-
-  def __init__(
-    self,
-    channels: int,
-    stride: int,
-    use_projection: bool,
-    bn_config: Mapping[str, Any],
-    bottleneck: bool,
-    use_cpu_kernels: bool = False,
-    zero_init_residual: bool = False,
-    name: str | None = None,
-  ):
-    """Creates the `conv_i`/`batchnorm_i` pairs and the shortcut modules.
-
-    Args:
-      channels: output channels of the block.
-      stride: spatial stride of the block (of its 3x3 convolution).
-      use_projection: whether the shortcut is a strided 1x1 convolution.
-      bn_config: keyword arguments of every `BatchNorm`.
-      bottleneck: 1x1-3x3-1x1 bottleneck (True) or two 3x3 convs (False).
-      use_cpu_kernels: convolve 2x2 maps the way that is fast on XLA:CPU (`cpu_kernels`).
-      zero_init_residual: start the last BatchNorm's scale at 0 (see `ResNetTorso`).
-      name: module name.
-    """
-    super().__init__(name=name)
-    self.use_projection = use_projection
-    if use_projection:
-      self.shortcut_conv = _conv(channels, 1, stride, 'shortcut_conv', use_cpu_kernels)
-      if self.normalise_shortcut:
-        self.shortcut_batchnorm = BatchNorm(name='shortcut_batchnorm', **bn_config)
-    specs = _conv_specs(channels, stride, bottleneck)
-    # By default every BatchNorm scale starts at 1, as in the paper; Haiku's bottleneck block (the
-    # released code's) starts the last one at 0, which `zero_init_residual` offers.
-    self.layers = [
-      (
-        _conv(out_channels, kernel, conv_stride, f'conv_{i}', use_cpu_kernels),
-        BatchNorm(
-          name=f'batchnorm_{i}',
-          **bn_config,
-          **(dict(scale_init=jnp.zeros) if zero_init_residual and i == len(specs) - 1 else {}),
-        ),
-      )
-      for i, (out_channels, kernel, conv_stride) in enumerate(specs)
-    ]
-
-
-class BlockV1(_Block):
-  """Post-activation ResNet block (He et al. 2015), basic or bottleneck."""
-
-  normalise_shortcut = True
-
-  def __call__(
-    self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False
-  ) -> jax.Array:
-    """Maps `[B, H, W, C_in]` to `[B, H / stride, W / stride, channels]`."""
-    shortcut = inputs
-    if self.use_projection:
-      shortcut = self.shortcut_conv(inputs)
-      shortcut = self.shortcut_batchnorm(shortcut, is_training, test_local_stats)
-    out = inputs
-    for i, (conv, batchnorm) in enumerate(self.layers):
-      out = batchnorm(conv(out), is_training, test_local_stats)
-      # The last BatchNorm's output is summed with the shortcut first.
-      if i < len(self.layers) - 1:
-        out = jax.nn.relu(out)
-    return jax.nn.relu(out + shortcut)
-
-
-class BlockV2(_Block):
-  """Pre-activation ResNet block (He et al. 2016), basic or bottleneck."""
-
-  normalise_shortcut = False
-
-  def __call__(
-    self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False
-  ) -> jax.Array:
-    """Maps `[B, H, W, C_in]` to `[B, H / stride, W / stride, channels]`."""
-    out = shortcut = inputs
-    for i, (conv, batchnorm) in enumerate(self.layers):
-      out = jax.nn.relu(batchnorm(out, is_training, test_local_stats))
-      if i == 0 and self.use_projection:
-        shortcut = self.shortcut_conv(out)
-      out = conv(out)
-    return out + shortcut
-
-
-class BlockGroup(hk.Module):
-  """A stack of residual blocks; only the first one strides and projects."""
-
-  def __init__(
-    self,
-    channels: int,
-    num_blocks: int,
-    stride: int,
-    bn_config: Mapping[str, Any],
-    resnet_v2: bool,
-    bottleneck: bool,
-    use_projection: bool,
-    use_cpu_kernels: bool = False,
-    zero_init_residual: bool = False,
-    name: str | None = None,
-  ):
-    """Creates `num_blocks` blocks named `block_0`, `block_1`, ...
-
-    Args:
-      channels: output channels of every block.
-      num_blocks: number of blocks.
-      stride: stride of the first block.
-      bn_config: keyword arguments of every `BatchNorm`.
-      resnet_v2: pre-activation blocks (`BlockV2`) instead of `BlockV1`.
-      bottleneck: bottleneck blocks instead of basic ones.
-      use_projection: whether the first block has a projection shortcut.
-      use_cpu_kernels: take the routes that are fast on XLA:CPU (`cpu_kernels`).
-      zero_init_residual: start each block's last BatchNorm scale at 0 (see `ResNetTorso`).
-      name: module name.
-    """
-    super().__init__(name=name)
-    block_class = BlockV2 if resnet_v2 else BlockV1
-    self.blocks = [
-      block_class(
-        channels=channels,
-        stride=stride if i == 0 else 1,
-        use_projection=use_projection and i == 0,
-        bn_config=bn_config,
-        bottleneck=bottleneck,
-        use_cpu_kernels=use_cpu_kernels,
-        zero_init_residual=zero_init_residual,
-        name=f'block_{i}',
-      )
-      for i in range(num_blocks)
-    ]
-
-  def __call__(
-    self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False
-  ) -> jax.Array:
-    """Applies the blocks in order: `[B, H, W, C_in]` -> `[B, H', W', channels]`."""
-    out = inputs
-    for block in self.blocks:
-      out = block(out, is_training, test_local_stats)
-    return out
 
 
 def _check_per_group(name: str, values: Sequence[Any]) -> None:
@@ -362,11 +129,13 @@ class ResNetTorso(hk.Module):
     bn_config = _with_bn_defaults(bn_config)
     self.resnet_v2 = resnet_v2
     self.use_cpu_kernels = use_cpu_kernels
-    self.initial_conv = _conv(64 * width_multiplier, 7, 2, 'initial_conv', use_cpu_kernels)
+    self.initial_conv = resnet_blocks.conv2d(
+      64 * width_multiplier, 7, 2, 'initial_conv', use_cpu_kernels
+    )
     if not resnet_v2:
-      self.initial_batchnorm = BatchNorm(name='initial_batchnorm', **bn_config)
+      self.initial_batchnorm = precision.BatchNorm(name='initial_batchnorm', **bn_config)
     self.block_groups = [
-      BlockGroup(
+      resnet_blocks.BlockGroup(
         channels=channels_per_group[i] * width_multiplier,
         num_blocks=blocks_per_group[i],
         stride=_GROUP_STRIDES[i],
@@ -382,7 +151,7 @@ class ResNetTorso(hk.Module):
     ]
     if resnet_v2:
       # Pre-activation blocks leave their sum un-normalised.
-      self.final_batchnorm = BatchNorm(name='final_batchnorm', **bn_config)
+      self.final_batchnorm = precision.BatchNorm(name='final_batchnorm', **bn_config)
     self.logits = None
     if num_classes is not None:
       self.logits = hk.Linear(num_classes, w_init=jnp.zeros, name='logits')
@@ -542,7 +311,7 @@ class MLP(hk.Module):
     # Layers built here (not in __init__) are named `<name>/linear`,
     # `<name>/batch_norm`, `<name>/linear_1`, as in the released checkpoints.
     out = hk.Linear(self.hidden_size, with_bias=True)(inputs)  # [B, hidden]
-    out = BatchNorm(**self.bn_config)(out, is_training=is_training)
+    out = precision.BatchNorm(**self.bn_config)(out, is_training=is_training)
     out = jax.nn.relu(out)
     # The output layer has no bias in the original (and its checkpoints).
     return hk.Linear(self.output_size, with_bias=False)(out)  # [B, output]
