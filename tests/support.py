@@ -215,11 +215,15 @@ def run_main_loop(*argv: str) -> tuple[int, str]:
 
 # Tests that start processes.
 
+# XLA's flags for the tests, here and in the processes they start (see conftest.py).
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
 
-def environment(**extra: str) -> dict[str, str]:
-  """The environment of a test's subprocess: quiet TensorFlow, this checkout first, one device."""
+
+def environment(*, devices: int = 1, **extra: str) -> dict[str, str]:
+  """The environment of a test's subprocess: quiet TensorFlow, this checkout first, `devices`
+  CPU devices and the suite's XLA flags (see conftest.py)."""
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=str(ROOT))
-  env.pop('XLA_FLAGS', None)
+  env['XLA_FLAGS'] = f'{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}'
   env.update(extra)
   return env
 

@@ -27,13 +27,13 @@ TINY_RUN = [
 ]
 
 
-def start(*flags, mock=True, **env):
+def start(*flags, mock=True, devices=1):
   """`python -m byol.main_loop *flags` in a process of its own (on the mock TFDS datasets)."""
   runner = [str(support.ROOT / 'tests' / 'mock_data_main.py')] if mock else ['-m', 'byol.main_loop']
   return subprocess.Popen(
     [sys.executable, *runner, *flags],
     cwd=support.ROOT,
-    env=support.environment(**env),
+    env=support.environment(devices=devices),
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
@@ -123,7 +123,7 @@ def test_batch_size_not_divisible_by_devices_is_a_clear_error(tmp_path):
       '--max_steps=1',
       *TINY_RUN,
       '--batch_size=3',
-      XLA_FLAGS='--xla_force_host_platform_device_count=2',
+      devices=2,
     )
   )
   support.assert_one_clear_error(code, output, 'batch_size=3', 'multiple of the number of devices')
@@ -381,13 +381,12 @@ def test_quick_start_reports_byol_against_a_random_encoder(tmp_path, capsys):
 
 def test_quick_start_command_line_takes_its_flags():
   process = subprocess.run(
-    [sys.executable, '-m', 'byol.quickstart', '--helpshort'],
+    [sys.executable, '-m', 'byol.quickstart', '--helpshort'],  # absl's help exits with 1.
     cwd=support.ROOT,
     env=support.environment(),
     capture_output=True,
     text=True,
     timeout=300,
   )
-  assert process.returncode == 0, process.stderr
   for flag in ('checkpoint_root', 'pretrain_steps', 'linear_eval_steps', 'batch_size'):
     assert f'--{flag}' in process.stdout, process.stdout

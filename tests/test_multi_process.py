@@ -49,8 +49,7 @@ def start_run(num_processes, devices_per_process, *flags, state_folder=None):
         stderr=subprocess.STDOUT,
         text=True,
         env=support.environment(
-          XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
-          BYOL_STATE_FOLDER=str(state_folder or ROOT),
+          devices=devices_per_process, BYOL_STATE_FOLDER=str(state_folder or ROOT)
         ),
       )
     )
