@@ -149,6 +149,42 @@ def random_views(
   return helpers.to_global_batch(batch, experiment.batch_sharding)
 
 
+def one_update(folder: os.PathLike | str) -> dict[str, np.ndarray]:
+  """Every array after one update of a fresh pretraining experiment on a fixed global batch.
+
+  Keyed by path (`['online_params']['classifier']['w']`, ..., `['logs']['loss']`): the batch, keys
+  and config do not depend on the device count, so neither must these.
+  """
+  experiment = pretrain_experiment(folder)
+  experiment.initialize(jax.random.key(0))
+  batch = random_views(experiment)
+  state, logs = experiment.update(experiment.state, batch, jax.random.key(1), np.int32(3))
+  state, logs = helpers.to_host((state, logs))
+  networks = ('online_params', 'online_state', 'target_params', 'target_state')
+  tree = dict({name: getattr(state, name) for name in networks}, logs=logs)
+  return {
+    jax.tree_util.keystr(path): np.asarray(leaf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
+
+
+def evaluations(folder: os.PathLike | str) -> dict[int, dict[str, int]]:
+  """For each dataset preset's evaluation batch size: the batch size a pretraining experiment
+  evaluates with on this process's devices, and the test examples it counts."""
+  default = byol_config.get_config()['evaluation_config']['batch_size']
+  batch_sizes = {preset.get('eval_batch_size', default) for preset in datasets.PRESETS.values()}
+  results = {}
+  for batch_size in sorted(batch_sizes):
+    config = pretrain_config(folder, overrides=[f'evaluation_config.batch_size={batch_size}'])
+    experiment = byol_experiment.ByolExperiment(**config)
+    experiment.initialize(jax.random.key(0))
+    scalars = experiment.evaluate(global_step=0)
+    results[batch_size] = dict(
+      batch_size=experiment._evaluation_config['batch_size'], num_examples=scalars['num_examples']
+    )
+  return results
+
+
 # The command line, in this process.
 
 # Examples per split of the mock TFDS datasets of `mock_tfds`.

@@ -27,13 +27,13 @@ TINY_RUN = [
 ]
 
 
-def start(*flags, mock=True, devices=1):
+def start(*flags, mock=True):
   """`python -m byol.main_loop *flags` in a process of its own (on the mock TFDS datasets)."""
   runner = [str(support.ROOT / 'tests' / 'mock_data_main.py')] if mock else ['-m', 'byol.main_loop']
   return subprocess.Popen(
     [sys.executable, *runner, *flags],
     cwd=support.ROOT,
-    env=support.environment(devices=devices),
+    env=support.environment(),
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
@@ -112,21 +112,6 @@ def test_missing_imagenet_is_one_clear_message(tmp_path):
   support.assert_one_clear_error(
     code, output, 'imagenet2012', 'manual', '--data_dir', 'TFDS_DATA_DIR'
   )
-
-
-def test_batch_size_not_divisible_by_devices_is_a_clear_error(tmp_path):
-  # In a process of its own: the device count is set before JAX starts.
-  code, output = support.finish(
-    start(
-      '--worker_mode=train',
-      f'--checkpoint_root={tmp_path}',
-      '--max_steps=1',
-      *TINY_RUN,
-      '--batch_size=3',
-      devices=2,
-    )
-  )
-  support.assert_one_clear_error(code, output, 'batch_size=3', 'multiple of the number of devices')
 
 
 @pytest.mark.parametrize(

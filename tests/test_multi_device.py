@@ -1,15 +1,19 @@
-"""Data parallelism: one update is the same on one device and on four; evaluation on any count."""
+"""Data parallelism: one update is the same on one device and on four; evaluation on any count.
+
+One device is this process's; the others are fake CPU devices of processes started side by side.
+"""
 
 import json
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 import support  # This folder is on the path.
 
-DEVICE_COUNTS = (1, 2, 4)
+DEVICE_COUNTS = (2, 4)  # And this process's one device.
 
 
 @pytest.fixture(scope='module')
@@ -32,8 +36,10 @@ def outputs(tmp_path_factory):
   return folders
 
 
-def test_update_on_four_devices_equals_the_update_on_one(outputs):
-  one, four = (dict(np.load(outputs[count] / 'update.npz')) for count in (1, 4))
+def test_update_on_four_devices_equals_the_update_on_one(outputs, tmp_path):
+  assert jax.device_count() == 1
+  one = support.one_update(tmp_path)
+  four = dict(np.load(outputs[4] / 'update.npz'))
   assert one.keys() == four.keys()
   # Parameters, BatchNorm statistics over the global batch, and the logged scalars.
   assert any('online_state' in key and 'var_ema' in key for key in one)
@@ -44,12 +50,15 @@ def test_update_on_four_devices_equals_the_update_on_one(outputs):
 
 
 def test_every_presets_evaluation_batch_is_rounded_up_to_the_devices_and_counts_each_example(
-  outputs,
+  outputs, tmp_path
 ):
   # Imagenette's evaluation batch (25) divides neither 2 nor 4 devices: it is rounded up to 26 and
   # 28, and the padding is masked out, so the 1000 synthetic test images are each counted once.
-  for count in DEVICE_COUNTS:
-    results = json.loads((outputs[count] / 'evaluations.json').read_text())
+  results_of = {
+    count: json.loads((outputs[count] / 'evaluations.json').read_text()) for count in DEVICE_COUNTS
+  }
+  results_of[1] = {str(size): result for size, result in support.evaluations(tmp_path).items()}
+  for count, results in results_of.items():
     assert '25' in results
     for preset_batch_size, result in results.items():
       assert result['batch_size'] % count == 0
