@@ -50,6 +50,19 @@ def pytest_unconfigure(config):
     shutil.rmtree(folder, ignore_errors=True)
 
 
+# Files whose tests start processes or run whole workers: the longest, run first so that the
+# workers of `pytest -n` end together instead of one finishing them alone at the end.
+_LONGEST_FIRST = ('test_multi_process.py', 'test_multi_device.py', 'test_main_loop.py')
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = item.path.name
+    return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+  items.sort(key=rank)  # Stable: the order within each file is kept.
+
+
 # Beside the project, never in it (see ../shared/data/README.md); BYOL_SHARED_DATA overrides.
 SHARED_DATA = pathlib.Path(
   os.environ.get(
