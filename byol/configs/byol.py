@@ -18,6 +18,23 @@ WARMUP_EPOCHS = 10
 DEFAULT_CHECKPOINT_ROOT = '/tmp/byol_checkpoints'
 
 
+def encoder_network_config() -> dict[str, Any]:
+  """The encoder's entries of `network_config`: the same in linear evaluation, which rebuilds the
+  encoder that pretraining trained."""
+  return dict(
+    encoder_class='ResNet50',
+    # zero_init_residual: the last BatchNorm scale of each block starts at 0 (Goyal et al. 2017),
+    # as in the released code's Haiku blocks; the paper's networks start it at 1.
+    encoder_config=dict(resnet_v2=False, width_multiplier=1, zero_init_residual=False),
+    bn_config=dict(decay_rate=0.9, eps=1e-5, create_scale=True, create_offset=True),
+    # 'bfloat16' computes the networks in bfloat16; parameters and statistics stay float32.
+    compute_dtype='float32',
+    # The routes of byol.utils.cpu_kernels (the same numbers, computed the way that is fast on
+    # XLA:CPU): 'on', 'off', or 'auto' for on when JAX computes on the CPU only.
+    cpu_kernels='auto',
+  )
+
+
 def get_config(
   num_epochs: int = 1000,
   batch_size: int | None = None,
@@ -57,16 +74,7 @@ def get_config(
       projector_hidden_size=4096,
       projector_output_size=256,
       predictor_hidden_size=4096,
-      encoder_class='ResNet50',
-      # zero_init_residual: the last BatchNorm scale of each block starts at 0 (Goyal et al.
-      # 2017), as in the released code's Haiku blocks; the paper's networks start it at 1.
-      encoder_config=dict(resnet_v2=False, width_multiplier=1, zero_init_residual=False),
-      bn_config=dict(decay_rate=0.9, eps=1e-5, create_scale=True, create_offset=True),
-      # 'bfloat16' computes the networks in bfloat16; parameters and statistics stay float32.
-      compute_dtype='float32',
-      # The routes of byol.utils.cpu_kernels (the same numbers, computed the way that is fast
-      # on XLA:CPU): 'on', 'off', or 'auto' for on when JAX computes on the CPU only.
-      cpu_kernels='auto',
+      **encoder_network_config(),
     ),
     optimizer_config=dict(
       weight_decay=preset['weight_decay'], eta=1e-3, momentum=0.9, exclude_bias_from_adaption=True

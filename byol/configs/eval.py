@@ -38,18 +38,7 @@ def get_config(
     checkpoint_to_evaluate=checkpoint_to_evaluate,
     allow_train_from_scratch=False,
     freeze_backbone=True,
-    network_config=dict(
-      encoder_class='ResNet50',
-      # zero_init_residual: the last BatchNorm scale of each block starts at 0 (Goyal et al.
-      # 2017), as in the released code's Haiku blocks; the paper's networks start it at 1.
-      encoder_config=dict(resnet_v2=False, width_multiplier=1, zero_init_residual=False),
-      bn_config=dict(decay_rate=0.9, eps=1e-5, create_scale=True, create_offset=True),
-      # 'bfloat16' computes the networks in bfloat16; parameters and statistics stay float32.
-      compute_dtype='float32',
-      # The routes of byol.utils.cpu_kernels (the same numbers, computed the way that is fast
-      # on XLA:CPU): 'on', 'off', or 'auto' for on when JAX computes on the CPU only.
-      cpu_kernels='auto',
-    ),
+    network_config=byol_config.encoder_network_config(),
     optimizer_config=dict(momentum=0.9, nesterov=True),
     lr_schedule_config=dict(base_learning_rate=0.2, warmup_steps=0),
     dataset_config=dict(
