@@ -51,6 +51,7 @@ def _print_command(*arguments: str) -> None:
 
 def _linear_evaluation(
   root: str,
+  synthetic: datasets.Dataset,
   *,
   steps: int,
   batch_size: int | None,
@@ -61,7 +62,7 @@ def _linear_evaluation(
   config = eval_config.get_config(
     os.path.join(root, 'pretrain.pkl'),
     batch_size,
-    dataset=datasets.describe('synthetic'),
+    dataset=synthetic,
     max_steps=steps,
     checkpoint_root=root,
     overrides=overrides,
@@ -89,6 +90,7 @@ def run(
   """The quick start in `root`; returns its last line, BYOL's linear top-1 against a random
   encoder's (also printed)."""
   start = time.time()
+  synthetic = datasets.describe('synthetic')
   byol_root = os.path.join(root, 'byol')
   random_root = os.path.join(root, 'random')
   print(f'[1/3] BYOL pretraining on the synthetic images, {pretrain_steps} steps.', flush=True)
@@ -97,18 +99,15 @@ def run(
     arguments.append(f'--batch_size={batch_size}')
   _print_command('--experiment_mode=pretrain', '--worker_mode=train', *arguments)
   config = byol_config.get_config(
-    batch_size=batch_size,
-    dataset=datasets.describe('synthetic'),
-    max_steps=pretrain_steps,
-    checkpoint_root=byol_root,
+    batch_size=batch_size, dataset=synthetic, max_steps=pretrain_steps, checkpoint_root=byol_root
   )
   workers.train_loop(config, 'pretrain', log_interval=log_interval)
   evaluation = dict(steps=linear_eval_steps, batch_size=batch_size, log_interval=log_interval)
   print('[2/3] Linear evaluation of the BYOL encoder.', flush=True)
-  byol_top1 = _linear_evaluation(byol_root, **evaluation)
+  byol_top1 = _linear_evaluation(byol_root, synthetic, **evaluation)
   print('[3/3] Linear evaluation of a random encoder (the baseline).', flush=True)
   random_top1 = _linear_evaluation(
-    random_root, overrides=['allow_train_from_scratch=true'], **evaluation
+    random_root, synthetic, overrides=['allow_train_from_scratch=true'], **evaluation
   )
   minutes = (time.time() - start) / 60
   line = (

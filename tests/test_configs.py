@@ -73,9 +73,10 @@ def test_overrides_apply_last_and_the_checkpoint_root_is_where_checkpoints_go():
 
 
 @pytest.mark.parametrize('make_config', [byol_config.get_config, eval_config.get_config])
-def test_a_batch_size_that_is_not_positive_is_refused(make_config):
-  with pytest.raises(ValueError, match='batch_size must be positive, got -8'):
-    make_config(**{'batch_size': -8})
+@pytest.mark.parametrize('size', [0, -8])
+def test_a_batch_size_that_is_not_positive_is_refused(make_config, size):
+  with pytest.raises(ValueError, match=f'batch_size must be positive, got {size}'):
+    make_config(batch_size=size)
 
 
 def test_the_synthetic_set_is_described_from_its_images_and_its_preset():

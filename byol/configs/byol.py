@@ -83,9 +83,7 @@ def get_config(
       base_learning_rate=preset['base_learning_rate'],
       warmup_steps=int(WARMUP_EPOCHS * steps_per_epoch),
     ),
-    dataset_config=dict(
-      name='imagenet2012', data_dir=None, image_size=224, train_split='train_and_valid'
-    ),
+    dataset_config=datasets.dataset_config(dataset),
     evaluation_config=dict(subset='test', batch_size=100),
     checkpointing_config=dict(
       checkpoint_dir=checkpoint_root, save_checkpoint_interval=300, filename='pretrain.pkl'

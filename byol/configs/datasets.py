@@ -1,7 +1,8 @@
 """What a dataset brings to a config: its recipe (one table) and the facts read from its images.
 
-Both experiment configs (`byol.configs.byol`, `byol.configs.eval`) take a `Dataset` and finish
-with `specialise`, so every entry that depends on the dataset is set here and only here.
+Both experiment configs (`byol.configs.byol`, `byol.configs.eval`) take a `Dataset`, build their
+`dataset_config` with `dataset_config` and finish with `specialise`, so the recipe is applied here
+and only here.
 """
 
 from typing import Any, MutableMapping, NamedTuple, Sequence
@@ -93,9 +94,21 @@ def describe(name: str, data_dir: str | None = None) -> Dataset:
   )
 
 
+def dataset_config(dataset: Dataset) -> dict[str, Any]:
+  """The experiments' `dataset_config` of `dataset`: training reads TRAIN_AND_VALID."""
+  return dict(
+    name=dataset.name,
+    data_dir=dataset.data_dir,
+    image_size=dataset.image_size,
+    train_split='train_and_valid',
+  )
+
+
 def batch_size(dataset: Dataset, requested: int | None) -> int:
-  """`requested`, or the dataset's preset batch size, or `DEFAULT_BATCH_SIZE`."""
-  size = requested or preset(dataset.name).get('batch_size', DEFAULT_BATCH_SIZE)
+  """`requested` (if not None), or the dataset's preset batch size, or `DEFAULT_BATCH_SIZE`."""
+  size = requested
+  if size is None:
+    size = preset(dataset.name).get('batch_size', DEFAULT_BATCH_SIZE)
   if size <= 0:
     raise ValueError(f'batch_size must be positive, got {size}.')
   return size
@@ -110,7 +123,7 @@ def specialise(
 ) -> dict[str, Any]:
   """Finishes an experiment's `config` for `dataset`; returns it.
 
-  Sets the dataset's encoder, evaluation batch, classes and image size; `max_steps` (if given)
+  Sets the dataset's encoder and evaluation batch; `max_steps` (if given)
   shortens or lengthens the run with the warm-up keeping its share of it, so a short run has the
   preset's schedule shape; then applies `overrides` (`key.path=value`, as `--override`), in order.
   """
@@ -119,10 +132,6 @@ def specialise(
   network['encoder_class'] = recipe.get('encoder_class', network['encoder_class'])
   config['evaluation_config']['batch_size'] = recipe.get(
     'eval_batch_size', config['evaluation_config']['batch_size']
-  )
-  config['num_classes'] = dataset.num_classes
-  config['dataset_config'].update(
-    name=dataset.name, data_dir=dataset.data_dir, image_size=dataset.image_size
   )
   if max_steps is not None:
     if max_steps <= 0:

@@ -41,9 +41,7 @@ def get_config(
     network_config=byol_config.encoder_network_config(),
     optimizer_config=dict(momentum=0.9, nesterov=True),
     lr_schedule_config=dict(base_learning_rate=0.2, warmup_steps=0),
-    dataset_config=dict(
-      name='imagenet2012', data_dir=None, image_size=224, train_split='train_and_valid'
-    ),
+    dataset_config=datasets.dataset_config(dataset),
     evaluation_config=dict(subset='test', batch_size=100),
     checkpointing_config=dict(
       checkpoint_dir=checkpoint_root, save_checkpoint_interval=300, filename='linear-eval.pkl'
