@@ -252,7 +252,7 @@ def run_main_loop(*argv: str) -> tuple[int, str]:
 # Tests that start processes.
 
 # XLA's flags for the tests, here and in the processes they start (see conftest.py).
-TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
 
 
 def environment(*, devices: int = 1, **extra: str) -> dict[str, str]:
