@@ -1,8 +1,11 @@
 """Runs `python -m byol.main_loop <flags>`; a train worker then writes this process's copies of the
-final state to `$BYOL_STATE_FOLDER/state_<process index>.npz`.
+final state to `$BYOL_STATE_FOLDER/state_<process index>.npz` and, if `$BYOL_THEN_EVALUATE` is
+set, goes on as the eval worker of the same run.
 
 Only process 0 writes checkpoints, so this is how a test sees what the other processes of a run
-hold: every device's copy of every array of the state, keyed `<path>@<device id>`.
+hold: every device's copy of every array of the state, keyed `<path>@<device id>`. Evaluating in
+the same processes, once the final checkpoint is written, spares a test the start of as many
+processes again (each imports TensorFlow and JAX and compiles its programs anew).
 """
 
 import os
@@ -19,8 +22,8 @@ from byol import workers
 warnings.filterwarnings('error', category=DeprecationWarning, module='(jax|haiku|optax|byol)')
 
 
-def train_loop_keeping_state(*args, **kwargs):
-  experiment = train_loop(*args, **kwargs)
+def train_loop_keeping_state(config, experiment_mode, **kwargs):
+  experiment = train_loop(config, experiment_mode, **kwargs)
   copies = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(experiment.state):
     for shard in leaf.addressable_shards:
@@ -28,6 +31,9 @@ def train_loop_keeping_state(*args, **kwargs):
   np.savez(
     os.path.join(os.environ['BYOL_STATE_FOLDER'], f'state_{jax.process_index()}.npz'), **copies
   )
+  if os.environ.get('BYOL_THEN_EVALUATE'):
+    # A pretraining run's eval worker has the train worker's config (`main_loop.get_config`).
+    workers.eval_loop(config, experiment_mode, poll_interval=0.2)
   return experiment
 
 

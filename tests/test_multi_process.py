@@ -1,8 +1,9 @@
 """Several processes on 127.0.0.1 (JAX's CPU collectives) train and evaluate as one run.
 
-Two processes of two devices each must train exactly as one process of four devices: the same
-global batches, replicated parameters that agree between the processes, one writer of checkpoints
-and logs, and an evaluation that counts every test example once.
+Two processes of two devices each must train exactly as one process of four devices (each device
+reads its own shard of the data, so the device count must be the same): the same global batches,
+replicated parameters that agree between the processes, one writer of checkpoints and logs, and an
+evaluation that counts every test example once.
 """
 
 import json
@@ -27,7 +28,7 @@ RUN = [
 ]
 
 
-def start_run(num_processes, devices_per_process, *flags, state_folder=None):
+def start_run(num_processes, devices_per_process, *flags, state_folder=None, then_evaluate=False):
   """The processes of one run of `main_loop_keeping_state.py`, started side by side."""
   port = support.free_port()
   processes = []
@@ -49,7 +50,9 @@ def start_run(num_processes, devices_per_process, *flags, state_folder=None):
         stderr=subprocess.STDOUT,
         text=True,
         env=support.environment(
-          devices=devices_per_process, BYOL_STATE_FOLDER=str(state_folder or ROOT)
+          devices=devices_per_process,
+          BYOL_STATE_FOLDER=str(state_folder or ROOT),
+          BYOL_THEN_EVALUATE='1' if then_evaluate else '',
         ),
       )
     )
@@ -70,13 +73,14 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
   for root in roots.values():
     root.mkdir()
   flags = {layout: [f'--checkpoint_root={root}', *RUN] for layout, root in roots.items()}
-  # The eval workers wait for the train workers' final checkpoint (the only one they write).
-  evaluation, training, single = support.finish_runs(
-    start_run(2, 2, '--worker_mode=eval', *flags['2x2']),
-    start_run(2, 2, '--worker_mode=train', *flags['2x2'], state_folder=roots['2x2']),
+  # The two processes train, then evaluate the final checkpoint together.
+  training, single = support.finish_runs(
+    start_run(
+      2, 2, '--worker_mode=train', *flags['2x2'], state_folder=roots['2x2'], then_evaluate=True
+    ),
     start_run(1, 4, '--worker_mode=train', *flags['1x4'], state_folder=roots['1x4']),
   )
-  for code, output in training + single + evaluation:
+  for code, output in training + single:
     assert code == 0, output
 
   # Every device of both processes holds the same state, bit for bit...
@@ -128,7 +132,7 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
     'state_1.npz',
     'tensorboard',
   ]
-  # The two eval processes evaluated the final step once, over every test example once.
+  # The two processes evaluated the final step once, over every test example once.
   eval_log = [json.loads(line) for line in open(roots['2x2'] / 'pretrain_eval.jsonl')]
   assert [entry['step'] for entry in eval_log] == [3]
   assert eval_log[0]['num_examples'] == SYNTHETIC_TEST_SIZE
