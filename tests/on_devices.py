@@ -17,7 +17,33 @@ import sys
 import jax
 import numpy as np
 
+from byol import byol_experiment
+from byol.configs import byol as byol_config
+from byol.configs import datasets
 import support  # This folder is on the path.
+
+
+def evaluations(folder: os.PathLike | str) -> dict[int, dict[str, int]]:
+  """For each dataset preset's evaluation batch size: the batch size a pretraining experiment
+  evaluates with on this process's devices, and the test examples it counts.
+
+  One state, initialised once and saved to `folder`, is evaluated by each (as eval workers do).
+  """
+  default = byol_config.get_config()['evaluation_config']['batch_size']
+  batch_sizes = {preset.get('eval_batch_size', default) for preset in datasets.PRESETS.values()}
+  results = {}
+  for batch_size in sorted(batch_sizes):
+    overrides = [f'evaluation_config.batch_size={batch_size}']
+    config = support.pretrain_config(folder, overrides=overrides)
+    experiment = byol_experiment.ByolExperiment(**config)
+    if experiment.load_checkpoint() is None:
+      experiment.initialize(jax.random.key(0))
+      experiment.save_checkpoint(global_step=0, rng=jax.random.key(1))
+    scalars = experiment.evaluate(global_step=0)
+    results[batch_size] = dict(
+      batch_size=experiment._evaluation_config['batch_size'], num_examples=scalars['num_examples']
+    )
+  return results
 
 
 if __name__ == '__main__':
@@ -25,4 +51,4 @@ if __name__ == '__main__':
   assert jax.device_count() == num_devices, jax.devices()
   np.savez(os.path.join(output, 'update.npz'), **support.one_update(output))
   with open(os.path.join(output, 'evaluations.json'), 'w') as f:
-    json.dump(support.evaluations(output), f)
+    json.dump(evaluations(output), f)

@@ -168,23 +168,6 @@ def one_update(folder: os.PathLike | str) -> dict[str, np.ndarray]:
   }
 
 
-def evaluations(folder: os.PathLike | str) -> dict[int, dict[str, int]]:
-  """For each dataset preset's evaluation batch size: the batch size a pretraining experiment
-  evaluates with on this process's devices, and the test examples it counts."""
-  default = byol_config.get_config()['evaluation_config']['batch_size']
-  batch_sizes = {preset.get('eval_batch_size', default) for preset in datasets.PRESETS.values()}
-  results = {}
-  for batch_size in sorted(batch_sizes):
-    config = pretrain_config(folder, overrides=[f'evaluation_config.batch_size={batch_size}'])
-    experiment = byol_experiment.ByolExperiment(**config)
-    experiment.initialize(jax.random.key(0))
-    scalars = experiment.evaluate(global_step=0)
-    results[batch_size] = dict(
-      batch_size=experiment._evaluation_config['batch_size'], num_examples=scalars['num_examples']
-    )
-  return results
-
-
 # The command line, in this process.
 
 # Examples per split of the mock TFDS datasets of `mock_tfds`.
