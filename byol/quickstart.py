@@ -29,19 +29,38 @@ from byol.configs import eval as eval_config
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """The quick start's flags, defined when it runs as a program only: three share their names
   with `byol.main_loop`'s (with other defaults), and both modules are imported by the tests."""
   flags.DEFINE_string(
-    'checkpoint_root', '/tmp/byol_quickstart', 'Folder of the runs (created if needed).'
-  )
-  flags.DEFINE_integer('pretrain_steps', 600, 'Steps of BYOL pretraining.', lower_bound=1)
-  flags.DEFINE_integer('linear_eval_steps', 300, 'Steps of each linear evaluation.', lower_bound=1)
-  flags.DEFINE_integer(
-    'batch_size', None, "Batch size (default: the synthetic preset's).", lower_bound=1
+    'checkpoint_root',
+    '/tmp/byol_quickstart',
+    'Folder of the runs (created if needed).',
+    flag_values=flag_values,
   )
   flags.DEFINE_integer(
-    'log_tensors_interval', 20, 'Seconds between two progress lines.', lower_bound=0
+    'pretrain_steps', 600, 'Steps of BYOL pretraining.', lower_bound=1, flag_values=flag_values
+  )
+  flags.DEFINE_integer(
+    'linear_eval_steps',
+    300,
+    'Steps of each linear evaluation.',
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    'batch_size',
+    None,
+    "Batch size (default: the synthetic preset's).",
+    lower_bound=1,
+    flag_values=flag_values,
+  )
+  flags.DEFINE_integer(
+    'log_tensors_interval',
+    20,
+    'Seconds between two progress lines.',
+    lower_bound=0,
+    flag_values=flag_values,
   )
 
 

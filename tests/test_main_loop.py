@@ -4,11 +4,13 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+from absl import flags
 import jax
 import numpy as np
 import pytest
@@ -52,9 +54,10 @@ def checkpoint_step(root):
 
 def test_train_worker_checkpoints_and_eval_worker_evaluates_final_step(tmp_path):
   flags = [f'--checkpoint_root={tmp_path}', '--max_steps=3', *TINY_RUN]
+  # The eval worker in a process of its own, polling while this process trains.
   evaluator = start('--worker_mode=eval', *flags)
   try:
-    train_code, train_output = support.finish(start('--worker_mode=train', *flags))
+    train_code, train_output = run('--worker_mode=train', *flags)
     assert train_code == 0, train_output
     eval_code, eval_output = support.finish(evaluator)
     assert eval_code == 0, eval_output
@@ -169,10 +172,31 @@ def test_unwritable_checkpoint_root_is_a_clear_error(tmp_path):
   support.assert_one_clear_error(code, output, 'Cannot write checkpoints', '--checkpoint_root')
 
 
-def test_linear_eval_trains_from_pretrain_checkpoint_and_eval_worker_reports_accuracy(tmp_path):
-  flags = [f'--checkpoint_root={tmp_path}', '--max_steps=2', *TINY_RUN]
-  code, output = run('--experiment_mode=pretrain', '--worker_mode=train', *flags)
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+  """A folder where `--experiment_mode=pretrain` trained 2 steps of `TINY_RUN`."""
+  root = tmp_path_factory.mktemp('pretrained')
+  code, output = run(
+    '--experiment_mode=pretrain',
+    '--worker_mode=train',
+    f'--checkpoint_root={root}',
+    '--max_steps=2',
+    *TINY_RUN,
+  )
   assert code == 0, output
+  return root
+
+
+def copy_of(pretrained, tmp_path):
+  """`tmp_path`, holding a copy of the `pretrained` folder (which the tests share)."""
+  shutil.copytree(pretrained, tmp_path, dirs_exist_ok=True)
+  return tmp_path
+
+
+def test_linear_eval_trains_from_pretrain_checkpoint_and_eval_worker_reports_accuracy(
+  pretrained, tmp_path
+):
+  flags = [f'--checkpoint_root={copy_of(pretrained, tmp_path)}', '--max_steps=2', *TINY_RUN]
   pretraining = json.loads((tmp_path / 'pretrain.config.json').read_text())
   assert pretraining['network_config']['encoder_class'] == 'TinyResNet'
   assert pretraining['dataset_config']['image_size'] == 32
@@ -269,10 +293,10 @@ def test_linear_eval_refuses_a_pretrain_checkpoint_that_names_code_and_writes_no
   assert os.listdir(tmp_path) == ['pretrain.pkl']
 
 
-def test_paper_protocol_chooses_on_valid_and_reports_only_the_chosen_run_on_test(tmp_path):
-  flags = [f'--checkpoint_root={tmp_path}', '--max_steps=1', *TINY_RUN]
-  code, output = run('--experiment_mode=pretrain', '--worker_mode=train', *flags)
-  assert code == 0, output
+def test_paper_protocol_chooses_on_valid_and_reports_only_the_chosen_run_on_test(
+  pretrained, tmp_path
+):
+  flags = [f'--checkpoint_root={copy_of(pretrained, tmp_path)}', '--max_steps=1', *TINY_RUN]
   code, output = run(
     '--experiment_mode=linear-eval', '--worker_mode=train', '--base_learning_rates=0.4,0.1', *flags
   )
@@ -364,14 +388,18 @@ def test_quick_start_reports_byol_against_a_random_encoder(tmp_path, capsys):
     )
 
 
-def test_quick_start_command_line_takes_its_flags():
-  process = subprocess.run(
-    [sys.executable, '-m', 'byol.quickstart', '--helpshort'],  # absl's help exits with 1.
-    cwd=support.ROOT,
-    env=support.environment(),
-    capture_output=True,
-    text=True,
-    timeout=300,
+def test_quick_start_command_line_takes_its_flags(monkeypatch):
+  values = flags.FlagValues()
+  quickstart.define_flags(values)
+  values(
+    ['byol.quickstart', '--checkpoint_root=/somewhere', '--pretrain_steps=7', '--batch_size=4']
   )
-  for flag in ('checkpoint_root', 'pretrain_steps', 'linear_eval_steps', 'batch_size'):
-    assert f'--{flag}' in process.stdout, process.stdout
+  calls = []
+  monkeypatch.setattr(quickstart, 'FLAGS', values)
+  monkeypatch.setattr(quickstart, 'run', lambda *args, **kwargs: calls.append((args, kwargs)))
+  quickstart.main(['byol.quickstart'])
+  assert calls == [
+    (('/somewhere',), dict(pretrain_steps=7, linear_eval_steps=300, batch_size=4, log_interval=20))
+  ]
+  with pytest.raises(flags.IllegalFlagValueError, match='pretrain_steps'):
+    values(['byol.quickstart', '--pretrain_steps=0'])
