@@ -1,6 +1,8 @@
 """Data parallelism: one update is the same on one device and on four; evaluation on any count.
 
-One device is this process's; the others are fake CPU devices of processes started side by side.
+One device is this process's; the four are fake CPU devices of a process of their own. (Two
+devices per process, and an evaluation batch rounded up over the devices of two processes, are
+`test_multi_process.py`'s.)
 """
 
 import json
@@ -13,12 +15,12 @@ import pytest
 
 import support  # This folder is on the path.
 
-DEVICE_COUNTS = (2, 4)  # And this process's one device.
+DEVICE_COUNTS = (4,)  # And this process's one device.
 
 
 @pytest.fixture(scope='module')
 def outputs(tmp_path_factory):
-  """{device count: folder of `tests/on_devices.py COUNT FOLDER`}, the processes side by side."""
+  """{device count: folder of `tests/on_devices.py COUNT FOLDER`}."""
   folders = {count: tmp_path_factory.mktemp(f'devices_{count}') for count in DEVICE_COUNTS}
   processes = [
     subprocess.Popen(
@@ -52,8 +54,8 @@ def test_update_on_four_devices_equals_the_update_on_one(outputs, tmp_path):
 def test_every_presets_evaluation_batch_is_rounded_up_to_the_devices_and_counts_each_example(
   outputs,
 ):
-  # Imagenette's evaluation batch (25) divides neither 2 nor 4 devices: it is rounded up to 26 and
-  # 28, and the padding is masked out, so the 1000 synthetic test images are each counted once.
+  # Imagenette's evaluation batch (25) does not divide 4 devices: it is rounded up to 28, and the
+  # padding is masked out, so the 1000 synthetic test images are each counted once.
   # (On one device nothing is rounded; the end-to-end tests count every example there.)
   for count in DEVICE_COUNTS:
     results = json.loads((outputs[count] / 'evaluations.json').read_text())

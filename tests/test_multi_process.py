@@ -21,7 +21,7 @@ RUN = [
   '--dataset=synthetic',
   '--encoder=TinyResNet',
   '--batch_size=16',
-  '--eval_batch_size=200',
+  '--eval_batch_size=25',  # Rounded up to 28, a multiple of the 4 devices of both processes.
   '--max_steps=3',
   '--log_tensors_interval=0',
   '--eval_poll_interval=0.2',
@@ -132,7 +132,10 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
     'state_1.npz',
     'tensorboard',
   ]
-  # The two processes evaluated the final step once, over every test example once.
+  # The two processes evaluated the final step once, over every test example once (the 1000 test
+  # images in 36 batches of 28, the last one padded).
+  for _, output in training:
+    assert 'Evaluating in batches of 28, the evaluation batch size 25 rounded up' in output
   eval_log = [json.loads(line) for line in open(roots['2x2'] / 'pretrain_eval.jsonl')]
   assert [entry['step'] for entry in eval_log] == [3]
   assert eval_log[0]['num_examples'] == SYNTHETIC_TEST_SIZE
