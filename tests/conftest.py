@@ -18,8 +18,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # saves here (measured: the pretraining and linear-evaluation test files take 30% less time without
 # it), and XLA:CPU's older element-wise emitters compile a tiny pretraining update in half the time
 # of its MLIR fusion emitters (2.8 s against 5.5 s, measured here; the whole suite's CPU time fell
-# by a third). Set before JAX starts its backend; the processes the tests start get it too
-# (`support.environment`). The same HLO, optimised by XLA as always; its element-wise code may
+# by a quarter to a third). Set before JAX starts its backend; the processes the tests start get it
+# too (`support.environment`). The same HLO, optimised by XLA as always; its element-wise code may
 # round differently in the last bit.
 os.environ['XLA_FLAGS'] = ' '.join(
   [os.environ.get('XLA_FLAGS', ''), support.TEST_XLA_FLAGS]
