@@ -234,7 +234,9 @@ def run_main_loop(*argv: str) -> tuple[int, str]:
 
 # Tests that start processes.
 
-# XLA's flags for the tests, here and in the processes they start (see conftest.py).
+# XLA's flags for the tests, here and in the processes they start (see conftest.py). Both exist in
+# jaxlib 0.10.2; a jaxlib without one of them stops at start with "Unknown flags in XLA_FLAGS":
+# then drop it here (the suite only gets slower).
 TEST_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
 
 
