@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from absl import flags
+from absl import flags as absl_flags  # `flags` names the command lines of the tests.
 import jax
 import numpy as np
 import pytest
@@ -389,7 +389,7 @@ def test_quick_start_reports_byol_against_a_random_encoder(tmp_path, capsys):
 
 
 def test_quick_start_command_line_takes_its_flags(monkeypatch):
-  values = flags.FlagValues()
+  values = absl_flags.FlagValues()
   quickstart.define_flags(values)
   values(
     ['byol.quickstart', '--checkpoint_root=/somewhere', '--pretrain_steps=7', '--batch_size=4']
@@ -401,5 +401,5 @@ def test_quick_start_command_line_takes_its_flags(monkeypatch):
   assert calls == [
     (('/somewhere',), dict(pretrain_steps=7, linear_eval_steps=300, batch_size=4, log_interval=20))
   ]
-  with pytest.raises(flags.IllegalFlagValueError, match='pretrain_steps'):
+  with pytest.raises(absl_flags.IllegalFlagValueError, match='pretrain_steps'):
     values(['byol.quickstart', '--pretrain_steps=0'])
