@@ -33,7 +33,7 @@ def train_loop_keeping_state(config, experiment_mode, **kwargs):
   )
   if os.environ.get('BYOL_THEN_EVALUATE'):
     # A pretraining run's eval worker has the train worker's config (`main_loop.get_config`).
-    workers.eval_loop(config, experiment_mode, poll_interval=0.2)
+    workers.eval_loop(config, experiment_mode, poll_interval=main_loop.FLAGS.eval_poll_interval)
   return experiment
 
 

@@ -15,33 +15,29 @@ import pytest
 
 import support  # This folder is on the path.
 
-DEVICE_COUNTS = (4,)  # And this process's one device.
+NUM_DEVICES = 4  # Against this process's one device.
 
 
 @pytest.fixture(scope='module')
-def outputs(tmp_path_factory):
-  """{device count: folder of `tests/on_devices.py COUNT FOLDER`}."""
-  folders = {count: tmp_path_factory.mktemp(f'devices_{count}') for count in DEVICE_COUNTS}
-  processes = [
-    subprocess.Popen(
-      [sys.executable, str(support.ROOT / 'tests' / 'on_devices.py'), str(count), str(folder)],
-      cwd=support.ROOT,
-      env=support.environment(devices=count),
-    )
-    for count, folder in folders.items()
-  ]
+def output(tmp_path_factory):
+  """The folder of `tests/on_devices.py 4 FOLDER`, run in a process of four devices."""
+  folder = tmp_path_factory.mktemp(f'devices_{NUM_DEVICES}')
+  process = subprocess.Popen(
+    [sys.executable, str(support.ROOT / 'tests' / 'on_devices.py'), str(NUM_DEVICES), str(folder)],
+    cwd=support.ROOT,
+    env=support.environment(devices=NUM_DEVICES),
+  )
   try:
-    assert [process.wait(timeout=400) for process in processes] == [0] * len(processes)
+    assert process.wait(timeout=400) == 0
   finally:
-    for process in processes:
-      process.kill()
-  return folders
+    process.kill()
+  return folder
 
 
-def test_update_on_four_devices_equals_the_update_on_one(outputs, tmp_path):
+def test_update_on_four_devices_equals_the_update_on_one(output, tmp_path):
   assert jax.device_count() == 1
   one = support.one_update(tmp_path)
-  four = dict(np.load(outputs[4] / 'update.npz'))
+  four = dict(np.load(output / 'update.npz'))
   assert one.keys() == four.keys()
   # Parameters, BatchNorm statistics over the global batch, and the logged scalars.
   assert any('online_state' in key and 'var_ema' in key for key in one)
@@ -52,15 +48,14 @@ def test_update_on_four_devices_equals_the_update_on_one(outputs, tmp_path):
 
 
 def test_every_presets_evaluation_batch_is_rounded_up_to_the_devices_and_counts_each_example(
-  outputs,
+  output,
 ):
   # Imagenette's evaluation batch (25) does not divide 4 devices: it is rounded up to 28, and the
   # padding is masked out, so the 1000 synthetic test images are each counted once.
   # (On one device nothing is rounded; the end-to-end tests count every example there.)
-  for count in DEVICE_COUNTS:
-    results = json.loads((outputs[count] / 'evaluations.json').read_text())
-    assert '25' in results
-    for preset_batch_size, result in results.items():
-      assert result['batch_size'] % count == 0
-      assert int(preset_batch_size) <= result['batch_size'] < int(preset_batch_size) + count
-      assert result['num_examples'] == 1000, (count, preset_batch_size, result)
+  results = json.loads((output / 'evaluations.json').read_text())
+  assert '25' in results
+  for preset_batch_size, result in results.items():
+    assert result['batch_size'] % NUM_DEVICES == 0
+    assert int(preset_batch_size) <= result['batch_size'] < int(preset_batch_size) + NUM_DEVICES
+    assert result['num_examples'] == 1000, (preset_batch_size, result)
