@@ -26,6 +26,7 @@ import numpy as np
 
 from byol.utils import checkpointing
 
+FLAGS = flags.FLAGS
 Tree = dict[str, dict[str, np.ndarray]]
 
 _PARTS = ('params', 'state', 'classifier')
@@ -96,24 +97,31 @@ def _load_trees(path: str) -> dict[str, Tree]:
   return trees
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
-  try:
-    description = export_encoder(flags.FLAGS.checkpoint, flags.FLAGS.output)
-  except checkpointing.CheckpointError as error:
-    sys.exit(f'error: {error}')
-  print(f'Wrote {description} to {flags.FLAGS.output}.')
-
-
-if __name__ == '__main__':
-  # Defined here rather than at import, so that `load_encoder` can be imported into any program
-  # without adding flags to it.
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """The command line's flags, defined when it runs as a program only, so that `load_encoder`
+  can be imported into any program without adding flags to it."""
   flags.DEFINE_string(
     'checkpoint',
     None,
     'Checkpoint to export from (pretrain.pkl, linear-eval.pkl or a 2020 release file).',
     required=True,
+    flag_values=flag_values,
   )
-  flags.DEFINE_string('output', None, 'The .npz file to write.', required=True)
+  flags.DEFINE_string(
+    'output', None, 'The .npz file to write.', required=True, flag_values=flag_values
+  )
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  try:
+    description = export_encoder(FLAGS.checkpoint, FLAGS.output)
+  except checkpointing.CheckpointError as error:
+    sys.exit(f'error: {error}')
+  print(f'Wrote {description} to {FLAGS.output}.')
+
+
+if __name__ == '__main__':
+  define_flags()
   app.run(main)
