@@ -208,3 +208,16 @@ def test_bfloat16_updates_stay_finite_and_close_to_float32_with_a_float32_state(
   assert {leaf.dtype for leaf in leaves} == {np.dtype('float32'), np.dtype('int32')}
   np.testing.assert_allclose(losses['bfloat16'], losses['float32'], rtol=0.02)
   assert losses['bfloat16'] != losses['float32']
+
+
+def test_small_image_stem_is_chosen_by_override_and_named_in_descriptions(tmp_path):
+  config = support.pretrain_config(
+    tmp_path, encoder='ResNet18', overrides=['network_config.encoder_config.small_image_stem=true']
+  )
+  experiment = byol_experiment.ByolExperiment(**config)
+  state = jax.eval_shape(experiment._init_fn, jax.random.key(0), experiment._train_batch_shapes())
+  assert state.online_params['res_net18/~/initial_conv']['w'].shape == (3, 3, 3, 64)
+  assert checkpointing.describe_networks(state.online_params).startswith(
+    'res_net18 width 1 small-image stem'
+  )
+  assert experiment._describe_networks() == 'ResNet18 1x small-image stem, 5 classes'

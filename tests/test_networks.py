@@ -314,6 +314,45 @@ def test_zero_init_residual_starts_each_blocks_last_batchnorm_at_zero_so_blocks_
   np.testing.assert_allclose(outputs, jax.nn.relu(inputs), atol=1e-6)
 
 
+def test_small_image_stem_keeps_the_resolution_with_the_same_parameter_names():
+  images = jnp.zeros((2, 32, 32, 3))  # [B, H, W, C], CIFAR's size
+
+  def init(small_image_stem):
+    """Parameter shapes, and the input shape of each block group."""
+    group_inputs = {}
+
+    def record(next_fun, args, kwargs, context):
+      if isinstance(context.module, resnet_blocks.BlockGroup) and context.method_name == '__call__':
+        group_inputs[context.module.module_name.split('/')[-1]] = args[0].shape
+      return next_fun(*args, **kwargs)
+
+    def forward(x):
+      with hk.experimental.intercept_methods(record):
+        return networks.ResNet18(small_image_stem=small_image_stem)(x, is_training=True)
+
+    model = hk.transform_with_state(forward)
+    params, state = jax.eval_shape(model.init, jax.random.key(0), images)
+    embedding, _ = jax.eval_shape(model.apply, params, state, None, images)
+    assert embedding.shape == (2, 512)
+    return _shapes(params), group_inputs
+
+  default, default_inputs = init(small_image_stem=False)
+  small, small_inputs = init(small_image_stem=True)
+  stem = 'res_net18/~/initial_conv'
+  assert default[stem] == {'w': (7, 7, 3, 64)} and small[stem] == {'w': (3, 3, 3, 64)}
+  assert {m: v for m, v in small.items() if m != stem} == {
+    m: v for m, v in default.items() if m != stem
+  }
+  # Stride 2 and a max-pool divide the resolution by 4 before the first group; this stem keeps it.
+  assert default_inputs['block_group_0'] == (2, 8, 8, 64)
+  assert small_inputs == {
+    'block_group_0': (2, 32, 32, 64),
+    'block_group_1': (2, 32, 32, 64),
+    'block_group_2': (2, 16, 16, 128),
+    'block_group_3': (2, 8, 8, 256),
+  }
+
+
 def test_preset_default_names_are_snake_cased_class_names():
   def construct():
     return [networks.get_encoder(name)().module_name for name in ENCODER_NAMES]

@@ -25,7 +25,10 @@ def encoder_network_config() -> dict[str, Any]:
     encoder_class='ResNet50',
     # zero_init_residual: the last BatchNorm scale of each block starts at 0 (Goyal et al. 2017),
     # as in the released code's Haiku blocks; the paper's networks start it at 1.
-    encoder_config=dict(resnet_v2=False, width_multiplier=1, zero_init_residual=False),
+    # small_image_stem: a 3x3 stride-1 first convolution and no max-pool, for ~32 px images.
+    encoder_config=dict(
+      resnet_v2=False, width_multiplier=1, zero_init_residual=False, small_image_stem=False
+    ),
     bn_config=dict(decay_rate=0.9, eps=1e-5, create_scale=True, create_offset=True),
     # 'bfloat16' computes the networks in bfloat16; parameters and statistics stay float32.
     compute_dtype='float32',

@@ -21,6 +21,7 @@ INHERITED = (
   ('network_config', 'encoder_config', 'resnet_v2'),
   ('network_config', 'encoder_config', 'width_multiplier'),
   ('network_config', 'encoder_config', 'zero_init_residual'),
+  ('network_config', 'encoder_config', 'small_image_stem'),
   ('dataset_config', 'image_size'),
 )
 

@@ -224,14 +224,19 @@ def describe_networks(params: Any) -> str:
   """What a Haiku parameter tree of ours holds: 'res_net50 width 2, classifier of 1000 classes'.
 
   The encoder is named by its top-level module; its width multiplier is read from the initial
-  convolution, which has 64 x width output channels in every encoder of `byol.utils.networks`.
+  convolution, which has 64 x width output channels in every encoder of `byol.utils.networks`,
+  and a 3x3 kernel with the small-image stem (7x7 otherwise).
   """
   if not isinstance(params, Mapping):
     return f'no Haiku parameters (a {type(params).__name__})'
   parts = []
   for network in sorted({module.split('/')[0] for module in params} - set(HEAD_MODULES)):
     conv = params.get(f'{network}/~/initial_conv', {}).get('w')
-    parts.append(network if conv is None else f'{network} width {np.shape(conv)[-1] // 64}')
+    if conv is None:
+      parts.append(network)
+      continue
+    stem = ' small-image stem' if np.shape(conv)[0] == 3 else ''
+    parts.append(f'{network} width {np.shape(conv)[-1] // 64}{stem}')
   for module in _CLASSIFIER_MODULES:
     weights = params.get(module, {}).get('w')
     if weights is not None:

@@ -109,9 +109,10 @@ class Experiment:
     """The config's networks as in checkpoint errors, e.g. 'ResNet50 1x, 1000 classes'."""
     encoder_config = self._network_config['encoder_config']
     version = ' v2' if encoder_config.get('resnet_v2') else ''
+    stem = ' small-image stem' if encoder_config.get('small_image_stem') else ''
     return (
       f'{self._network_config["encoder_class"]} {encoder_config["width_multiplier"]}x'
-      f'{version}, {self._num_classes} classes'
+      f'{version}{stem}, {self._num_classes} classes'
     )
 
   def _current_state(self, method: str) -> tuple:

@@ -65,6 +65,7 @@ class ResNetTorso(hk.Module):
     width_multiplier: int = 1,
     use_cpu_kernels: bool = False,
     zero_init_residual: bool = False,
+    small_image_stem: bool = False,
     name: str | None = None,
   ):
     """Creates the stem, the block groups and (optionally) the logits layer.
@@ -86,6 +87,10 @@ class ResNetTorso(hk.Module):
       zero_init_residual: start the scale of the last BatchNorm of each (v1) residual block at 0,
         so that each block starts as the identity (Goyal et al. 2017). The released code's Haiku
         bottleneck blocks did this; the paper's networks, and this default, do not.
+      small_image_stem: for images of about 32 px (CIFAR): the stem is a 3x3 convolution of
+        stride 1 and no max-pool, so the first block group sees the full resolution instead of a
+        quarter of it (the stem SimCLR and most CIFAR codebases use). The parameters keep their
+        names; `initial_conv/w` is [3, 3, 3, 64 * width] instead of [7, 7, 3, 64 * width].
       name: module name; defaults to the snake-cased class name.
 
     Raises:
@@ -129,8 +134,10 @@ class ResNetTorso(hk.Module):
     bn_config = _with_bn_defaults(bn_config)
     self.resnet_v2 = resnet_v2
     self.use_cpu_kernels = use_cpu_kernels
+    self.small_image_stem = small_image_stem
+    kernel, stride = (3, 1) if small_image_stem else (7, 2)
     self.initial_conv = resnet_blocks.conv2d(
-      64 * width_multiplier, 7, 2, 'initial_conv', use_cpu_kernels
+      64 * width_multiplier, kernel, stride, 'initial_conv', use_cpu_kernels
     )
     if not resnet_v2:
       self.initial_batchnorm = precision.BatchNorm(name='initial_batchnorm', **bn_config)
@@ -166,14 +173,15 @@ class ResNetTorso(hk.Module):
       is_training: use batch statistics and update the BatchNorm averages.
       test_local_stats: in inference mode, use batch statistics anyway.
     """
-    out = self.initial_conv(inputs)  # [B, H/2, W/2, 64 * width]
+    out = self.initial_conv(inputs)  # [B, H/2, W/2, 64 * width] ([B, H, W, ...] small-image stem)
     if not self.resnet_v2:
       out = self.initial_batchnorm(out, is_training, test_local_stats)
       out = jax.nn.relu(out)
-    if self.use_cpu_kernels:  # hk.max_pool's values and gradients, the gradient faster on CPU.
-      out = cpu_kernels.max_pool(out, window=3, stride=2)
-    else:
-      out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
+    if not self.small_image_stem:  # Which keeps the input's resolution: no max-pool.
+      if self.use_cpu_kernels:  # hk.max_pool's values and gradients, the gradient faster on CPU.
+        out = cpu_kernels.max_pool(out, window=3, stride=2)
+      else:
+        out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding='SAME')
     for block_group in self.block_groups:
       out = block_group(out, is_training, test_local_stats)
     if self.resnet_v2:
@@ -200,6 +208,7 @@ class _ResNetPreset(ResNetTorso):
     width_multiplier: int = 1,
     use_cpu_kernels: bool = False,
     zero_init_residual: bool = False,
+    small_image_stem: bool = False,
     name: str | None = None,
   ):
     """Creates the preset; arguments as in `ResNetTorso`.
@@ -217,6 +226,7 @@ class _ResNetPreset(ResNetTorso):
       width_multiplier=width_multiplier,
       use_cpu_kernels=use_cpu_kernels,
       zero_init_residual=zero_init_residual,
+      small_image_stem=small_image_stem,
       name=name,
     )
 
