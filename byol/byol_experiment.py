@@ -77,6 +77,7 @@ class ByolExperiment(experiment.Experiment):
     self.update = jax.jit(self._update_fn, out_shardings=self._replicated, donate_argnums=(0,))
     """`update(state, inputs, rng, global_step) -> (state, scalars)`, jitted; donates `state`."""
     self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._replicated)
+    self._embed_batch = jax.jit(self._embed_batch_fn, out_shardings=self._replicated)
 
   # ------------------------------------------------------------------------------- network
 
@@ -114,7 +115,7 @@ class ByolExperiment(experiment.Experiment):
       )
       # The classifier only reads the embedding: labels must not shape the representation.
       logits = classifier(jax.lax.stop_gradient(embedding))  # [B, num_classes]
-      return dict(projection=projection, prediction=prediction, logits=logits)
+      return dict(embedding=embedding, projection=projection, prediction=prediction, logits=logits)
 
     if is_training:
       # The views go through separately so that each has its own BatchNorm statistics.
@@ -215,11 +216,36 @@ class ByolExperiment(experiment.Experiment):
     )
     return new_state, logs
 
-  def _eval_batch_fn(self, params: hk.Params, state: hk.State, batch: Batch) -> Scalars:
-    """Sums over the real (unmasked) examples of a batch: counts, correct top-1/5 and loss."""
+  def _eval_batch_fn(
+    self, params: hk.Params, state: hk.State, batch: Batch, bank: Batch | None
+  ) -> Scalars:
+    """Sums over the real (unmasked) examples of a batch: counts, correct top-1/5 and loss, and
+    correct kNN top-1 over `bank` (`evaluation.knn_bank`) unless it is None."""
     outputs, _ = self._forward.apply(params, state, batch, is_training=False)
-    return evaluation.masked_classification_sums(
+    sums = evaluation.masked_classification_sums(
       outputs['logits'], batch['labels'], batch['mask'], self._num_classes
+    )
+    if bank is not None:
+      knn = self._evaluation_config['knn']
+      votes = evaluation.knn_votes(
+        outputs['embedding'],
+        bank['features'],
+        bank['labels'],
+        num_classes=self._num_classes,
+        k=knn['k'],
+        temperature=knn['temperature'],
+      )  # [B, num_classes]
+      correct = helpers.topk_accuracy(votes, batch['labels'], topk=1)  # [B]
+      sums['knn_top1_correct'] = jnp.sum(batch['mask'] * correct)
+    return sums
+
+  def _embed_batch_fn(self, params: hk.Params, state: hk.State, batch: Batch) -> Batch:
+    """The online encoder's L2-normalised embedding [B, D] of a batch, with its labels and mask."""
+    outputs, _ = self._forward.apply(params, state, batch, is_training=False)
+    return dict(
+      embedding=helpers.l2_normalize(outputs['embedding'], axis=-1),
+      labels=batch['labels'],
+      mask=batch['mask'],
     )
 
   # ------------------------------------------------------------------------------- worker API
@@ -243,8 +269,20 @@ class ByolExperiment(experiment.Experiment):
     return logs
 
   def evaluate(self, *, global_step: int) -> dict[str, float]:
-    """Top-1, top-5 and loss of the online classifier over the whole evaluation split."""
+    """Top-1, top-5 and loss of the online classifier over the whole evaluation split, and the
+    weighted kNN top-1 of the online encoder's embedding (unless `evaluation_config.knn.k` is 0).
+    """
     state = self._current_state('evaluate')
+    bank = None
+    if self._evaluation_config['knn']['k'] > 0:
+      bank = evaluation.knn_bank(
+        lambda batch: self._embed_batch(state.online_params, state.online_state, batch),
+        dataset_config=self._dataset_config,
+        evaluation_config=self._evaluation_config,
+        sharding=self._batch_sharding,
+        num_classes=self._num_classes,
+      )
     return self._evaluate_with(
-      lambda batch: self._eval_batch(state.online_params, state.online_state, batch), global_step
+      lambda batch: self._eval_batch(state.online_params, state.online_state, batch, bank),
+      global_step,
     )

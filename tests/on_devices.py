@@ -7,7 +7,8 @@ count is set before JAX starts. Writes
 - `update.npz`: the state and scalars after one update on a fixed global batch (the batch, keys
   and config do not depend on the device count, so every count must give the same state);
 - `evaluations.json`: for each preset's evaluation batch size, the batch size the experiment
-  evaluated with and the number of test examples it counted.
+  evaluated with and its results (examples counted, classifier and kNN accuracies) for the state
+  it saved to OUTPUT_FOLDER.
 """
 
 import json
@@ -23,9 +24,9 @@ from byol.configs import datasets
 import support  # This folder is on the path.
 
 
-def evaluations(folder: os.PathLike | str) -> dict[int, dict[str, int]]:
+def evaluations(folder: os.PathLike | str) -> dict[int, dict[str, float]]:
   """For each dataset preset's evaluation batch size: the batch size a pretraining experiment
-  evaluates with on this process's devices, and the test examples it counts.
+  evaluates with on this process's devices, and its results.
 
   One state, initialised once and saved to `folder`, is evaluated by each (as eval workers do).
   """
@@ -40,9 +41,7 @@ def evaluations(folder: os.PathLike | str) -> dict[int, dict[str, int]]:
       experiment.initialize(jax.random.key(0))
       experiment.save_checkpoint(global_step=0, rng=jax.random.key(1))
     scalars = experiment.evaluate(global_step=0)
-    results[batch_size] = dict(
-      batch_size=experiment._evaluation_config['batch_size'], num_examples=scalars['num_examples']
-    )
+    results[batch_size] = dict(scalars, batch_size=experiment._evaluation_config['batch_size'])
   return results
 
 

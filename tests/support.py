@@ -28,12 +28,13 @@ from byol.configs import datasets
 from byol.configs import eval as eval_config
 from byol import main_loop
 from byol.utils import helpers
+from byol.utils import synthetic
 import pickle_like_2020  # This folder is on the path.
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# The embedded synthetic images, read as 16 px crops of 5 classes with 10 steps per epoch of 8.
-NUM_CLASSES = 5
+# The embedded synthetic images, read as 16 px crops, with 10 steps per epoch of 8.
+NUM_CLASSES = synthetic.NUM_CLASSES  # 10
 IMAGE_SIZE = 16
 BATCH_SIZE = 8
 TINY_DATASET = datasets.Dataset(

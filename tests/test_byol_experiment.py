@@ -167,8 +167,8 @@ def test_checkpoint_of_another_encoder_is_refused_with_both_names(tmp_path):
   reader = support.pretrain_experiment(tmp_path, encoder='ResNet18')
   with pytest.raises(
     checkpointing.CheckpointError,
-    match=r'holds tiny_res_net width 1, classifier of 5 classes, but '
-    r'the config asks for ResNet18 1x, 5 classes.*--encoder',
+    match=r'holds tiny_res_net width 1, classifier of 10 classes, but '
+    r'the config asks for ResNet18 1x, 10 classes.*--encoder',
   ):
     reader.load_checkpoint()
 
@@ -220,4 +220,4 @@ def test_small_image_stem_is_chosen_by_override_and_named_in_descriptions(tmp_pa
   assert checkpointing.describe_networks(state.online_params).startswith(
     'res_net18 width 1 small-image stem'
   )
-  assert experiment._describe_networks() == 'ResNet18 1x small-image stem, 5 classes'
+  assert experiment._describe_networks() == 'ResNet18 1x small-image stem, 10 classes'

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from byol import byol_experiment
 import support  # This folder is on the path.
 
 NUM_DEVICES = 4  # Against this process's one device.
@@ -59,3 +60,21 @@ def test_every_presets_evaluation_batch_is_rounded_up_to_the_devices_and_counts_
     assert result['batch_size'] % NUM_DEVICES == 0
     assert int(preset_batch_size) <= result['batch_size'] < int(preset_batch_size) + NUM_DEVICES
     assert result['num_examples'] == 1000, (preset_batch_size, result)
+
+
+def test_evaluation_on_four_devices_equals_the_evaluation_on_one(output):
+  # The state the four devices evaluated, evaluated here on one: the classifier's accuracies and
+  # loss, and the kNN monitor's accuracy over a bank of every training image, whose rows the four
+  # devices gathered in another order. The devices embed batches of 7 images, not 25, which may
+  # round differently in the last bit; the random initialisation's 8-d embeddings have near-ties
+  # (`test_evaluation.py`), so a kNN vote may flip: one test image in 1000 did once.
+  four = json.loads((output / 'evaluations.json').read_text())['25']
+  experiment = byol_experiment.ByolExperiment(
+    **support.pretrain_config(output, overrides=['evaluation_config.batch_size=25'])
+  )
+  assert experiment.load_checkpoint()[0] == 0
+  one = experiment.evaluate(global_step=0)
+  assert one.keys() == four.keys() - {'batch_size'}
+  assert 'knn_top1_accuracy' in one
+  for name, value in one.items():
+    assert four[name] == pytest.approx(value, rel=1e-5, abs=0.002 if 'knn' in name else 0), name

@@ -14,6 +14,8 @@ PRESETS = {
 }
 
 WARMUP_EPOCHS = 10
+# Training sets up to this size are the kNN monitor's bank whole; larger ones (ImageNet) in part.
+KNN_WHOLE_SPLIT_LIMIT = 100_000
 # Where checkpoints and logs go unless --checkpoint_root says otherwise.
 DEFAULT_CHECKPOINT_ROOT = '/tmp/byol_checkpoints'
 
@@ -87,7 +89,18 @@ def get_config(
       warmup_steps=int(WARMUP_EPOCHS * steps_per_epoch),
     ),
     dataset_config=datasets.dataset_config(dataset),
-    evaluation_config=dict(subset='test', batch_size=100),
+    evaluation_config=dict(
+      subset='test',
+      batch_size=100,
+      # The eval worker's kNN monitor (Wu et al. 2018): the k most similar training images vote
+      # with weight exp(cosine similarity / temperature); k=0 turns it off. The bank holds every
+      # training image, or bank_per_class of each class (ImageNet: 50, 50,000 in all).
+      knn=dict(
+        k=200,
+        temperature=0.07,
+        bank_per_class=0 if dataset.train_images <= KNN_WHOLE_SPLIT_LIMIT else 50,
+      ),
+    ),
     checkpointing_config=dict(
       checkpoint_dir=checkpoint_root, save_checkpoint_interval=300, filename='pretrain.pkl'
     ),

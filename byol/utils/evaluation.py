@@ -1,4 +1,5 @@
-"""Classifier evaluation over a whole split, shared by pretraining and linear evaluation.
+"""Evaluation over a whole split, shared by pretraining and linear evaluation: the classifier's
+accuracy and loss, and the weighted kNN accuracy of an embedding (pretraining's monitor).
 
 Every example counts once: the last batch is completed with padding whose `mask` is 0, and the
 per-batch sums stay on the devices until the end of the pass.
@@ -10,6 +11,7 @@ from typing import Any, Callable, Mapping
 from absl import logging
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from byol.utils import dataset
 from byol.utils import helpers
@@ -30,6 +32,92 @@ def masked_classification_sums(
   )
 
 
+def knn_votes(
+  queries: jax.Array,
+  bank_features: jax.Array,
+  bank_labels: jax.Array,
+  *,
+  num_classes: int,
+  k: int,
+  temperature: float,
+) -> jax.Array:
+  """Weighted kNN class scores of `queries` [B, D] over a memory bank (Wu et al. 2018): [B, C].
+
+  The k bank entries of highest cosine similarity s vote for their class with weight
+  exp(s / temperature). `bank_features` [M, D] must be L2-normalised (`helpers.l2_normalize`);
+  `bank_labels` is [M]. Fewer than k entries in the bank: all of them vote. A query whose
+  embedding is zero (every ReLU off) is as similar to every entry: its votes are all 0, a tie that
+  `helpers.topk_accuracy` never counts as correct, rather than the classes of whichever entries
+  happen to come first.
+  """
+  # Full float32 products: TPUs would otherwise round the operands to bfloat16.
+  similarity = jnp.matmul(
+    helpers.l2_normalize(queries, axis=-1), bank_features.T, precision=jax.lax.Precision.HIGHEST
+  )  # [B, M]
+  top_similarity, top_index = jax.lax.top_k(similarity, min(k, bank_features.shape[0]))  # [B, k]
+  weights = jnp.exp(top_similarity / temperature)  # [B, k]
+  neighbour_classes = jax.nn.one_hot(bank_labels[top_index], num_classes)  # [B, k, C]
+  votes = jnp.einsum('bk,bkc->bc', weights, neighbour_classes)  # [B, C]
+  alive = jnp.any(queries != 0, axis=-1, keepdims=True)  # [B, 1]
+  return jnp.where(alive, votes, 0.0)
+
+
+def knn_bank(
+  embed_fn: Callable[[Mapping[str, jax.Array]], Mapping[str, jax.Array]],
+  *,
+  dataset_config: Mapping[str, Any],
+  evaluation_config: Mapping[str, Any],
+  sharding: jax.sharding.NamedSharding,
+  num_classes: int,
+) -> dict[str, jax.Array]:
+  """The kNN memory bank: normalised embeddings [M, D] and labels [M] of training images.
+
+  `embed_fn(batch)` returns the batch's L2-normalised `embedding` [B, D], `labels` and `mask`,
+  replicated (the whole global batch on every process), so every process selects the same bank.
+  The training split is read as for evaluation (centre crops, no augmentation); with
+  `bank_per_class` > 0 in `evaluation_config['knn']` the bank holds the first that many images of
+  each class met in reading order (which depends on the device count), and reading stops once
+  every class has them.
+  The bank is returned replicated on the devices of `sharding`.
+  """
+  start = time.time()
+  per_class = evaluation_config['knn']['bank_per_class']
+  batches = dataset.load_to_devices(
+    dataset.Split.from_string(dataset_config['train_split']),
+    preprocess_mode=dataset.PreprocessMode.EVAL,
+    global_batch_size=evaluation_config['batch_size'],
+    dataset_config=dataset_config,
+    sharding=sharding,
+  )
+  counts = np.zeros(num_classes, np.int64)
+  features, labels = [], []
+  for batch in batches:
+    outputs = helpers.to_host(embed_fn(batch))
+    keep = outputs['mask'].astype(bool)  # [B]
+    batch_labels = outputs['labels'].astype(np.int64)  # [B]
+    if per_class > 0:
+      # Each kept row's rank among the kept rows of its class in this batch, from 0.
+      same_class = (batch_labels[:, None] == np.arange(num_classes)) & keep[:, None]  # [B, C]
+      rank = np.cumsum(same_class, axis=0)[np.arange(len(keep)), batch_labels] - 1
+      keep &= counts[batch_labels] + rank < per_class
+    counts += np.bincount(batch_labels[keep], minlength=num_classes)
+    features.append(outputs['embedding'][keep])
+    labels.append(batch_labels[keep])
+    if per_class > 0 and counts.min() >= per_class:
+      break
+  bank = dict(features=np.concatenate(features), labels=np.concatenate(labels).astype(np.int32))
+  if not len(bank['labels']):
+    raise ValueError(f'The training split of {dataset_config["name"]} is empty: no kNN bank.')
+  logging.info(
+    'kNN bank of %d training images (%d to %d per class) in %.1f s.',
+    len(bank['labels']),
+    counts.min(),
+    counts.max(),
+    time.time() - start,
+  )
+  return jax.device_put(bank, helpers.replicated(sharding.mesh))
+
+
 def evaluate_split(
   batch_sums_fn: Callable[[Mapping[str, jax.Array]], Scalars],
   *,
@@ -38,7 +126,11 @@ def evaluate_split(
   sharding: jax.sharding.NamedSharding,
   global_step: int,
 ) -> dict[str, float]:
-  """Top-1, top-5, mean loss and example count of `batch_sums_fn` over the evaluation split."""
+  """Accuracies, mean loss and example count of `batch_sums_fn` over the evaluation split.
+
+  `batch_sums_fn` returns a batch's sums (`masked_classification_sums`, plus e.g.
+  `knn_top1_correct`); each `<name>_correct` becomes `<name>_accuracy`.
+  """
   start = time.time()
   split = dataset.Split.from_string(evaluation_config['subset'])
   batches = dataset.load_to_devices(
@@ -59,9 +151,9 @@ def evaluate_split(
   logging.info(
     'Evaluated %d examples at step %d in %.1f s.', count, global_step, time.time() - start
   )
-  return dict(
-    top1_accuracy=float(totals['top1_correct']) / count,
-    top5_accuracy=float(totals['top5_correct']) / count,
-    loss=float(totals['loss_sum']) / count,
-    num_examples=count,
-  )
+  accuracies = {
+    name.removesuffix('_correct') + '_accuracy': float(total) / count
+    for name, total in totals.items()
+    if name.endswith('_correct')
+  }
+  return dict(accuracies, loss=float(totals['loss_sum']) / count, num_examples=count)
