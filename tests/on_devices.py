@@ -23,6 +23,8 @@ from byol.configs import byol as byol_config
 from byol.configs import datasets
 import support  # This folder is on the path.
 
+KNN_BATCH_SIZE = 25  # The one evaluation batch size (Imagenette's) with the kNN monitor too.
+
 
 def evaluations(folder: os.PathLike | str) -> dict[int, dict[str, float]]:
   """For each dataset preset's evaluation batch size: the batch size a pretraining experiment
@@ -35,6 +37,8 @@ def evaluations(folder: os.PathLike | str) -> dict[int, dict[str, float]]:
   results = {}
   for batch_size in sorted(batch_sizes):
     overrides = [f'evaluation_config.batch_size={batch_size}']
+    if batch_size != KNN_BATCH_SIZE:
+      overrides.append('evaluation_config.knn.k=0')  # Once is enough for the kNN monitor.
     config = support.pretrain_config(folder, overrides=overrides)
     experiment = byol_experiment.ByolExperiment(**config)
     if experiment.load_checkpoint() is None:

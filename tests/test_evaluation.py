@@ -83,9 +83,11 @@ def test_knn_votes_weigh_closer_neighbours_more():
 
 @pytest.fixture(scope='module')
 def experiment(tmp_path_factory):
-  experiment = byol_experiment.ByolExperiment(
-    **support.pretrain_config(tmp_path_factory.mktemp('knn'))
+  # Batches of 100: the bank embeds all 5000 training images.
+  config = support.pretrain_config(
+    tmp_path_factory.mktemp('knn'), overrides=['evaluation_config.batch_size=100']
   )
+  experiment = byol_experiment.ByolExperiment(**config)
   experiment.initialize(jax.random.key(0))
   return experiment
 

@@ -83,6 +83,8 @@ def test_train_worker_checkpoints_and_eval_worker_evaluates_final_step(tmp_path)
   assert [entry['step'] for entry in eval_log].count(3) == 1
   assert eval_log[-1]['num_examples'] == support.MOCK_NUM_EXAMPLES
   assert 0.0 <= eval_log[-1]['top1_accuracy'] <= eval_log[-1]['top5_accuracy'] <= 1.0
+  assert 0.0 <= eval_log[-1]['knn_top1_accuracy'] <= 1.0
+  assert re.search(r'eval step 3 \| .*knn_top1_accuracy=[\d.]+, .*top1_accuracy=', eval_output)
   assert 'Evaluated the final step 3' in eval_output
 
 
@@ -317,11 +319,15 @@ def test_paper_protocol_chooses_on_valid_and_reports_only_the_chosen_run_on_test
   assert f'chose base learning rate {best["base_learning_rate"]:g} on VALID' in output
 
 
-@pytest.mark.parametrize('name, num_test_examples', [('imagenette', 3925), ('cifar10', 10000)])
+# The kNN monitor's bank is every training image: Imagenette's 9469, not CIFAR-10's 50,000 here.
+@pytest.mark.parametrize(
+  'name, num_test_examples, knn', [('imagenette', 3925, True), ('cifar10', 10000, False)]
+)
 def test_real_image_folder_pretrains_and_evaluates_every_test_image(
-  tmp_path, real_folders, name, num_test_examples
+  tmp_path, real_folders, name, num_test_examples, knn
 ):
   flags = [
+    *([] if knn else ['--override=evaluation_config.knn.k=0']),
     f'--dataset={real_folders[name]}',
     f'--checkpoint_root={tmp_path}',
     '--max_steps=2',
@@ -340,6 +346,7 @@ def test_real_image_folder_pretrains_and_evaluates_every_test_image(
   assert code == 0, output
   eval_log = [json.loads(line) for line in open(tmp_path / 'pretrain_eval.jsonl')]
   assert eval_log[-1]['num_examples'] == num_test_examples
+  assert ('knn_top1_accuracy' in eval_log[-1]) == knn
 
 
 def test_bad_datasets_are_one_clear_message(tmp_path):

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from byol import byol_experiment
-import support  # This folder is on the path.
+import on_devices  # This folder is on the path.
+import support
 
 NUM_DEVICES = 4  # Against this process's one device.
 
@@ -68,9 +69,11 @@ def test_evaluation_on_four_devices_equals_the_evaluation_on_one(output):
   # devices gathered in another order. The devices embed batches of 7 images, not 25, which may
   # round differently in the last bit; the random initialisation's 8-d embeddings have near-ties
   # (`test_evaluation.py`), so a kNN vote may flip: one test image in 1000 did once.
-  four = json.loads((output / 'evaluations.json').read_text())['25']
+  four = json.loads((output / 'evaluations.json').read_text())[str(on_devices.KNN_BATCH_SIZE)]
   experiment = byol_experiment.ByolExperiment(
-    **support.pretrain_config(output, overrides=['evaluation_config.batch_size=25'])
+    **support.pretrain_config(
+      output, overrides=[f'evaluation_config.batch_size={on_devices.KNN_BATCH_SIZE}']
+    )
   )
   assert experiment.load_checkpoint()[0] == 0
   one = experiment.evaluate(global_step=0)
