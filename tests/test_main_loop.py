@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from byol import plot
 from byol import quickstart
 from byol.utils import checkpointing
 import support
@@ -86,6 +87,8 @@ def test_train_worker_checkpoints_and_eval_worker_evaluates_final_step(tmp_path)
   assert 0.0 <= eval_log[-1]['knn_top1_accuracy'] <= 1.0
   assert re.search(r'eval step 3 \| .*knn_top1_accuracy=[\d.]+, .*top1_accuracy=', eval_output)
   assert 'Evaluated the final step 3' in eval_output
+  # Both workers' curves, drawn from those logs.
+  assert plot.plot(str(tmp_path)) == str(tmp_path / 'pretrain_curves.png')
 
 
 def test_killed_train_worker_resumes_from_saved_step(tmp_path):
