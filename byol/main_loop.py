@@ -30,6 +30,7 @@ from byol.configs import eval as eval_config
 from byol.utils import distributed
 from byol.utils import networks
 from byol.utils import precision
+from byol.utils import console
 
 FLAGS = flags.FLAGS
 
@@ -238,6 +239,7 @@ def get_config() -> dict[str, Any]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  console.use_clean_lines()
   try:
     distributed.initialize(
       coordinator_address=FLAGS.coordinator_address,

@@ -25,6 +25,7 @@ from byol import workers
 from byol.configs import byol as byol_config
 from byol.configs import datasets
 from byol.configs import eval as eval_config
+from byol.utils import console
 
 FLAGS = flags.FLAGS
 
@@ -140,6 +141,7 @@ def run(
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  console.use_clean_lines()
   try:
     run(
       FLAGS.checkpoint_root,
