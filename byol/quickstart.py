@@ -21,6 +21,7 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
+from byol import plot
 from byol import workers
 from byol.configs import byol as byol_config
 from byol.configs import datasets
@@ -129,6 +130,7 @@ def run(
   random_top1 = _linear_evaluation(
     random_root, synthetic, overrides=['allow_train_from_scratch=true'], **evaluation
   )
+  print(f'Curves of the BYOL pretraining: {plot.plot(byol_root)}', flush=True)
   minutes = (time.time() - start) / 60
   line = (
     f'Linear top-1 on the synthetic test split: BYOL {100 * byol_top1:.1f}% vs random encoder '

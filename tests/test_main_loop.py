@@ -380,6 +380,8 @@ def test_quick_start_reports_byol_against_a_random_encoder(tmp_path, capsys):
   )
   printed = capsys.readouterr().out
   assert printed.strip().splitlines()[-1] == last_line
+  curves = tmp_path / 'byol' / 'pretrain_curves.png'
+  assert f'Curves of the BYOL pretraining: {curves}\n' in printed and curves.exists()
   # Each stage prints the command that runs it alone.
   assert (
     f'$ python -m byol.main_loop --dataset=synthetic --experiment_mode=linear-eval '
