@@ -25,6 +25,9 @@ RUN = [
   '--max_steps=3',
   '--log_tensors_interval=0',
   '--eval_poll_interval=0.2',
+  # A kNN bank of the first 20 training images of each class: both processes must stop reading
+  # the training split at the same global batch (a partial bank, as ImageNet's).
+  '--override=evaluation_config.knn.bank_per_class=20',
 ]
 
 
@@ -139,7 +142,9 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
   eval_log = [json.loads(line) for line in open(roots['2x2'] / 'pretrain_eval.jsonl')]
   assert [entry['step'] for entry in eval_log] == [3]
   assert eval_log[0]['num_examples'] == SYNTHETIC_TEST_SIZE
-  assert 0.0 <= eval_log[0]['knn_top1_accuracy'] <= 1.0  # Over a bank both processes gathered.
+  assert 0.0 <= eval_log[0]['knn_top1_accuracy'] <= 1.0
+  for _, output in training:
+    assert 'kNN bank of 200 training images (20 to 20 per class)' in output
 
 
 def test_a_batch_that_does_not_split_over_the_devices_of_all_processes_is_a_clear_error(tmp_path):
