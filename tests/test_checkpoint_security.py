@@ -21,6 +21,7 @@ import optax
 import pytest
 
 from byol import byol_experiment
+from byol import export_encoder
 from byol.utils import checkpointing
 from byol.utils import optimizers
 from byol.utils import safe_pickle
@@ -657,6 +658,39 @@ def test_dict_keys_must_be_strings():
   # would make loading quadratic.
   with pytest.raises(pickle.UnpicklingError, match='dict key of type str, not int'):
     safe_pickle.loads(pickle.dumps({2**61 - 1: 1, 0: 2}))
+
+
+@pytest.mark.parametrize(
+  'initial_conv',
+  [
+    {'w': np.float32(0)},  # A scalar where a [7, 7, 3, 64] kernel belongs.
+    {'w': [1.0, 2.0]},  # A list, not an array.
+    [1, 2],  # A module that is not a dict.
+  ],
+)
+def test_an_encoder_of_malformed_arrays_is_refused_by_both_loaders(tmp_path, initial_conv):
+  # Data the safe loader accepts, in a tree Haiku could not have written: training refuses it,
+  # and so does the export, each with a CheckpointError (never an IndexError or AttributeError).
+  path, _ = support.write_pretrain_checkpoint(tmp_path)
+  checkpoint = checkpointing.load_checkpoint(path)
+  state = checkpoint['experiment_state']
+  params = dict(state.online_params, **{'tiny_res_net/~/initial_conv': initial_conv})
+  checkpoint['experiment_state'] = state._replace(online_params=params)
+  with open(path, 'wb') as f:
+    pickle.dump(checkpoint, f)
+  with pytest.raises(checkpointing.CheckpointError, match='holds tiny_res_net, classifier of'):
+    support.pretrain_experiment(tmp_path).load_checkpoint()
+  with pytest.raises(checkpointing.CheckpointError, match='is not a dict of numeric arrays'):
+    export_encoder.export_encoder(path, str(tmp_path / 'encoder.npz'))
+  assert not (tmp_path / 'encoder.npz').exists()
+
+
+def test_weights_of_another_rank_are_not_read_as_a_width_or_a_stem():
+  params = {
+    'tiny_res_net/~/initial_conv': {'w': np.zeros(3, np.float32)},  # Not [kh, kw, 3, 64 x width].
+    'classifier': {'w': np.float32(0)},
+  }
+  assert checkpointing.describe_networks(params) == 'tiny_res_net'
 
 
 # --- Real files.

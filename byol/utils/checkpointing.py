@@ -220,6 +220,18 @@ _CLASSIFIER_MODULES = ('classifier', 'linear')
 HEAD_MODULES = ('projector', 'predictor', *_CLASSIFIER_MODULES)
 
 
+def _weights_shape(params: Mapping[Any, Any], module: str, ndim: int) -> tuple[int, ...] | None:
+  """The shape of `params[module]['w']` if it is an array (or `jax.ShapeDtypeStruct`) of `ndim`
+  dimensions, else None.
+
+  The parameters may come from any file: a module that is not a dict, or weights that are not an
+  array of that rank, are described as absent rather than read.
+  """
+  values = params.get(module)
+  shape = getattr(values.get('w'), 'shape', None) if isinstance(values, Mapping) else None
+  return shape if isinstance(shape, tuple) and len(shape) == ndim else None
+
+
 def describe_networks(params: Any) -> str:
   """What a Haiku parameter tree of ours holds: 'res_net50 width 2, classifier of 1000 classes'.
 
@@ -231,16 +243,16 @@ def describe_networks(params: Any) -> str:
     return f'no Haiku parameters (a {type(params).__name__})'
   parts = []
   for network in sorted({module.split('/')[0] for module in params} - set(HEAD_MODULES)):
-    conv = params.get(f'{network}/~/initial_conv', {}).get('w')
+    conv = _weights_shape(params, f'{network}/~/initial_conv', ndim=4)  # [kh, kw, 3, 64 x width]
     if conv is None:
       parts.append(network)
       continue
-    stem = ' small-image stem' if np.shape(conv)[0] == 3 else ''
-    parts.append(f'{network} width {np.shape(conv)[-1] // 64}{stem}')
+    stem = ' small-image stem' if conv[0] == 3 else ''
+    parts.append(f'{network} width {conv[-1] // 64}{stem}')
   for module in _CLASSIFIER_MODULES:
-    weights = params.get(module, {}).get('w')
+    weights = _weights_shape(params, module, ndim=2)  # [D, classes]
     if weights is not None:
-      parts.append(f'{module} of {np.shape(weights)[-1]} classes')
+      parts.append(f'{module} of {weights[-1]} classes')
   return ', '.join(parts) or 'no network'
 
 
@@ -257,19 +269,35 @@ def encoder_from_state(experiment_state: Any, *, path: str) -> tuple[dict, dict]
     params = getattr(experiment_state, params_field, None)
     state = getattr(experiment_state, state_field, None)
     if isinstance(params, Mapping) and isinstance(state, Mapping):
-
-      def encoder_part(tree: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-          module: value
-          for module, value in tree.items()
-          if module.split('/')[0] not in HEAD_MODULES
-        }
-
-      return encoder_part(params), encoder_part(state)
+      return (
+        _encoder_part(params, path=path, field=params_field),
+        _encoder_part(state, path=path, field=state_field),
+      )
   raise CheckpointError(
     f'{path} holds no encoder (online_params and online_state, or backbone_params and '
     'backbone_state): is it a pretraining or linear-evaluation checkpoint?'
   )
+
+
+def _encoder_part(tree: Mapping[Any, Any], *, path: str, field: str) -> dict[str, Any]:
+  """The encoder's modules of a Haiku tree, {module: {name: array}}, the heads left out.
+
+  Raises CheckpointError unless each is a dict of numeric arrays: a file may hold any data the
+  safe loader accepts (its dict keys are strings), and what is exported must be what Haiku built.
+  """
+  encoder = {}
+  for module, values in tree.items():
+    if module.split('/')[0] in HEAD_MODULES:
+      continue
+    if not isinstance(values, Mapping) or not all(
+      isinstance(value, np.ndarray) and value.dtype.kind in 'biuf' for value in values.values()
+    ):
+      raise CheckpointError(
+        f'{path}: {field}[{module!r}] is not a dict of numeric arrays, as Haiku writes; the '
+        'file is damaged or not a checkpoint of this project.'
+      )
+    encoder[module] = dict(values)
+  return encoder
 
 
 def check_parameter_shapes(found: Any, wanted: Any, *, path: str, wanted_networks: str) -> None:
