@@ -206,6 +206,17 @@ class _Lines(logging.Handler):
     self.lines.append(record.getMessage())
 
 
+def run_program(module: Any, monkeypatch: Any, *argv: str) -> None:
+  """`python -m <module> *argv` in this process, for programs that define their flags with
+  `define_flags(flag_values)` when run: on flags of their own, so nothing leaks into `flags.FLAGS`.
+  """
+  values = flags.FlagValues()
+  module.define_flags(values)
+  values([module.__name__, *argv])
+  monkeypatch.setattr(module, 'FLAGS', values)
+  module.main([module.__name__])
+
+
 def run_main_loop(*argv: str) -> tuple[int, str]:
   """`python -m byol.main_loop *argv` in this process; its exit code and what it logged.
 

@@ -5,7 +5,6 @@ import pickle
 import subprocess
 import sys
 
-from absl import flags as absl_flags
 import haiku as hk
 import jax
 import numpy as np
@@ -79,15 +78,6 @@ def test_exported_encoder_gives_the_embedding_of_the_linear_evaluation_backbone(
   )
 
 
-def run_command_line(monkeypatch, *flags):
-  """`python -m byol.export_encoder *flags`, in this process, on flags of its own."""
-  values = absl_flags.FlagValues()
-  export_encoder.define_flags(values)
-  values(['byol.export_encoder', *flags])
-  monkeypatch.setattr(export_encoder, 'FLAGS', values)
-  export_encoder.main(['byol.export_encoder'])
-
-
 @pytest.mark.parametrize(
   'contents, message',
   [
@@ -106,7 +96,9 @@ def test_command_line_reports_a_bad_checkpoint_and_writes_nothing(
   bad.write_bytes(contents(marker))
   # The message alone, as the process's exit status (printed without a traceback).
   with pytest.raises(SystemExit) as exit_info:
-    run_command_line(monkeypatch, f'--checkpoint={bad}', f'--output={tmp_path / "encoder.npz"}')
+    support.run_program(
+      export_encoder, monkeypatch, f'--checkpoint={bad}', f'--output={tmp_path / "encoder.npz"}'
+    )
   assert isinstance(exit_info.value.code, str)
   assert exit_info.value.code.startswith('error: ') and message in exit_info.value.code
   assert os.listdir(tmp_path) == ['pretrain.pkl']

@@ -401,17 +401,13 @@ def test_quick_start_reports_byol_against_a_random_encoder(tmp_path, capsys):
 
 
 def test_quick_start_command_line_takes_its_flags(monkeypatch):
-  values = absl_flags.FlagValues()
-  quickstart.define_flags(values)
-  values(
-    ['byol.quickstart', '--checkpoint_root=/somewhere', '--pretrain_steps=7', '--batch_size=4']
-  )
   calls = []
-  monkeypatch.setattr(quickstart, 'FLAGS', values)
   monkeypatch.setattr(quickstart, 'run', lambda *args, **kwargs: calls.append((args, kwargs)))
-  quickstart.main(['byol.quickstart'])
+  support.run_program(
+    quickstart, monkeypatch, '--checkpoint_root=/somewhere', '--pretrain_steps=7', '--batch_size=4'
+  )
   assert calls == [
     (('/somewhere',), dict(pretrain_steps=7, linear_eval_steps=300, batch_size=4, log_interval=20))
   ]
   with pytest.raises(absl_flags.IllegalFlagValueError, match='pretrain_steps'):
-    values(['byol.quickstart', '--pretrain_steps=0'])
+    support.run_program(quickstart, monkeypatch, '--pretrain_steps=0')

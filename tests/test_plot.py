@@ -6,6 +6,7 @@ from absl import flags as absl_flags
 import pytest
 
 from byol import plot
+import support  # This folder is on the path.
 
 TRAIN = [
   dict(
@@ -96,11 +97,7 @@ def test_a_corrupt_line_is_named(tmp_path):
 
 def test_command_line_writes_the_png_or_says_where_it_found_no_logs(tmp_path, monkeypatch, capsys):
   def run(*argv):
-    values = absl_flags.FlagValues()
-    plot.define_flags(values)
-    values(['byol.plot', *argv])
-    monkeypatch.setattr(plot, 'FLAGS', values)
-    plot.main(['byol.plot'])
+    support.run_program(plot, monkeypatch, *argv)
 
   with pytest.raises(SystemExit, match='error: No pretrain_train.jsonl or pretrain_eval.jsonl'):
     run(f'--checkpoint_root={tmp_path}')
