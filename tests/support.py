@@ -5,12 +5,14 @@ plumbing of tests that start processes.
 """
 
 import contextlib
+import fcntl
 import logging
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 import zlib
 
 from absl import flags
@@ -245,6 +247,29 @@ def run_main_loop(*argv: str) -> tuple[int, str]:
 
 
 # Tests that start processes.
+
+
+def once_per_session(
+  tmp_path_factory: Any, name: str, make: Callable[[pathlib.Path], None]
+) -> pathlib.Path:
+  """The folder `name`, filled by `make(folder)` once per test session.
+
+  The workers of `pytest -n` share it: the first to ask makes it under a lock, while the others
+  wait for it; a folder left half-made (its maker failed) is made again.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # The session's folder, above each worker's own.
+  folder, complete = root / name, root / f'{name}.complete'
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+    if not complete.exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      make(folder)
+      complete.touch()
+  return folder
+
 
 # XLA's flags for the tests, here and in the processes they start (see conftest.py). Both exist in
 # jaxlib 0.10.2; a jaxlib without one of them stops at start with "Unknown flags in XLA_FLAGS":

@@ -22,18 +22,21 @@ NUM_DEVICES = 4  # Against this process's one device.
 
 @pytest.fixture(scope='module')
 def output(tmp_path_factory):
-  """The folder of `tests/on_devices.py 4 FOLDER`, run in a process of four devices."""
-  folder = tmp_path_factory.mktemp(f'devices_{NUM_DEVICES}')
-  process = subprocess.Popen(
-    [sys.executable, str(support.ROOT / 'tests' / 'on_devices.py'), str(NUM_DEVICES), str(folder)],
-    cwd=support.ROOT,
-    env=support.environment(devices=NUM_DEVICES),
-  )
-  try:
-    assert process.wait(timeout=400) == 0
-  finally:
-    process.kill()
-  return folder
+  """The folder of `tests/on_devices.py 4 FOLDER`, run in a process of four devices once per
+  session (the workers of `pytest -n` share it)."""
+
+  def run_on_devices(folder):
+    process = subprocess.Popen(
+      [sys.executable, str(support.ROOT / 'tests' / 'on_devices.py'), str(NUM_DEVICES), folder],
+      cwd=support.ROOT,
+      env=support.environment(devices=NUM_DEVICES),
+    )
+    try:
+      assert process.wait(timeout=400) == 0
+    finally:
+      process.kill()
+
+  return support.once_per_session(tmp_path_factory, f'devices_{NUM_DEVICES}', run_on_devices)
 
 
 def test_update_on_four_devices_equals_the_update_on_one(output, tmp_path):
