@@ -54,7 +54,8 @@ def _format_scalars(scalars: Mapping[str, float]) -> str:
 def train_loop(
   config: Mapping[str, Any], experiment_mode: str, *, log_interval: float = 60.0
 ) -> experiment_lib.Experiment:
-  """Trains until `max_steps`, resuming from the checkpoint, saving periodically and at the end.
+  """Trains until `max_steps`, resuming from the checkpoint, saving at the start of a fresh run,
+  periodically and at the end.
 
   Args:
     config: the experiment's config (`get_config`).
@@ -84,6 +85,9 @@ def train_loop(
       max_steps,
       config['batch_size'],
     )
+    # The initial state, written while the first update compiles: an eval worker's curve then
+    # starts at step 0, the run's random initialisation (the baseline of its kNN and classifier).
+    experiment.save_checkpoint(global_step=0, rng=loop_rng, block=False)
   else:
     step, loop_rng = restored
     logging.info('Resumed from %s at step %d of %d.', experiment.checkpoint_path, step, max_steps)

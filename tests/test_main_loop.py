@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from byol import byol_experiment
 from byol import plot
 from byol import quickstart
 from byol.utils import checkpointing
@@ -113,6 +114,26 @@ def test_killed_train_worker_resumes_from_saved_step(tmp_path):
   # The resumed run logs only the steps it trained.
   steps = [json.loads(line)['step'] for line in open(tmp_path / 'pretrain_train.jsonl')]
   assert steps[-2:] == [saved_step + 1, saved_step + 2]
+
+
+def test_a_fresh_run_saves_its_initial_state_as_step_0(tmp_path, monkeypatch):
+  # The first update fails: the initial state was already saved, for an eval worker's step 0.
+  def failing_step(self, *, global_step, rng):
+    raise RuntimeError(f'update {global_step} failed')
+
+  monkeypatch.setattr(byol_experiment.ByolExperiment, 'step', failing_step)
+  with pytest.raises(RuntimeError, match='update 0 failed'):
+    run('--worker_mode=train', f'--checkpoint_root={tmp_path}', '--max_steps=3', *TINY_RUN)
+  deadline = time.time() + 60  # Written in the background while the first update started.
+  while not (tmp_path / 'pretrain.pkl').exists():
+    assert time.time() < deadline, 'no step-0 checkpoint'
+    time.sleep(0.1)
+  checkpoint = checkpointing.load_checkpoint(str(tmp_path / 'pretrain.pkl'))
+  assert checkpoint['step'] == 0
+  # The state before any update: every momentum of the optimiser is still zero.
+  momenta = jax.tree.leaves(checkpoint['experiment_state'].opt_state)
+  assert any(leaf.size > 1000 for leaf in momenta)
+  assert all(not np.any(leaf) for leaf in momenta if np.issubdtype(leaf.dtype, np.floating))
 
 
 def test_missing_imagenet_is_one_clear_message(tmp_path):
