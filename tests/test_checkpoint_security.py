@@ -693,6 +693,26 @@ def test_weights_of_another_rank_are_not_read_as_a_width_or_a_stem():
   assert checkpointing.describe_networks(params) == 'tiny_res_net'
 
 
+def test_a_state_tuple_with_a_shape_field_is_not_read_as_weights():
+  # A stand-in state tuple of the file's own fields may have one named 'shape', holding anything.
+  fake = safe_pickle.loads(
+    whole(
+      new(
+        call(
+          global_('dill._dill._create_namedtuple'),
+          text('TraceState'),
+          tuple_(text('shape')),
+          text(optax.TraceState.__module__),
+        ),
+        tuple_(text('a'), text('b'), text('c'), text('d')),
+      )
+    )
+  )
+  assert fake.shape == ('a', 'b', 'c', 'd')
+  params = {'res_net18/~/initial_conv': {'w': fake}, 'classifier': {'w': fake}}
+  assert checkpointing.describe_networks(params) == 'res_net18'
+
+
 # --- Real files.
 
 

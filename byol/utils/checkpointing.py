@@ -225,11 +225,14 @@ def _weights_shape(params: Mapping[Any, Any], module: str, ndim: int) -> tuple[i
   dimensions, else None.
 
   The parameters may come from any file: a module that is not a dict, or weights that are not an
-  array of that rank, are described as absent rather than read.
+  array of that rank, are described as absent rather than read. So is anything else with a
+  `shape` that is not a tuple of integers (a state tuple of the file's own fields can have one).
   """
   values = params.get(module)
   shape = getattr(values.get('w'), 'shape', None) if isinstance(values, Mapping) else None
-  return shape if isinstance(shape, tuple) and len(shape) == ndim else None
+  if not (isinstance(shape, tuple) and all(isinstance(size, int) for size in shape)):
+    return None
+  return shape if len(shape) == ndim else None
 
 
 def describe_networks(params: Any) -> str:
