@@ -246,7 +246,7 @@ def run_main_loop(*argv: str) -> tuple[int, str]:
   return code, '\n'.join(lines.lines)
 
 
-# Tests that start processes.
+# Folders the workers of a session share.
 
 
 def once_per_session(
@@ -269,6 +269,9 @@ def once_per_session(
       make(folder)
       complete.touch()
   return folder
+
+
+# Tests that start processes.
 
 
 # XLA's flags for the tests, here and in the processes they start (see conftest.py). Both exist in

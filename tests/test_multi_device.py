@@ -26,15 +26,13 @@ def output(tmp_path_factory):
   session (the workers of `pytest -n` share it)."""
 
   def run_on_devices(folder):
-    process = subprocess.Popen(
+    subprocess.run(
       [sys.executable, str(support.ROOT / 'tests' / 'on_devices.py'), str(NUM_DEVICES), folder],
       cwd=support.ROOT,
       env=support.environment(devices=NUM_DEVICES),
+      timeout=400,  # Killed then.
+      check=True,
     )
-    try:
-      assert process.wait(timeout=400) == 0
-    finally:
-      process.kill()
 
   return support.once_per_session(tmp_path_factory, f'devices_{NUM_DEVICES}', run_on_devices)
 
