@@ -67,14 +67,20 @@ def make_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   foreground, background = (
     colours.reshape(size, tiles, tiles, 3) for colours in _contrasting_colours(rng, size * tiles**2)
   )  # [N, T, T, 3] each, in [0, 1]
-  image_index = np.arange(size)[:, None, None]
+  # Each image's palette of its 2 * T * T colours, background first; a pixel's colour is one
+  # gather from it (a quarter of the time of two fancy-indexed gathers and a select).
+  palette = np.stack([background, foreground], axis=1).reshape(size, 2 * tiles**2, 3)
   row = np.floor(offset_y).astype(int) + 1  # [N, S, 1], tile rows from 0
   column = np.floor(offset_x).astype(int) + 1  # [N, 1, S]
-  images = np.where(
-    mask[..., None], foreground[image_index, row, column], background[image_index, row, column]
+  colour_index = (mask * tiles + row) * tiles + column  # [N, S, S]
+  images = np.take_along_axis(palette, colour_index.reshape(size, -1, 1), axis=1).reshape(
+    size, IMAGE_SIZE, IMAGE_SIZE, 3
   )  # [N, S, S, 3]
-  images = images + rng.normal(0.0, 0.06, images.shape)
-  return np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8), labels.astype(np.int64)
+  # In place: each float64 temporary of the training split is 120 MB.
+  images += rng.normal(0.0, 0.06, images.shape)
+  np.clip(images, 0.0, 1.0, out=images)
+  images *= 255
+  return np.round(images, out=images).astype(np.uint8), labels.astype(np.int64)
 
 
 _Mask = Callable[[np.ndarray, np.ndarray], np.ndarray]
