@@ -35,6 +35,10 @@ _PANELS = (
   ('learning rate', [('train', 'learning_rate', 'learning rate')]),
   ('target EMA rate tau', [('train', 'tau', 'tau')]),
   (
+    'embedding entries at 0',
+    [('train', 'embedding_zero_fraction', 'online encoder, both views (1: dead)')],
+  ),
+  (
     'top-1 accuracy',
     [
       ('train', 'top1_accuracy', 'train batch (online classifier)'),

@@ -1,6 +1,7 @@
 """The pretraining experiment itself: its parameter tree, one update, and checkpoint checks."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -159,6 +160,35 @@ def test_repr_loss_pairs_each_views_prediction_with_the_other_views_target_proje
   np.testing.assert_allclose(repr_loss, expected, rtol=rtol)
   assert abs(self_paired - expected) > 100 * rtol * expected, (self_paired, expected)
   assert abs(repr_loss - self_paired) > 100 * rtol * expected, (repr_loss, self_paired)
+
+
+def test_embedding_zero_fraction_counts_the_online_embeddings_entries_at_zero(tmp_path):
+  experiment = support.pretrain_experiment(tmp_path)
+  experiment.initialize(jax.random.key(0))
+  state = experiment.state
+  forward = jax.jit(experiment._forward.apply, static_argnames='is_training')
+  inputs = support.random_views(experiment)
+  target_outputs, _ = forward(state.target_params, state.target_state, inputs, is_training=True)
+
+  def encoder_offsets_at(value):
+    # Every BatchNorm offset of the encoder at -100 turns every ReLU after it off: a dead encoder.
+    def set_offset(path, leaf):
+      name = jax.tree_util.keystr(path)
+      return jnp.full_like(leaf, value) if 'res_net' in name and "['offset']" in name else leaf
+
+    return jax.tree_util.tree_map_with_path(set_offset, state.online_params)
+
+  fractions = []
+  for params in (state.online_params, encoder_offsets_at(-100.0)):
+    online_outputs, _ = forward(params, state.online_state, inputs, is_training=True)
+    _, (_, logs) = experiment._loss_fn(params, state.online_state, target_outputs, inputs)
+    embeddings = np.stack([np.asarray(online_outputs[v]['embedding']) for v in ('view1', 'view2')])
+    assert embeddings.shape == (2, support.BATCH_SIZE, 8)  # TinyResNet: 8 channels.
+    np.testing.assert_allclose(
+      float(logs['embedding_zero_fraction']), np.mean(embeddings == 0), rtol=1e-6
+    )
+    fractions.append(float(logs['embedding_zero_fraction']))
+  assert 0.0 < fractions[0] < 1.0 and fractions[1] == 1.0, fractions
 
 
 def test_checkpoint_of_another_encoder_is_refused_with_both_names(tmp_path):

@@ -17,6 +17,7 @@ TRAIN = [
     top1_accuracy=0.1,
     learning_rate=0.1,
     tau=0.99,
+    embedding_zero_fraction=0.5,
   ),
   dict(
     step=2,
@@ -26,6 +27,7 @@ TRAIN = [
     top1_accuracy=0.2,
     learning_rate=0.2,
     tau=0.995,
+    embedding_zero_fraction=0.75,
   ),
 ]
 EVAL = [
@@ -71,14 +73,19 @@ def test_each_logged_scalar_is_drawn_against_its_steps(tmp_path):
   assert drawn[('top-1 accuracy', 'test (online classifier)')] == ([1, 2], [0.15, 0.25])
   assert drawn[('top-1 accuracy', 'train batch (online classifier)')] == ([1, 2], [0.1, 0.2])
   assert drawn[('target EMA rate tau', 'tau')] == ([1, 2], [0.99, 0.995])
+  assert drawn[('embedding entries at 0', 'online encoder, both views (1: dead)')] == (
+    [1, 2],
+    [0.5, 0.75],
+  )
   assert drawn[('learning rate', 'learning rate')] == ([1, 2], [0.1, 0.2])
   assert drawn[('loss', 'train BYOL loss')] == ([1, 2], [3.0, 2.7])
   assert drawn[('loss', 'test classifier loss')] == ([1, 2], [2.0, 1.9])
-  assert len(drawn) == 9
+  assert len(drawn) == 10
 
 
 def test_a_linear_evaluation_has_no_tau_or_knn_panel(tmp_path):
-  train = [{k: v for k, v in row.items() if k not in ('tau', 'repr_loss')} for row in TRAIN]
+  linear_eval_only = ('tau', 'repr_loss', 'embedding_zero_fraction')  # Pretraining's scalars.
+  train = [{k: v for k, v in row.items() if k not in linear_eval_only} for row in TRAIN]
   evaluations = [{k: v for k, v in row.items() if k != 'knn_top1_accuracy'} for row in EVAL]
   write_logs(tmp_path, 'linear-eval', train, evaluations)
   output = tmp_path / 'out.png'
