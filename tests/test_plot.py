@@ -84,8 +84,8 @@ def test_each_logged_scalar_is_drawn_against_its_steps(tmp_path):
 
 
 def test_a_linear_evaluation_has_no_tau_or_knn_panel(tmp_path):
-  linear_eval_only = ('tau', 'repr_loss', 'embedding_zero_fraction')  # Pretraining's scalars.
-  train = [{k: v for k, v in row.items() if k not in linear_eval_only} for row in TRAIN]
+  pretraining_only = ('tau', 'repr_loss', 'embedding_zero_fraction')
+  train = [{k: v for k, v in row.items() if k not in pretraining_only} for row in TRAIN]
   evaluations = [{k: v for k, v in row.items() if k != 'knn_top1_accuracy'} for row in EVAL]
   write_logs(tmp_path, 'linear-eval', train, evaluations)
   output = tmp_path / 'out.png'
