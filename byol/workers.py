@@ -96,12 +96,23 @@ def train_loop(
 
   last_log_time = last_save_time = time.time()
   last_log_step = step
+  if step < max_steps:
+    # Each checkpoint is saved with the input's position at its step (asked for ahead, as the
+    # input runs ahead of training): a run resumed from it is fed what this one would have been.
+    experiment.schedule_checkpoint(max_steps)
+  next_save = None  # The step of the next periodic checkpoint, once scheduled.
+  if save_interval <= 0:  # A checkpoint at every step.
+    next_save = experiment.schedule_checkpoint(step + 1)
   while step < max_steps:
     logs = experiment.step(global_step=step, rng=jax.random.fold_in(loop_rng, step))
     step += 1
     now = time.time()
     log_due = now - last_log_time >= log_interval or step == max_steps
-    save_due = now - last_save_time >= save_interval and step < max_steps
+    save_due = step == next_save and step < max_steps
+    if save_due:
+      next_save = None
+    elif next_save is None and now - last_save_time >= save_interval:
+      next_save = experiment.schedule_checkpoint(step + 1)
     if not (log_due or save_due):
       continue  # No host sync: the next step is dispatched while this one runs.
     scalars = {name: float(value) for name, value in helpers.to_host(logs).items()}
@@ -129,6 +140,8 @@ def train_loop(
       # Written by a background thread while the next steps train.
       experiment.save_checkpoint(global_step=step, rng=loop_rng, block=False)
       last_save_time = time.time()
+      if save_interval <= 0:
+        next_save = experiment.schedule_checkpoint(step + 1)
   experiment.save_checkpoint(global_step=step, rng=loop_rng)
   logging.info('Training done at step %d; checkpoint %s.', step, experiment.checkpoint_path)
   return experiment

@@ -353,6 +353,70 @@ def test_training_batches_are_the_same_in_every_run_with_a_seed(tiny_data_dir):
   )
 
 
+@pytest.mark.parametrize('source', ['tfds', 'folder', 'synthetic'])
+@pytest.mark.parametrize(
+  'mode', [dataset.PreprocessMode.PRETRAIN, dataset.PreprocessMode.LINEAR_TRAIN]
+)
+def test_a_saved_position_restores_the_batches_that_follow_it(
+  tiny_data_dir, tmp_path, source, mode
+):
+  name = {
+    'tfds': DatasetTestTinyImages.name,
+    'folder': write_image_folder(
+      tmp_path / 'images', {'train': {'a': 9, 'b': 8}, 'test': {'a': 2}}
+    ),
+    'synthetic': 'synthetic',
+  }[source]
+
+  def load():
+    return dataset.load(
+      dataset.Split.TRAIN_AND_VALID,
+      dataset_name=name,
+      data_dir=tiny_data_dir,
+      image_size=IMAGE_SIZE,
+      preprocess_mode=mode,
+      batch_dims=[6],
+      shards=[0, 1],
+      num_shards=2,
+      seed=0,
+    )
+
+  run = load()
+  for _ in range(3):  # Past the end of the shards' first epoch (and their shuffle buffers' fill).
+    next(run)
+  run.save(str(tmp_path / 'position' / 'at_3'))
+  expected = [next(run) for _ in range(3)]
+  resumed = load()
+  resumed.restore(str(tmp_path / 'position' / 'at_3'))
+  for batch, batch_again in zip(expected, [next(resumed) for _ in range(3)]):
+    for key in batch:
+      np.testing.assert_array_equal(batch[key], batch_again[key], err_msg=key)
+
+
+def test_a_missing_or_damaged_position_is_a_clear_error(tmp_path):
+  def load():
+    return dataset.load(
+      dataset.Split.TRAIN,
+      dataset_name='synthetic',
+      preprocess_mode=dataset.PreprocessMode.PRETRAIN,
+      batch_dims=[4],
+      image_size=16,
+      shards=[0],
+      num_shards=1,
+      seed=0,
+    )
+
+  with pytest.raises(dataset.DatasetError, match='Cannot read the input position'):
+    load().restore(str(tmp_path / 'nothing'))
+  saved = load()
+  next(saved)
+  saved.save(str(tmp_path / 'position'))
+  data_file = next(tmp_path.glob('position.data-*'))
+  data_file.write_bytes(data_file.read_bytes()[:100])  # Truncated.
+  with pytest.raises(dataset.DatasetError, match='Delete its folder'):
+    load().restore(str(tmp_path / 'position'))
+
+
 # ----------------------------------------------------------------------------------- splits
 
 

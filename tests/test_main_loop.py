@@ -5,7 +5,6 @@ import os
 import pickle
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -90,30 +89,6 @@ def test_train_worker_checkpoints_and_eval_worker_evaluates_final_step(tmp_path)
   assert 'Evaluated the final step 3' in eval_output
   # Both workers' curves, drawn from those logs.
   assert plot.plot(str(tmp_path)) == str(tmp_path / 'pretrain_curves.png')
-
-
-def test_killed_train_worker_resumes_from_saved_step(tmp_path):
-  flags = [f'--checkpoint_root={tmp_path}', '--save_checkpoint_interval=0', *TINY_RUN]
-  trainer = start('--worker_mode=train', '--max_steps=1000', *flags)
-  try:
-    deadline = time.time() + 240
-    while not (tmp_path / 'pretrain.pkl').exists() or checkpoint_step(tmp_path) < 2:
-      assert trainer.poll() is None, trainer.communicate()[0]
-      assert time.time() < deadline, 'no checkpoint written in time'
-      time.sleep(0.2)
-  finally:
-    trainer.send_signal(signal.SIGKILL)
-    trainer.communicate()
-  saved_step = checkpoint_step(tmp_path)  # The checkpoint survives the kill, whenever it came.
-
-  code, output = run('--worker_mode=train', f'--max_steps={saved_step + 2}', *flags)
-  assert code == 0, output
-  assert f'at step {saved_step} of {saved_step + 2}' in output
-  assert 'No checkpoint to resume from' not in output
-  assert checkpoint_step(tmp_path) == saved_step + 2
-  # The resumed run logs only the steps it trained.
-  steps = [json.loads(line)['step'] for line in open(tmp_path / 'pretrain_train.jsonl')]
-  assert steps[-2:] == [saved_step + 1, saved_step + 2]
 
 
 def test_a_fresh_run_saves_its_initial_state_as_step_0(tmp_path, monkeypatch):

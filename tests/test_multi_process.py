@@ -129,12 +129,21 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
   assert sorted(path.name for path in roots['2x2'].iterdir()) == [
     'pretrain.config.json',
     'pretrain.pkl',
+    'pretrain.pkl.input',
     'pretrain_eval.jsonl',
     'pretrain_train.jsonl',
     'state_0.npz',
     'state_1.npz',
     'tensorboard',
   ]
+  # Each process saved its own input's position for the final checkpoint (after 4 batches).
+  assert sorted(path.name for path in (roots['2x2'] / 'pretrain.pkl.input').iterdir()) == [
+    'process_0_of_2',
+    'process_1_of_2',
+  ]
+  for process in range(2):
+    folder = roots['2x2'] / 'pretrain.pkl.input' / f'process_{process}_of_2'
+    assert [path.name for path in folder.iterdir()] == ['batches_4']
   # The two processes evaluated the final step once, over every test example once (the 1000 test
   # images in 36 batches of 28, the last one padded).
   for _, output in training:

@@ -198,7 +198,15 @@ class Checkpointer:
 
   def _write(self, checkpoint: dict[str, Any]) -> None:
     """Pickles `checkpoint` over the checkpoint file, atomically (`write_atomically`)."""
-    write_atomically(self._path, lambda f: dill.dump(checkpoint, f, protocol=_PROTOCOL))
+    try:
+      write_atomically(self._path, lambda f: dill.dump(checkpoint, f, protocol=_PROTOCOL))
+    except OSError as error:  # A full disk, a folder made read-only or removed.
+      folder = os.path.dirname(self._path) or '.'
+      raise CheckpointError(
+        f'Cannot write the checkpoint of step {checkpoint["step"]} to {folder} '
+        f'({error.strerror or error}); {self._path} is left as it was. Free space there or pass '
+        'a writable --checkpoint_root, then start the run again: it resumes from that checkpoint.'
+      ) from None
     logging.info('Saved step %d to %s.', checkpoint['step'], self._path)
 
   def restore(self) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ train and eval workers need around them: devices and shardings, the learning rat
 input, evaluation over a split, and checkpoints that are checked before they are used.
 """
 
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from absl import logging
 import jax
@@ -17,6 +17,7 @@ from byol.utils import cpu_kernels
 from byol.utils import dataset
 from byol.utils import evaluation
 from byol.utils import helpers
+from byol.utils import input_state
 from byol.utils import networks
 from byol.utils import precision
 from byol.utils import schedules
@@ -82,7 +83,9 @@ class Experiment:
     self._replicated = helpers.replicated(mesh)
     self._batch_sharding = helpers.batch_sharded(mesh)
     self._state: tuple | None = None
-    self._train_input: Iterator[Batch] | None = None
+    self._train_input: input_state.DeviceInput | None = None
+    # Training batches the state has used: the initialisation takes one, then one per step.
+    self._input_batches_used = 0
 
   # ------------------------------------------------------------------------------- subclass hooks
 
@@ -121,17 +124,41 @@ class Experiment:
     return self._state
 
   def _next_train_batch(self) -> Batch:
-    """The next training batch on the devices; the input pipeline starts on the first call."""
+    """The next training batch on the devices."""
+    return next(self._training_input())
+
+  def _training_input(self) -> input_state.DeviceInput:
+    """The training input; started on first use, where the loaded checkpoint's run stood."""
     if self._train_input is None:
-      self._train_input = dataset.load_to_devices(
-        dataset.Split.from_string(self._dataset_config['train_split']),
-        preprocess_mode=self._train_preprocess_mode,
-        global_batch_size=self._batch_size,
-        dataset_config=self._dataset_config,
-        sharding=self._batch_sharding,
-        seed=self._random_seed,
+      split = dataset.Split.from_string(self._dataset_config['train_split'])
+      shards, num_shards = helpers.local_shards(self._batch_sharding.mesh)
+      self._train_input = input_state.DeviceInput(
+        dataset.load_for_devices(
+          split,
+          preprocess_mode=self._train_preprocess_mode,
+          global_batch_size=self._batch_size,
+          dataset_config=self._dataset_config,
+          sharding=self._batch_sharding,
+          seed=self._random_seed,
+        ),
+        self._batch_sharding,
+        checkpoint_path=self._checkpointer.path,
+        # What decides the order of the batches and this process's rows of them.
+        layout=dict(
+          dataset=self._dataset_config['name'],
+          split=split.name,
+          preprocessing=self._train_preprocess_mode.name,
+          image_size=self._dataset_config['image_size'],
+          batch_size=self._batch_size,
+          seed=self._random_seed,
+          shards=shards,
+          num_shards=num_shards,
+        ),
       )
-    return next(self._train_input)
+      input_state.resume(
+        self._train_input, self._input_batches_used, checkpoint_path=self._checkpointer.path
+      )
+    return self._train_input
 
   def _evaluate_with(
     self, batch_sums_fn: Callable[[Batch], Scalars], global_step: int
@@ -180,6 +207,17 @@ class Experiment:
     """Where `save_checkpoint` writes and `load_checkpoint` reads."""
     return self._checkpointer.path
 
+  def schedule_checkpoint(self, global_step: int) -> int:
+    """Has the training input save its position for the checkpoint of `global_step`, or of the
+    first later step it still can, and returns that step.
+
+    The input runs batches ahead of training, so its position at a step must be asked for before
+    the input passes it; a checkpoint saved at that step then resumes exactly (`input_state`).
+    """
+    train_input = self._training_input()
+    batches = max(global_step + 1, train_input.next_position)  # Used by the state at that step.
+    return train_input.request_position(batches) - 1
+
   def save_checkpoint(self, *, global_step: int, rng: jax.Array, block: bool = True) -> None:
     """Writes the state, step and loop key (process 0 only, atomically).
 
@@ -221,6 +259,8 @@ class Experiment:
         'another folder as pretrain.pkl and run --experiment_mode=linear-eval there.'
       )
     self._state = jax.device_put(self._state_class(*state), self._replicated)
+    self._train_input = None  # Training goes on from this checkpoint's input position.
+    self._input_batches_used = checkpoint['step'] + 1
     return checkpoint['step'], checkpoint['rng']
 
   def _train_batch_shapes(self) -> dict[str, jax.ShapeDtypeStruct]:

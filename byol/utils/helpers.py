@@ -1,7 +1,7 @@
 """Losses, metrics and device helpers shared by the pretraining and evaluation experiments."""
 
 import collections
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -111,22 +111,32 @@ def to_global_batch(local_batch: Mapping[str, np.ndarray], sharding: NamedShardi
 
 
 def prefetch_to_device(
-  local_batches: Iterable[Mapping[str, np.ndarray]], sharding: NamedSharding, size: int = 2
+  local_batches: Iterable[Mapping[str, np.ndarray]],
+  sharding: NamedSharding,
+  size: int = 2,
+  before_pull: Callable[[int], None] | None = None,
 ) -> Iterator[dict]:
   """Yields global device batches, keeping `size` transfers in flight ahead of the consumer.
 
   Transfers are asynchronous, so the host-to-device copy of the next batches overlaps the step that
-  runs on the current one.
+  runs on the current one. `before_pull(n)`, if given, is called before the n-th batch (from 0) is
+  taken from `local_batches`: the place to save the position of an input (`input_state`).
   """
   queue = collections.deque()
   iterator = iter(local_batches)
+  pulled = 0
 
   def enqueue(count: int) -> None:
-    for local_batch in iterator:
+    nonlocal pulled
+    for _ in range(count):
+      if before_pull is not None:
+        before_pull(pulled)
+      try:
+        local_batch = next(iterator)
+      except StopIteration:
+        return
+      pulled += 1
       queue.append(to_global_batch(local_batch, sharding))
-      count -= 1
-      if count == 0:
-        break
 
   enqueue(size)
   while queue:

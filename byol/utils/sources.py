@@ -177,7 +177,10 @@ def _as_dataset(
       shuffle_files=shuffle_files,
       # Decoding is left to the crops, which decode only the window they keep.
       decoders={'image': tfds.decode.SkipDecoding()},
-      read_config=tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True),
+      # No in-memory cache of small datasets: tf.data cannot save the position of a pipeline
+      # with one in it other than by writing the whole cache (`dataset.HostBatches.save`), and
+      # each evaluation builds its pipeline anew, so a cache would never be read again anyway.
+      read_config=tfds.ReadConfig(shuffle_seed=seed, skip_prefetch=True, try_autocache=False),
     )
   except AssertionError:
     if builder.data_path.exists():
