@@ -6,6 +6,7 @@ explicit settings, never flags: `byol.main_loop` runs them for the command line,
 and the tests call them directly.
 """
 
+import contextlib
 import copy
 import json
 import math
@@ -49,6 +50,22 @@ EXPERIMENTS = {
 
 def _format_scalars(scalars: Mapping[str, float]) -> str:
   return ', '.join(f'{name}={value:.4g}' for name, value in sorted(scalars.items()))
+
+
+# In a run of several processes, every process saves its input's position at the steps of process
+# 0's checkpoints: process 0's clock decides, and tells the others (a host sync) every this many
+# steps only.
+_SAVE_DECISION_STEPS = 20
+
+
+def _save_is_due(elapsed: float, save_interval: float, step: int) -> bool:
+  """Whether to schedule a checkpoint, `elapsed` seconds after the last one; the same answer in
+  every process of the run."""
+  if save_interval <= 0 or jax.process_count() == 1:
+    return elapsed >= save_interval
+  if step % _SAVE_DECISION_STEPS:
+    return False
+  return bool(distributed.from_process_0(np.asarray(elapsed >= save_interval)))
 
 
 def train_loop(
@@ -96,52 +113,58 @@ def train_loop(
 
   last_log_time = last_save_time = time.time()
   last_log_step = step
-  if step < max_steps:
-    # Each checkpoint is saved with the input's position at its step (asked for ahead, as the
-    # input runs ahead of training): a run resumed from it is fed what this one would have been.
-    experiment.schedule_checkpoint(max_steps)
   next_save = None  # The step of the next periodic checkpoint, once scheduled.
-  if save_interval <= 0:  # A checkpoint at every step.
-    next_save = experiment.schedule_checkpoint(step + 1)
-  while step < max_steps:
-    logs = experiment.step(global_step=step, rng=jax.random.fold_in(loop_rng, step))
-    step += 1
-    now = time.time()
-    log_due = now - last_log_time >= log_interval or step == max_steps
-    save_due = step == next_save and step < max_steps
-    if save_due:
-      next_save = None
-    elif next_save is None and now - last_save_time >= save_interval:
-      next_save = experiment.schedule_checkpoint(step + 1)
-    if not (log_due or save_due):
-      continue  # No host sync: the next step is dispatched while this one runs.
-    scalars = {name: float(value) for name, value in helpers.to_host(logs).items()}
-    if not math.isfinite(scalars['loss']):
-      experiment.wait_for_checkpoint()  # The last good step's, if one is being written.
-      raise FloatingPointError(
-        f'The loss became {scalars["loss"]} at step {step}; stopping without saving. The last '
-        f'good checkpoint is {experiment.checkpoint_path}.'
-      )
-    if log_due:
-      now = time.time()
-      images_per_second = (step - last_log_step) * config['batch_size'] / (now - last_log_time)
-      eta = (max_steps - step) * config['batch_size'] / images_per_second
-      logging.info(
-        'step %d/%d | %.1f images/s | ETA %s | %s',
-        step,
-        max_steps,
-        images_per_second,
-        _format_duration(eta),
-        _format_scalars(scalars),
-      )
-      scalar_log.write(step, dict(scalars, images_per_second=images_per_second))
-      last_log_time, last_log_step = now, step
-    if save_due:
-      # Written by a background thread while the next steps train.
-      experiment.save_checkpoint(global_step=step, rng=loop_rng, block=False)
-      last_save_time = time.time()
-      if save_interval <= 0:
+  try:
+    if step < max_steps:
+      # Each checkpoint is saved with the input's position at its step (asked for ahead, as the
+      # input runs ahead of training): a run resumed from it is fed what this one would have been.
+      experiment.schedule_checkpoint(max_steps)
+      if save_interval <= 0:  # A checkpoint at every step.
         next_save = experiment.schedule_checkpoint(step + 1)
+    while step < max_steps:
+      logs = experiment.step(global_step=step, rng=jax.random.fold_in(loop_rng, step))
+      step += 1
+      now = time.time()
+      log_due = now - last_log_time >= log_interval or step == max_steps
+      save_due = step == next_save and step < max_steps
+      if save_due:
+        next_save = None
+      elif next_save is None and _save_is_due(now - last_save_time, save_interval, step):
+        next_save = experiment.schedule_checkpoint(step + 1)
+      if not (log_due or save_due):
+        continue  # No host sync: the next step is dispatched while this one runs.
+      scalars = {name: float(value) for name, value in helpers.to_host(logs).items()}
+      if not math.isfinite(scalars['loss']):
+        raise FloatingPointError(
+          f'The loss became {scalars["loss"]} at step {step}; stopping without saving. The last '
+          f'good checkpoint is {experiment.checkpoint_path}.'
+        )
+      if log_due:
+        now = time.time()
+        images_per_second = (step - last_log_step) * config['batch_size'] / (now - last_log_time)
+        eta = (max_steps - step) * config['batch_size'] / images_per_second
+        logging.info(
+          'step %d/%d | %.1f images/s | ETA %s | %s',
+          step,
+          max_steps,
+          images_per_second,
+          _format_duration(eta),
+          _format_scalars(scalars),
+        )
+        scalar_log.write(step, dict(scalars, images_per_second=images_per_second))
+        last_log_time, last_log_step = now, step
+      if save_due:
+        # Written by a background thread while the next steps train.
+        experiment.save_checkpoint(global_step=step, rng=loop_rng, block=False)
+        last_save_time = time.time()
+        if save_interval <= 0:
+          next_save = experiment.schedule_checkpoint(step + 1)
+  except BaseException:
+    # The last good checkpoint reaches the disk before the error is reported (its own write
+    # error, if any, is the lesser news).
+    with contextlib.suppress(Exception):
+      experiment.wait_for_checkpoint()
+    raise
   experiment.save_checkpoint(global_step=step, rng=loop_rng)
   logging.info('Training done at step %d; checkpoint %s.', step, experiment.checkpoint_path)
   return experiment

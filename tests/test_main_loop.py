@@ -1,5 +1,6 @@
 """End to end through `python -m byol.main_loop`: train worker, eval worker, resume, bad input."""
 
+import errno
 import json
 import os
 import pickle
@@ -18,6 +19,7 @@ from byol import byol_experiment
 from byol import plot
 from byol import quickstart
 from byol.utils import checkpointing
+from byol.utils import dataset
 import support
 
 TINY_RUN = [
@@ -171,6 +173,51 @@ def test_unwritable_checkpoint_root_is_a_clear_error(tmp_path):
     '--worker_mode=train', f'--checkpoint_root={blocker / "sub"}', '--max_steps=1', *TINY_RUN
   )
   support.assert_one_clear_error(code, output, 'Cannot write checkpoints', '--checkpoint_root')
+
+
+def test_a_full_disk_stops_the_run_naming_the_folder_and_keeps_the_last_checkpoint(
+  tmp_path, monkeypatch
+):
+  write = checkpointing.dill.dump
+
+  def disk_full_from_step_3(checkpoint, file, protocol=None):
+    if checkpoint['step'] >= 3:
+      file.write(b'the first bytes')
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    write(checkpoint, file, protocol=protocol)
+
+  monkeypatch.setattr(checkpointing.dill, 'dump', disk_full_from_step_3)
+  code, output = run(
+    '--worker_mode=train',
+    f'--checkpoint_root={tmp_path}',
+    '--max_steps=8',
+    '--save_checkpoint_interval=0',
+    *TINY_RUN,
+  )
+  support.assert_one_clear_error(
+    code, output, f'to {tmp_path} (No space left on device)', 'left as it was'
+  )
+  assert checkpoint_step(tmp_path) == 2  # Whole, and the run can resume from it.
+  assert not [name for name in os.listdir(tmp_path) if name.endswith('.tmp')]
+
+
+def test_an_input_position_that_cannot_be_written_stops_the_run(tmp_path, monkeypatch):
+  def read_only(self, prefix):
+    raise dataset.DatasetError(f'cannot write {prefix}: Read-only file system')
+
+  monkeypatch.setattr(dataset.HostBatches, 'save', read_only)
+  code, output = run(
+    '--worker_mode=train',
+    f'--checkpoint_root={tmp_path}',
+    '--max_steps=8',
+    '--save_checkpoint_interval=0',
+    *TINY_RUN,
+  )
+  folder = tmp_path / 'pretrain.pkl.input' / 'process_0_of_1'
+  support.assert_one_clear_error(
+    code, output, f'Cannot save the input position to {folder}', 'Read-only file system'
+  )
+  assert checkpoint_step(tmp_path) == 0  # The initial state's, written before the first position.
 
 
 @pytest.fixture(scope='module')

@@ -180,4 +180,8 @@ def test_killed_at_any_instant_the_run_ends_as_if_never_stopped(tmp_path):
   assert len(evaluated) == len(set(evaluated)) and evaluated[-1] == steps  # Each step once.
   _assert_same_run(reference, root, 'pretrain.pkl')
   assert survived >= min(kills, 3)
-  print(f'{survived} kills survived, at most {max(lost, default=0)} steps lost to one.')
+  kinds = sorted({point for point, _ in plan[:survived]})
+  print(
+    f'{survived} kills survived ({", ".join(kinds)}); steps lost to one kill: at most '
+    f'{max(lost, default=0)}, {sum(lost)} in all over {steps} steps.'
+  )

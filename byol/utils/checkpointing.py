@@ -65,12 +65,16 @@ def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
       os.unlink(f.name)
       raise
   os.replace(f.name, path)
-  # Make the rename itself durable.
-  directory = os.open(folder, os.O_RDONLY)
+  sync(folder)  # Makes the rename itself durable.
+
+
+def sync(path: str) -> None:
+  """Flushes the file or folder (its entries) at `path` to the disk."""
+  descriptor = os.open(path, os.O_RDONLY)
   try:
-    os.fsync(directory)
+    os.fsync(descriptor)
   finally:
-    os.close(directory)
+    os.close(descriptor)
 
 
 def load_checkpoint(path: str, *, missing_ok: bool = False) -> dict[str, Any] | None:

@@ -8,8 +8,9 @@ count of batches the run had used (`s + 1` at step `s`: the initialisation takes
   <checkpoint file>.input/process_<i>_of_<n>/batches_<count>/
       layout.json, position.index, position.data-00000-of-00001
 
-Restoring reads the read positions and shuffle buffers back (a few MB, well under a second) instead
-of producing the `s` batches again, so resuming costs the same after a million steps as after ten.
+Restoring reads the read positions, shuffle buffers and batches in flight back (Imagenette at
+128 px, batch 64: 57 MB, written in 0.3-0.5 s and read in 0.4 s on 2 cores) instead of producing
+the `s` batches again, so resuming costs the same after a million steps as after ten.
 
 Batches run ahead of the consumer: `size` are copied to the devices before they are needed, so the
 pipeline has produced more batches than the experiment has trained on. A position is therefore
@@ -128,9 +129,14 @@ class DeviceInput:
       with open(os.path.join(temporary, _LAYOUT_FILE), 'w') as f:
         json.dump(self._layout, f, sort_keys=True)
       self._host_batches.save(os.path.join(temporary, _POSITION_PREFIX))
+      # On the disk before the checkpoint that needs it, as durable as that checkpoint.
+      for name in os.listdir(temporary):
+        checkpointing.sync(os.path.join(temporary, name))
+      checkpointing.sync(temporary)
       if os.path.exists(final):  # The same position, saved by an earlier attempt at this run.
         shutil.rmtree(final)
       os.replace(temporary, final)
+      checkpointing.sync(self._folder)
     except (OSError, dataset.DatasetError) as error:
       if temporary is not None:
         shutil.rmtree(temporary, ignore_errors=True)
