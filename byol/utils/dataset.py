@@ -278,7 +278,7 @@ class HostBatches:
       self._checkpoint.read(prefix).assert_consumed()
     # TensorFlow's reader fails in many ways on a damaged file (OpError, AssertionError,
     # IndexError on a truncated one, ...): each is the same problem to the user.
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
       raise DatasetError(
         f'Cannot read the input position saved at {prefix} ({error}). Delete its folder to '
         'start the input again from its seed.'
