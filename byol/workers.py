@@ -115,13 +115,14 @@ def train_loop(
   last_log_step = step
   next_save = None  # The step of the next periodic checkpoint, once scheduled.
   try:
+    # Each checkpoint is saved with the input's position at its step, asked for before the input
+    # (which runs ahead of training) passes it: a run resumed from it is fed what this one would
+    # have been. The final checkpoint's first, then each periodic one's when it falls due.
     if step < max_steps:
-      # Each checkpoint is saved with the input's position at its step (asked for ahead, as the
-      # input runs ahead of training): a run resumed from it is fed what this one would have been.
       experiment.schedule_checkpoint(max_steps)
-      if save_interval <= 0:  # A checkpoint at every step.
-        next_save = experiment.schedule_checkpoint(step + 1)
     while step < max_steps:
+      if next_save is None and _save_is_due(time.time() - last_save_time, save_interval, step):
+        next_save = experiment.schedule_checkpoint(step + 1)  # This step's, or a later one's.
       logs = experiment.step(global_step=step, rng=jax.random.fold_in(loop_rng, step))
       step += 1
       now = time.time()
@@ -129,8 +130,6 @@ def train_loop(
       save_due = step == next_save and step < max_steps
       if save_due:
         next_save = None
-      elif next_save is None and _save_is_due(now - last_save_time, save_interval, step):
-        next_save = experiment.schedule_checkpoint(step + 1)
       if not (log_due or save_due):
         continue  # No host sync: the next step is dispatched while this one runs.
       scalars = {name: float(value) for name, value in helpers.to_host(logs).items()}
@@ -157,8 +156,6 @@ def train_loop(
         # Written by a background thread while the next steps train.
         experiment.save_checkpoint(global_step=step, rng=loop_rng, block=False)
         last_save_time = time.time()
-        if save_interval <= 0:
-          next_save = experiment.schedule_checkpoint(step + 1)
   except BaseException:
     # The last good checkpoint reaches the disk before the error is reported (its own write
     # error, if any, is the lesser news).

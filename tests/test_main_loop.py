@@ -55,6 +55,18 @@ def checkpoint_step(root):
   return checkpointing.load_checkpoint(str(root / 'pretrain.pkl'))['step']
 
 
+def train_checkpointing_every_step(root, max_steps, *flags):
+  """A tiny train worker in `root` that saves a checkpoint (and input position) at every step."""
+  return run(
+    '--worker_mode=train',
+    f'--checkpoint_root={root}',
+    f'--max_steps={max_steps}',
+    '--save_checkpoint_interval=0',
+    *TINY_RUN,
+    *flags,
+  )
+
+
 def test_train_worker_checkpoints_and_eval_worker_evaluates_final_step(tmp_path):
   flags = [f'--checkpoint_root={tmp_path}', '--max_steps=3', *TINY_RUN]
   # The eval worker in a process of its own, polling while this process trains.
@@ -149,13 +161,10 @@ def test_a_cluster_that_cannot_be_detected_is_a_clear_error(tmp_path):
 def test_a_non_finite_loss_stops_training_before_it_is_saved(tmp_path):
   # A learning rate this large makes the parameters overflow within a few steps. Logs are rare,
   # so the loss is checked because a checkpoint is due.
-  code, output = run(
-    '--worker_mode=train',
-    f'--checkpoint_root={tmp_path}',
-    '--max_steps=20',
-    *TINY_RUN,
+  code, output = train_checkpointing_every_step(
+    tmp_path,
+    20,
     '--log_tensors_interval=1000',
-    '--save_checkpoint_interval=0',
     '--override=lr_schedule_config.base_learning_rate=1e30',
   )
   support.assert_one_clear_error(code, output, 'The loss became', 'stopping without saving')
@@ -187,13 +196,7 @@ def test_a_full_disk_stops_the_run_naming_the_folder_and_keeps_the_last_checkpoi
     write(checkpoint, file, protocol=protocol)
 
   monkeypatch.setattr(checkpointing.dill, 'dump', disk_full_from_step_3)
-  code, output = run(
-    '--worker_mode=train',
-    f'--checkpoint_root={tmp_path}',
-    '--max_steps=8',
-    '--save_checkpoint_interval=0',
-    *TINY_RUN,
-  )
+  code, output = train_checkpointing_every_step(tmp_path, max_steps=8)
   support.assert_one_clear_error(
     code, output, f'to {tmp_path} (No space left on device)', 'left as it was'
   )
@@ -206,13 +209,7 @@ def test_an_input_position_that_cannot_be_written_stops_the_run(tmp_path, monkey
     raise dataset.DatasetError(f'cannot write {prefix}: Read-only file system')
 
   monkeypatch.setattr(dataset.HostBatches, 'save', read_only)
-  code, output = run(
-    '--worker_mode=train',
-    f'--checkpoint_root={tmp_path}',
-    '--max_steps=8',
-    '--save_checkpoint_interval=0',
-    *TINY_RUN,
-  )
+  code, output = train_checkpointing_every_step(tmp_path, max_steps=8)
   folder = tmp_path / 'pretrain.pkl.input' / 'process_0_of_1'
   support.assert_one_clear_error(
     code, output, f'Cannot save the input position to {folder}', 'Read-only file system'
