@@ -16,7 +16,6 @@ import optax
 
 from byol.utils import augmentations
 from byol.utils import dataset
-from byol.utils import evaluation
 from byol.utils import experiment
 from byol.utils import helpers
 from byol.utils import networks
@@ -76,8 +75,6 @@ class ByolExperiment(experiment.Experiment):
     # The state is donated: its buffers are reused for the new state, halving peak memory.
     self.update = jax.jit(self._update_fn, out_shardings=self._replicated, donate_argnums=(0,))
     """`update(state, inputs, rng, global_step) -> (state, scalars)`, jitted; donates `state`."""
-    self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._replicated)
-    self._embed_batch = jax.jit(self._embed_batch_fn, out_shardings=self._replicated)
 
   # ------------------------------------------------------------------------------- network
 
@@ -223,37 +220,14 @@ class ByolExperiment(experiment.Experiment):
     )
     return new_state, logs
 
-  def _eval_batch_fn(
-    self, params: hk.Params, state: hk.State, batch: Batch, bank: Batch | None
-  ) -> Scalars:
-    """Sums over the real (unmasked) examples of a batch: counts, correct top-1/5 and loss, and
-    correct kNN top-1 over `bank` (`evaluation.knn_bank`) unless it is None."""
-    outputs, _ = self._forward.apply(params, state, batch, is_training=False)
-    sums = evaluation.masked_classification_sums(
-      outputs['logits'], batch['labels'], batch['mask'], self._num_classes
+  def _embedding_and_logits(
+    self, state: _ByolExperimentState, images: jax.Array
+  ) -> tuple[jax.Array, jax.Array]:
+    """The online encoder's embedding [B, D] and the online classifier's logits [B, C]."""
+    outputs, _ = self._forward.apply(
+      state.online_params, state.online_state, dict(images=images), is_training=False
     )
-    if bank is not None:
-      knn = self._evaluation_config['knn']
-      votes = evaluation.knn_votes(
-        outputs['embedding'],
-        bank['features'],
-        bank['labels'],
-        num_classes=self._num_classes,
-        k=knn['k'],
-        temperature=knn['temperature'],
-      )  # [B, num_classes]
-      correct = helpers.topk_accuracy(votes, batch['labels'], topk=1)  # [B]
-      sums['knn_top1_correct'] = jnp.sum(batch['mask'] * correct)
-    return sums
-
-  def _embed_batch_fn(self, params: hk.Params, state: hk.State, batch: Batch) -> Batch:
-    """The online encoder's L2-normalised embedding [B, D] of a batch, with its labels and mask."""
-    outputs, _ = self._forward.apply(params, state, batch, is_training=False)
-    return dict(
-      embedding=helpers.l2_normalize(outputs['embedding'], axis=-1),
-      labels=batch['labels'],
-      mask=batch['mask'],
-    )
+    return outputs['embedding'], outputs['logits']
 
   # ------------------------------------------------------------------------------- worker API
 
@@ -274,22 +248,3 @@ class ByolExperiment(experiment.Experiment):
     state = self._current_state('step')
     self._state, logs = self.update(state, self._next_train_batch(), rng, np.int32(global_step))
     return logs
-
-  def evaluate(self, *, global_step: int) -> dict[str, float]:
-    """Top-1, top-5 and loss of the online classifier over the whole evaluation split, and the
-    weighted kNN top-1 of the online encoder's embedding (unless `evaluation_config.knn.k` is 0).
-    """
-    state = self._current_state('evaluate')
-    bank = None
-    if self._evaluation_config['knn']['k'] > 0:
-      bank = evaluation.knn_bank(
-        lambda batch: self._embed_batch(state.online_params, state.online_state, batch),
-        dataset_config=self._dataset_config,
-        evaluation_config=self._evaluation_config,
-        sharding=self._batch_sharding,
-        num_classes=self._num_classes,
-      )
-    return self._evaluate_with(
-      lambda batch: self._eval_batch(state.online_params, state.online_state, batch, bank),
-      global_step,
-    )

@@ -17,7 +17,6 @@ import optax
 
 from byol.utils import checkpointing
 from byol.utils import dataset
-from byol.utils import evaluation
 from byol.utils import experiment
 from byol.utils import helpers
 from byol.utils import precision
@@ -78,7 +77,6 @@ class EvalExperiment(experiment.Experiment):
     self._classifier = hk.without_apply_rng(hk.transform(self._classifier_fn))
     self.update = jax.jit(self._update_fn, out_shardings=self._replicated, donate_argnums=(0,))
     """`update(state, inputs, global_step) -> (state, scalars)`, jitted; donates `state`."""
-    self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._replicated)
 
   # ------------------------------------------------------------------------------- networks
 
@@ -196,14 +194,14 @@ class EvalExperiment(experiment.Experiment):
     )
     return new_state, logs
 
-  def _eval_batch_fn(self, state: _EvalExperimentState, batch: Batch) -> Scalars:
+  def _embedding_and_logits(
+    self, state: _EvalExperimentState, images: jax.Array
+  ) -> tuple[jax.Array, jax.Array]:
+    """The encoder's embedding [B, D] and the linear classifier's logits [B, C]."""
     embedding, _ = self._backbone.apply(
-      state.backbone_params, state.backbone_state, batch['images'], is_training=False
+      state.backbone_params, state.backbone_state, images, is_training=False
     )
-    logits = self._classifier.apply(state.classif_params, embedding)
-    return evaluation.masked_classification_sums(
-      logits, batch['labels'], batch['mask'], self._num_classes
-    )
+    return embedding, self._classifier.apply(state.classif_params, embedding)
 
   # ------------------------------------------------------------------------------- worker API
 
@@ -237,11 +235,6 @@ class EvalExperiment(experiment.Experiment):
     state = self._current_state('step')
     self._state, logs = self.update(state, self._next_train_batch(), np.int32(global_step))
     return logs
-
-  def evaluate(self, *, global_step: int) -> dict[str, float]:
-    """Top-1, top-5 and loss of the classifier over the whole evaluation split."""
-    state = self._current_state('evaluate')
-    return self._evaluate_with(lambda batch: self._eval_batch(state, batch), global_step)
 
   # ------------------------------------------------------------------------------- internals
 

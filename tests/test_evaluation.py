@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from byol import byol_experiment
+from byol import eval_experiment
 from byol.utils import dataset
 from byol.utils import evaluation
 from byol.utils import helpers
@@ -99,7 +100,7 @@ def bank_of(experiment, bank_per_class):
     knn=dict(experiment._evaluation_config['knn'], bank_per_class=bank_per_class),
   )
   bank = evaluation.knn_bank(
-    lambda batch: experiment._embed_batch(state.online_params, state.online_state, batch),
+    lambda batch: experiment._embed_batch(state, batch),
     dataset_config=experiment._dataset_config,
     evaluation_config=evaluation_config,
     sharding=experiment.batch_sharding,
@@ -142,10 +143,8 @@ def test_evaluation_counts_the_knn_top1_of_each_test_batch_as_numpy_does(experim
   )
   total, unstable = 0.0, 0
   for batch in test_batches:
-    sums = experiment._eval_batch(state.online_params, state.online_state, batch, device_bank)
-    outputs = helpers.to_host(
-      experiment._embed_batch(state.online_params, state.online_state, batch)
-    )
+    sums = experiment._eval_batch(state, batch, device_bank)
+    outputs = helpers.to_host(experiment._embed_batch(state, batch))
     keep = outputs['mask'].astype(bool)
     predictions, stable = numpy_knn(
       outputs['embedding'][keep],
@@ -172,3 +171,18 @@ def test_knn_is_off_with_k_0(tmp_path):
   experiment = byol_experiment.ByolExperiment(**config)
   experiment.initialize(jax.random.key(0))
   assert 'knn_top1_accuracy' not in experiment.evaluate(global_step=0)
+
+
+def test_linear_evaluation_reports_the_knn_top1_of_the_encoder_it_evaluates(experiment, tmp_path):
+  # Linear evaluation of a pretraining checkpoint embeds with the same encoder as the pretraining
+  # eval worker: the same kNN accuracy (up to near-ties of float32 rounding), beside its own top-1.
+  experiment.save_checkpoint(global_step=0, rng=jax.random.key(1))
+  pretraining = experiment.evaluate(global_step=0)
+  config = support.linear_eval_config(
+    tmp_path, experiment.checkpoint_path, overrides=['evaluation_config.batch_size=100']
+  )
+  linear = eval_experiment.EvalExperiment(**config)
+  linear.initialize(jax.random.key(2))
+  results = linear.evaluate(global_step=0)
+  assert results['knn_top1_accuracy'] == pytest.approx(pretraining['knn_top1_accuracy'], abs=0.003)
+  assert results['num_examples'] == 1000 and 'top1_accuracy' in results

@@ -418,8 +418,14 @@ def test_bad_datasets_are_one_clear_message(tmp_path):
 
 
 def test_quick_start_reports_byol_against_a_random_encoder(tmp_path, capsys):
+  stem = 'network_config.encoder_config.small_image_stem=true'
   last_line = quickstart.run(
-    str(tmp_path), pretrain_steps=2, linear_eval_steps=2, batch_size=16, log_interval=0
+    str(tmp_path),
+    pretrain_steps=2,
+    linear_eval_steps=2,
+    batch_size=16,
+    overrides=['base_target_ema=0.9', stem],
+    log_interval=0,
   )
   printed = capsys.readouterr().out
   assert printed.strip().splitlines()[-1] == last_line
@@ -428,29 +434,52 @@ def test_quick_start_reports_byol_against_a_random_encoder(tmp_path, capsys):
   # Each stage prints the command that runs it alone.
   assert (
     f'$ python -m byol.main_loop --dataset=synthetic --experiment_mode=linear-eval '
-    f'--worker_mode=eval --checkpoint_root={tmp_path / "random"} --max_steps=2 '
-    '--override=allow_train_from_scratch=true --batch_size=16'
+    f'--checkpoint_root={tmp_path / "random"} --max_steps=2 --batch_size=16 '
+    f'--override={stem} --override=allow_train_from_scratch=true --worker_mode=eval'
   ) in printed
+  # The pretraining took every override; the linear evaluations the encoder's (not tau's).
+  assert '--override=base_target_ema=0.9 --override=' + stem in printed
+  assert printed.count('--override=base_target_ema') == 2  # The train and eval workers.
   assert re.fullmatch(
-    r'Linear top-1 on the synthetic test split: BYOL \d+\.\d% vs random '
-    r'encoder \d+\.\d% \(\d+\.\d min\)\.',
+    r'Top-1 on the synthetic test split, BYOL vs random encoder: kNN \d+\.\d% vs \d+\.\d%, '
+    r'linear \d+\.\d% vs \d+\.\d% \(\d+\.\d min\)\.',
     last_line,
   ), last_line
   for folder in ('byol', 'random'):
-    assert (
-      json.loads(open(tmp_path / folder / 'linear-eval_eval.jsonl').readlines()[-1])['num_examples']
-      == 1000
-    )
+    evaluation = json.loads(open(tmp_path / folder / 'linear-eval_eval.jsonl').readlines()[-1])
+    assert evaluation['num_examples'] == 1000
+  # The pretraining's eval worker, a process of its own beside the train worker, scored the final
+  # checkpoint for the curve.
+  pretraining = [json.loads(line) for line in open(tmp_path / 'byol' / 'pretrain_eval.jsonl')]
+  assert pretraining[-1]['step'] == 2 and 'knn_top1_accuracy' in pretraining[-1]
+  assert 'Evaluated the final step 2; done.' in (tmp_path / 'byol' / 'eval_worker.log').read_text()
 
 
 def test_quick_start_command_line_takes_its_flags(monkeypatch):
   calls = []
   monkeypatch.setattr(quickstart, 'run', lambda *args, **kwargs: calls.append((args, kwargs)))
   support.run_program(
-    quickstart, monkeypatch, '--checkpoint_root=/somewhere', '--pretrain_steps=7', '--batch_size=4'
+    quickstart,
+    monkeypatch,
+    '--checkpoint_root=/somewhere',
+    '--dataset=folder:/data',
+    '--pretrain_steps=7',
+    '--batch_size=4',
+    '--override=base_target_ema=0.99',
   )
   assert calls == [
-    (('/somewhere',), dict(pretrain_steps=7, linear_eval_steps=300, batch_size=4, log_interval=20))
+    (
+      ('/somewhere',),
+      dict(
+        dataset_name='folder:/data',
+        pretrain_steps=7,
+        linear_eval_steps=300,
+        batch_size=4,
+        overrides=['base_target_ema=0.99'],
+        save_interval=300,
+        log_interval=20,
+      ),
+    )
   ]
   with pytest.raises(absl_flags.IllegalFlagValueError, match='pretrain_steps'):
     support.run_program(quickstart, monkeypatch, '--pretrain_steps=0')

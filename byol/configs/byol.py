@@ -40,6 +40,18 @@ def encoder_network_config() -> dict[str, Any]:
   )
 
 
+def knn_config(dataset: datasets.Dataset) -> dict[str, Any]:
+  """The eval workers' kNN accuracy of the evaluated encoder (Wu et al. 2018), in both modes."""
+  # The k most similar training images vote with weight exp(cosine similarity / temperature);
+  # k=0 turns it off. The bank holds every training image, or bank_per_class of each class
+  # (ImageNet: 50, 50,000 in all).
+  return dict(
+    k=200,
+    temperature=0.07,
+    bank_per_class=0 if dataset.train_images <= KNN_WHOLE_SPLIT_LIMIT else 50,
+  )
+
+
 def get_config(
   num_epochs: int = 1000,
   batch_size: int | None = None,
@@ -89,18 +101,7 @@ def get_config(
       warmup_steps=int(WARMUP_EPOCHS * steps_per_epoch),
     ),
     dataset_config=datasets.dataset_config(dataset),
-    evaluation_config=dict(
-      subset='test',
-      batch_size=100,
-      # The eval worker's kNN monitor (Wu et al. 2018): the k most similar training images vote
-      # with weight exp(cosine similarity / temperature); k=0 turns it off. The bank holds every
-      # training image, or bank_per_class of each class (ImageNet: 50, 50,000 in all).
-      knn=dict(
-        k=200,
-        temperature=0.07,
-        bank_per_class=0 if dataset.train_images <= KNN_WHOLE_SPLIT_LIMIT else 50,
-      ),
-    ),
+    evaluation_config=dict(subset='test', batch_size=100, knn=knn_config(dataset)),
     checkpointing_config=dict(
       checkpoint_dir=checkpoint_root, save_checkpoint_interval=300, filename='pretrain.pkl'
     ),

@@ -42,7 +42,7 @@ def get_config(
     optimizer_config=dict(momentum=0.9, nesterov=True),
     lr_schedule_config=dict(base_learning_rate=0.2, warmup_steps=0),
     dataset_config=datasets.dataset_config(dataset),
-    evaluation_config=dict(subset='test', batch_size=100),
+    evaluation_config=dict(subset='test', batch_size=100, knn=byol_config.knn_config(dataset)),
     checkpointing_config=dict(
       checkpoint_dir=checkpoint_root, save_checkpoint_interval=300, filename='linear-eval.pkl'
     ),

@@ -1,12 +1,13 @@
 """Worker plumbing shared by pretraining and linear evaluation.
 
-An experiment subclass supplies its pure functions (`_init_fn`, `_update_fn`, `_eval_batch_fn`),
-its state NamedTuple and which parameters a checkpoint must match; this base class holds what the
-train and eval workers need around them: devices and shardings, the learning rate, the training
-input, evaluation over a split, and checkpoints that are checked before they are used.
+An experiment subclass supplies its pure functions (`_init_fn`, `_update_fn`,
+`_embedding_and_logits`), its state NamedTuple and which parameters a checkpoint must match; this
+base class holds what the train and eval workers need around them: devices and shardings, the
+learning rate, the training input, evaluation over a split (the classifier's accuracy and the kNN
+accuracy of the embedding), and checkpoints that are checked before they are used.
 """
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from absl import logging
 import jax
@@ -86,6 +87,8 @@ class Experiment:
     self._train_input: input_state.DeviceInput | None = None
     # Training batches the state has used: the initialisation takes one, then one per step.
     self._input_batches_used = 0
+    self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._replicated)
+    self._embed_batch = jax.jit(self._embed_batch_fn, out_shardings=self._replicated)
 
   # ------------------------------------------------------------------------------- subclass hooks
 
@@ -95,6 +98,11 @@ class Experiment:
 
   def _checked_params(self, state: tuple) -> Any:
     """The parts of a state whose names and shapes a checkpoint must match."""
+    raise NotImplementedError
+
+  def _embedding_and_logits(self, state: tuple, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The evaluated encoder's embedding [B, D] and the classifier's logits [B, C] of `images`
+    [B, H, W, 3], in inference mode, both in float32."""
     raise NotImplementedError
 
   # ------------------------------------------------------------------------------- shared
@@ -160,15 +168,32 @@ class Experiment:
       )
     return self._train_input
 
-  def _evaluate_with(
-    self, batch_sums_fn: Callable[[Batch], Scalars], global_step: int
-  ) -> dict[str, float]:
-    return evaluation.evaluate_split(
-      batch_sums_fn,
-      dataset_config=self._dataset_config,
-      evaluation_config=self._evaluation_config,
-      sharding=self._batch_sharding,
-      global_step=global_step,
+  def _eval_batch_fn(self, state: tuple, batch: Batch, bank: Batch | None) -> Scalars:
+    """Sums over the real (unmasked) examples of a batch: counts, correct top-1/5 and loss, and
+    correct kNN top-1 over `bank` (`evaluation.knn_bank`) unless it is None."""
+    embedding, logits = self._embedding_and_logits(state, batch['images'])
+    sums = evaluation.masked_classification_sums(
+      logits, batch['labels'], batch['mask'], self._num_classes
+    )
+    if bank is not None:
+      knn = self._evaluation_config['knn']
+      votes = evaluation.knn_votes(
+        embedding,
+        bank['features'],
+        bank['labels'],
+        num_classes=self._num_classes,
+        k=knn['k'],
+        temperature=knn['temperature'],
+      )  # [B, num_classes]
+      correct = helpers.topk_accuracy(votes, batch['labels'], topk=1)  # [B]
+      sums['knn_top1_correct'] = jnp.sum(batch['mask'] * correct)
+    return sums
+
+  def _embed_batch_fn(self, state: tuple, batch: Batch) -> Batch:
+    """The L2-normalised embedding [B, D] of a batch, with its labels and mask."""
+    embedding, _ = self._embedding_and_logits(state, batch['images'])
+    return dict(
+      embedding=helpers.l2_normalize(embedding, axis=-1), labels=batch['labels'], mask=batch['mask']
     )
 
   # ------------------------------------------------------------------------------- worker API
@@ -184,8 +209,25 @@ class Experiment:
     raise NotImplementedError
 
   def evaluate(self, *, global_step: int) -> dict[str, float]:
-    """Top-1, top-5, mean loss and example count of the classifier over the evaluation split."""
-    raise NotImplementedError
+    """Top-1, top-5, mean loss and example count of the classifier over the evaluation split, and
+    the weighted kNN top-1 of the encoder's embedding (unless `evaluation_config.knn.k` is 0)."""
+    state = self._current_state('evaluate')
+    bank = None
+    if self._evaluation_config['knn']['k'] > 0:
+      bank = evaluation.knn_bank(
+        lambda batch: self._embed_batch(state, batch),
+        dataset_config=self._dataset_config,
+        evaluation_config=self._evaluation_config,
+        sharding=self._batch_sharding,
+        num_classes=self._num_classes,
+      )
+    return evaluation.evaluate_split(
+      lambda batch: self._eval_batch(state, batch, bank),
+      dataset_config=self._dataset_config,
+      evaluation_config=self._evaluation_config,
+      sharding=self._batch_sharding,
+      global_step=global_step,
+    )
 
   @property
   def state(self) -> tuple | None:
