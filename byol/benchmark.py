@@ -21,6 +21,7 @@ CPU-only routes of `byol.utils.cpu_kernels` (`auto`, the default: on for the CPU
 """
 
 import functools
+import importlib
 import json
 import time
 from typing import Any, Callable
@@ -38,8 +39,8 @@ from byol.configs import datasets
 from byol.configs import eval as eval_config
 from byol.utils import augmentations
 from byol.utils import cpu_kernels
-from byol.utils import dataset
 from byol.utils import helpers
+from byol.utils import input_spec
 from byol.utils import networks
 from byol.utils import precision
 
@@ -171,27 +172,53 @@ def _network_overrides(
   ]
 
 
+def random_batch(
+  preprocess_mode: input_spec.PreprocessMode,
+  *,
+  batch_size: int,
+  image_size: int,
+  num_classes: int,
+  sharding: jax.sharding.NamedSharding,
+  seed: int = 0,
+) -> dict[str, jax.Array]:
+  """A training batch of uniform noise images on the devices, as the input would deliver it."""
+  rng = np.random.default_rng(seed)
+  images = rng.uniform(size=(2, batch_size, image_size, image_size, 3)).astype(np.float32)
+  batch = dict(labels=rng.integers(0, num_classes, batch_size).astype(np.int32))
+  if preprocess_mode is input_spec.PreprocessMode.PRETRAIN:
+    batch.update(view1=images[0], view2=images[1])
+  else:
+    batch.update(images=images[0])
+  return helpers.to_global_batch(batch, sharding)
+
+
 def pretraining(
   encoder: str,
-  dataset_name: str,
+  dataset: datasets.Dataset,
   image_size: int,
   batch_size: int,
   compute_dtype: str = 'float32',
-  data_dir: str | None = None,
   cpu_kernels_setting: str = 'auto',
 ) -> byol_experiment.ByolExperiment:
-  """An initialised pretraining experiment on `dataset_name` (`initialize` reads a first batch).
+  """A pretraining experiment on `dataset`, initialised from a random batch (no input read).
 
   `cpu_kernels_setting` is the config's `network_config.cpu_kernels` ('auto', 'on' or 'off').
   """
   config = byol_config.get_config(
     100,
     batch_size,
-    dataset=datasets.describe(dataset_name, data_dir),
+    dataset=dataset,
     overrides=_network_overrides(encoder, image_size, compute_dtype, cpu_kernels_setting),
   )
   experiment = byol_experiment.ByolExperiment(**config)
-  experiment.initialize(jax.random.key(0))
+  first_batch = random_batch(
+    input_spec.PreprocessMode.PRETRAIN,
+    batch_size=batch_size,
+    image_size=image_size,
+    num_classes=dataset.num_classes,
+    sharding=experiment.batch_sharding,
+  )
+  experiment.initialize(jax.random.key(0), first_batch)
   return experiment
 
 
@@ -205,15 +232,13 @@ def pretrain_update(
   steps: int,
 ) -> list[Row]:
   """The jitted pretraining update on a random batch, and the device augmentations alone."""
-  rng = np.random.default_rng(0)
-  images = rng.uniform(size=(2, batch_size, image_size, image_size, 3)).astype(np.float32)
-  inputs = helpers.to_global_batch(
-    dict(
-      view1=images[0],
-      view2=images[1],
-      labels=rng.integers(0, num_classes, batch_size).astype(np.int32),
-    ),
-    experiment.batch_sharding,
+  inputs = random_batch(
+    input_spec.PreprocessMode.PRETRAIN,
+    batch_size=batch_size,
+    image_size=image_size,
+    num_classes=num_classes,
+    sharding=experiment.batch_sharding,
+    seed=1,
   )
   flops = _flops(experiment.update, experiment.state, inputs, jax.random.key(1), np.int32(0))
   # A copy: the update donates its state, and the experiment's own is trained on afterwards.
@@ -248,33 +273,33 @@ def pretrain_update(
 
 def linear_eval_update(
   encoder: str,
+  dataset: datasets.Dataset,
   image_size: int,
   batch_size: int,
   steps: int,
   compute_dtype: str = 'float32',
   cpu_kernels_setting: str = 'auto',
 ) -> list[Row]:
-  """The jitted linear-evaluation update on a frozen (random) encoder (`cpu_kernels_setting` as
-  in `pretraining`)."""
+  """The jitted linear-evaluation update on a frozen (random) encoder, for `dataset`'s classes
+  (`cpu_kernels_setting` as in `pretraining`)."""
   config = eval_config.get_config(
     None,
     batch_size,
-    dataset=datasets.describe('synthetic'),
+    dataset=dataset,
     overrides=[
       'allow_train_from_scratch=true',
       *_network_overrides(encoder, image_size, compute_dtype, cpu_kernels_setting),
     ],
   )
   experiment = eval_experiment.EvalExperiment(**config)
-  experiment.initialize(jax.random.key(0))
-  rng = np.random.default_rng(0)
-  inputs = helpers.to_global_batch(
-    dict(
-      images=rng.uniform(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
-      labels=rng.integers(0, config['num_classes'], batch_size).astype(np.int32),
-    ),
-    experiment.batch_sharding,
+  inputs = random_batch(
+    input_spec.PreprocessMode.LINEAR_TRAIN,
+    batch_size=batch_size,
+    image_size=image_size,
+    num_classes=dataset.num_classes,
+    sharding=experiment.batch_sharding,
   )
+  experiment.initialize(jax.random.key(0), inputs)
   state = experiment.state
 
   def update(step: int) -> Any:
@@ -298,9 +323,13 @@ def input_pipeline(
   dataset_name: str, image_size: int, batch_size: int, steps: int, data_dir: str | None = None
 ) -> list[Row]:
   """Images/s of the tf.data pipeline alone (decode, crops, batching), per preprocessing mode."""
+  from byol.utils import dataset  # Imported here: the compute rows run without TensorFlow.
+
   rows = []
-  for mode in dataset.PreprocessMode:
-    split = dataset.Split.TEST if mode is dataset.PreprocessMode.EVAL else dataset.Split.TRAIN
+  for mode in input_spec.PreprocessMode:
+    split = (
+      input_spec.Split.TEST if mode is input_spec.PreprocessMode.EVAL else input_spec.Split.TRAIN
+    )
     batches = dataset.load(
       split,
       preprocess_mode=mode,
@@ -374,18 +403,30 @@ def _format(row: Row) -> str:
   return f'{row["what"]:<75} | ' + ' | '.join(figures)
 
 
+def _input_unavailable() -> str | None:
+  """None where the input pipeline can run, else why not (TensorFlow or TFDS not installed)."""
+  for name in ('tensorflow', 'tensorflow_datasets'):
+    try:
+      importlib.import_module(name)
+    except ImportError:
+      return f'{name} is not installed'
+  return None
+
+
 def main(argv: list[str]) -> None:
   del argv
+  unavailable = _input_unavailable()
+  # Without the input pipeline no dataset can be read: the compute rows take ImageNet's facts.
+  dataset = datasets.IMAGENET if unavailable else datasets.describe(FLAGS.dataset, FLAGS.data_dir)
   rows = machine_rates(FLAGS.steps)
   rows += small_map_convolution(FLAGS.batch_size, FLAGS.steps)
   # One experiment for the compute-only and the end-to-end rows: the update compiles once.
   experiment = pretraining(
     FLAGS.encoder,
-    FLAGS.dataset,
+    dataset,
     FLAGS.image_size,
     FLAGS.batch_size,
     FLAGS.compute_dtype,
-    FLAGS.data_dir,
     FLAGS.cpu_kernels,
   )
   description = (
@@ -397,27 +438,34 @@ def main(argv: list[str]) -> None:
     description,
     image_size=FLAGS.image_size,
     batch_size=FLAGS.batch_size,
-    num_classes=dataset.num_classes(FLAGS.dataset, data_dir=FLAGS.data_dir),
+    num_classes=dataset.num_classes,
     steps=FLAGS.steps,
   )
   rows += linear_eval_update(
     FLAGS.encoder,
+    dataset,
     FLAGS.image_size,
     FLAGS.batch_size,
     FLAGS.steps,
     FLAGS.compute_dtype,
     FLAGS.cpu_kernels,
   )
-  rows += input_pipeline(
-    FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps, FLAGS.data_dir
-  )
-  rows += end_to_end(
-    experiment, f'{description}, on {FLAGS.dataset}', batch_size=FLAGS.batch_size, steps=FLAGS.steps
-  )
   conv_rate = rows[1]['gflop_per_s']
   compute = next(row for row in rows if row['what'].startswith('pretrain update'))
   compute['conv_share'] = compute['gflop_per_s'] / conv_rate
-  rows[-1]['share_of_compute'] = rows[-1]['images_per_s'] / compute['images_per_s']
+  if unavailable:
+    print(f'Input rows skipped: {unavailable} (the compute rows need only JAX).')
+  else:
+    rows += input_pipeline(
+      FLAGS.dataset, FLAGS.image_size, FLAGS.batch_size, FLAGS.steps, FLAGS.data_dir
+    )
+    rows += end_to_end(
+      experiment,
+      f'{description}, on {FLAGS.dataset}',
+      batch_size=FLAGS.batch_size,
+      steps=FLAGS.steps,
+    )
+    rows[-1]['share_of_compute'] = rows[-1]['images_per_s'] / compute['images_per_s']
   print(
     f'{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}, '
     f'CPU-only routes {"on" if experiment.use_cpu_kernels else "off"}'
@@ -432,6 +480,7 @@ def main(argv: list[str]) -> None:
           platform=jax.devices()[0].platform,
           jax_version=jax.__version__,
           cpu_kernels=experiment.use_cpu_kernels,
+          input_rows_skipped=unavailable,
           rows=rows,
         ),
         f,

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from byol.utils import augmentations
-from byol.utils import dataset
+from byol.utils import input_spec
 from byol.utils import experiment
 from byol.utils import helpers
 from byol.utils import networks
@@ -41,7 +41,7 @@ class ByolExperiment(experiment.Experiment):
   """BYOL pretraining: `step` trains on the next batch, `evaluate` scores the online classifier."""
 
   _state_class = _ByolExperimentState
-  _train_preprocess_mode = dataset.PreprocessMode.PRETRAIN
+  _train_preprocess_mode = input_spec.PreprocessMode.PRETRAIN
   _checkpoint_kind = 'BYOL pretraining'
 
   def __init__(
@@ -102,7 +102,7 @@ class ByolExperiment(experiment.Experiment):
 
     def apply_once(images: jax.Array) -> dict[str, jax.Array]:
       with precision.mixed_precision(self._compute_dtype):
-        images = dataset.normalize_images(images).astype(self._compute_dtype)
+        images = input_spec.normalize_images(images).astype(self._compute_dtype)
         embedding = encoder(images, is_training=is_training)  # [B, D]
         projection = projector(embedding, is_training)  # [B, 256]
         prediction = predictor(projection, is_training)  # [B, 256]
@@ -234,14 +234,15 @@ class ByolExperiment(experiment.Experiment):
   def _checked_params(self, state: tuple) -> hk.Params:
     return state[0]  # online_params
 
-  def initialize(self, rng: jax.Array) -> None:
+  def initialize(self, rng: jax.Array, first_batch: Batch | None = None) -> None:
     """Fresh parameters and optimiser state from `rng` (the same key on every host).
 
     Consumes the first training batch, as the original did: training starts on the second.
+    `first_batch` (benchmarks) is used instead, and the input is not read.
     """
-    self._state = jax.jit(self._init_fn, out_shardings=self._replicated)(
-      rng, self._next_train_batch()
-    )
+    if first_batch is None:
+      first_batch = self._next_train_batch()
+    self._state = jax.jit(self._init_fn, out_shardings=self._replicated)(rng, first_batch)
 
   def step(self, *, global_step: int, rng: jax.Array) -> Scalars:
     """Trains on the next batch; returns the step's scalars as device arrays (no host sync)."""

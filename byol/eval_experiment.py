@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from byol.utils import checkpointing
-from byol.utils import dataset
+from byol.utils import input_spec
 from byol.utils import experiment
 from byol.utils import helpers
 from byol.utils import precision
@@ -39,7 +39,7 @@ class EvalExperiment(experiment.Experiment):
   """Trains a linear classifier on a pretrained encoder; `evaluate` scores it."""
 
   _state_class = _EvalExperimentState
-  _train_preprocess_mode = dataset.PreprocessMode.LINEAR_TRAIN
+  _train_preprocess_mode = input_spec.PreprocessMode.LINEAR_TRAIN
   _checkpoint_kind = 'linear-evaluation'
 
   def __init__(
@@ -90,7 +90,7 @@ class EvalExperiment(experiment.Experiment):
     )
     with precision.mixed_precision(self._compute_dtype):
       embedding = encoder(
-        dataset.normalize_images(images).astype(self._compute_dtype), is_training=is_training
+        input_spec.normalize_images(images).astype(self._compute_dtype), is_training=is_training
       )
     return embedding.astype(jnp.float32)  # The classifier and its loss in float32.
 
@@ -208,10 +208,13 @@ class EvalExperiment(experiment.Experiment):
   def _checked_params(self, state: tuple) -> tuple[hk.Params, hk.Params]:
     return state[0], state[1]  # backbone_params, classif_params
 
-  def initialize(self, rng: jax.Array) -> None:
-    """A fresh classifier on the pretrained encoder (or a random one, if allowed)."""
-    # Consumes the first training batch, as the original did: training starts on the second.
-    batch = self._next_train_batch()
+  def initialize(self, rng: jax.Array, first_batch: Batch | None = None) -> None:
+    """A fresh classifier on the pretrained encoder (or a random one, if allowed).
+
+    Consumes the first training batch, as the original did: training starts on the second.
+    `first_batch` (benchmarks) is used instead, and the input is not read.
+    """
+    batch = self._next_train_batch() if first_batch is None else first_batch
     # Checked against the shapes: a checkpoint of other networks is refused before compiling.
     pretrained = self._pretrained_backbone(jax.eval_shape(self._init_fn, rng, batch))
     state = jax.jit(self._init_fn)(rng, batch)

@@ -1,10 +1,16 @@
 """The benchmark's rows: what each measures, and XLA's FLOP count against the formula."""
 
+import json
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from byol import benchmark
+from byol.configs import datasets
+import support  # This folder is on the path.
 
 
 def test_flop_count_of_a_matrix_product_is_2nkm():
@@ -14,14 +20,15 @@ def test_flop_count_of_a_matrix_product_is_2nkm():
 
 
 def test_rows_of_a_tiny_run_hold_positive_figures():
-  experiment = benchmark.pretraining('TinyResNet', 'synthetic', 32, 8)
+  synthetic = datasets.describe('synthetic')
+  experiment = benchmark.pretraining('TinyResNet', synthetic, 32, 8)
   rows = (
     benchmark.machine_rates(steps=1)
     + benchmark.small_map_convolution(4, steps=1)
     + benchmark.pretrain_update(
       experiment, 'TinyResNet 32px batch 8', image_size=32, batch_size=8, num_classes=10, steps=1
     )
-    + benchmark.linear_eval_update('TinyResNet', 32, 8, steps=1)
+    + benchmark.linear_eval_update('TinyResNet', synthetic, 32, 8, steps=1)
     + benchmark.input_pipeline('synthetic', 32, 8, steps=1)
     + benchmark.end_to_end(
       experiment, 'TinyResNet 32px batch 8, on synthetic', batch_size=8, steps=1
@@ -47,3 +54,44 @@ def test_rows_of_a_tiny_run_hold_positive_figures():
   np.testing.assert_allclose(pretrain['images_per_s'], 8 / (pretrain['ms'] / 1e3))
   assert 0 < augmentations['share_of_update']
   assert benchmark._format(pretrain).startswith('pretrain update, TinyResNet 32px batch 8')
+
+
+# Runs the benchmark with TensorFlow and TFDS unimportable, as on a GPU host with JAX alone.
+_WITHOUT_TENSORFLOW = """
+import sys
+for name in ('tensorflow', 'tensorflow_datasets'):
+  sys.modules[name] = None  # `import tensorflow` now raises ImportError.
+from absl import app
+from byol import benchmark
+benchmark.define_flags()
+try:
+  app.run(benchmark.main, argv=sys.argv)
+finally:
+  loaded = [n for n, module in sys.modules.items() if n.startswith('tensorflow') and module]
+  print('tensorflow modules loaded:', loaded)
+"""
+
+
+def test_the_update_rows_run_without_tensorflow(tmp_path):
+  output = tmp_path / 'rows.json'
+  result = subprocess.run(
+    [sys.executable, '-c', _WITHOUT_TENSORFLOW, '--encoder=TinyResNet', '--image_size=32']
+    + ['--batch_size=8', '--steps=1', f'--output={output}'],
+    env=support.environment(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'tensorflow modules loaded: []' in result.stdout
+  assert 'Input rows skipped: tensorflow is not installed' in result.stdout
+  figures = json.loads(output.read_text())
+  assert figures['input_rows_skipped'] == 'tensorflow is not installed'
+  names = [row['what'].split(',')[0] for row in figures['rows']]
+  assert names[4:] == [
+    'pretrain update',
+    'device augmentations of both views',
+    'linear-eval update (frozen)',
+  ]
+  pretrain = figures['rows'][4]
+  assert pretrain['images_per_s'] > 0 and pretrain['gflop_per_s'] > 0

@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 
 from byol.configs import datasets
 from byol.utils import dataset
+from byol.utils import input_spec
 from byol.utils import sources
 from byol.utils import synthetic
 
@@ -439,8 +440,8 @@ def test_split_from_string_accepts_any_case_and_validation():
 
 def test_valid_is_held_out_from_the_start_of_train(tiny_data_dir, monkeypatch):
   # ImageNet holds out 10,000 of 1,281,167; here 10 of 25.
-  monkeypatch.setattr(dataset, '_VALID_HOLDOUT', 10)
-  monkeypatch.setattr(dataset, '_VALID_HOLDOUT_FRACTION', 2)
+  monkeypatch.setattr(input_spec, 'VALID_HOLDOUT', 10)
+  monkeypatch.setattr(input_spec, 'VALID_HOLDOUT_FRACTION', 2)
   sizes = {
     split: dataset.num_examples(split, DatasetTestTinyImages.name, tiny_data_dir)
     for split in dataset.Split
@@ -534,7 +535,7 @@ def test_normalize_images_standardises_each_channel(to_array):
     ],
     axis=-1,
   )
-  normalized = dataset.normalize_images(to_array(images))
+  normalized = input_spec.normalize_images(to_array(images))
   assert normalized.dtype == np.float32
   np.testing.assert_allclose(np.asarray(normalized), expected, rtol=1e-6, atol=1e-6)
 

@@ -6,7 +6,6 @@ import pytest
 
 from byol import byol_experiment
 from byol import eval_experiment
-from byol.utils import dataset
 from byol.utils import evaluation
 from byol.utils import helpers
 import support  # This folder is on the path.
@@ -95,16 +94,13 @@ def experiment(tmp_path_factory):
 
 def bank_of(experiment, bank_per_class):
   state = experiment.state
-  evaluation_config = dict(
-    experiment._evaluation_config,
-    knn=dict(experiment._evaluation_config['knn'], bank_per_class=bank_per_class),
-  )
   bank = evaluation.knn_bank(
     lambda batch: experiment._embed_batch(state, batch),
-    dataset_config=experiment._dataset_config,
-    evaluation_config=evaluation_config,
-    sharding=experiment.batch_sharding,
+    experiment._eval_batches(experiment._dataset_config['train_split']),
+    bank_per_class=bank_per_class,
+    mesh=experiment.batch_sharding.mesh,
     num_classes=support.NUM_CLASSES,
+    split_name='train split',
   )
   return helpers.to_host(bank)
 
@@ -134,13 +130,7 @@ def test_evaluation_counts_the_knn_top1_of_each_test_batch_as_numpy_does(experim
   bank = bank_of(experiment, bank_per_class=0)
   device_bank = jax.device_put(bank)
   state = experiment.state
-  test_batches = dataset.load_to_devices(
-    dataset.Split.TEST,
-    preprocess_mode=dataset.PreprocessMode.EVAL,
-    global_batch_size=experiment._evaluation_config['batch_size'],
-    dataset_config=experiment._dataset_config,
-    sharding=experiment.batch_sharding,
-  )
+  test_batches = experiment._eval_batches('test')
   total, unstable = 0.0, 0
   for batch in test_batches:
     sums = experiment._eval_batch(state, batch, device_bank)

@@ -13,7 +13,7 @@ import pytest
 from byol import export_encoder
 from byol.configs import byol as byol_config
 from byol.utils import checkpointing
-from byol.utils import dataset
+from byol.utils import input_spec
 from byol.utils import helpers
 from byol.utils import networks
 import support  # This folder is on the path.
@@ -66,7 +66,7 @@ def test_exported_encoder_gives_the_embedding_of_the_linear_evaluation_backbone(
     .uniform(size=(3, support.IMAGE_SIZE, support.IMAGE_SIZE, 3))
     .astype(np.float32)
   )
-  embedding = exported_embedding(output, dataset.normalize_images(images))
+  embedding = exported_embedding(output, input_spec.normalize_images(images))
 
   run_state = helpers.to_host(experiment.state)
   expected, _ = experiment._backbone.apply(

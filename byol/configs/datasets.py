@@ -8,7 +8,6 @@ and only here.
 from typing import Any, MutableMapping, NamedTuple, Sequence
 
 from byol.configs import override
-from byol.utils import dataset as dataset_lib
 
 DEFAULT_BATCH_SIZE = 4096
 
@@ -81,9 +80,12 @@ def describe(name: str, data_dir: str | None = None) -> Dataset:
   """The `Dataset` of `name` (any `--dataset` value), its sizes read from its source.
 
   Raises:
-    byol.utils.dataset.DatasetError: the dataset is unknown, missing or malformed; the message
+    byol.utils.input_spec.DatasetError: the dataset is unknown, missing or malformed; the message
       says how to get it.
   """
+  # Imported here, where images are read: configs of known datasets build without TensorFlow.
+  from byol.utils import dataset as dataset_lib
+
   image_size = preset(name).get('image_size') or dataset_lib.default_image_size(name, data_dir)
   return Dataset(
     name=name,

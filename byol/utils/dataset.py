@@ -9,82 +9,33 @@ centre crop of evaluation, batching. The colour augmentations run later, on the 
 """
 
 from collections.abc import Callable, Iterator, Sequence
-import enum
 import math
 import os
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping
 
 import jax
 import numpy as np
 import tensorflow as tf
 
 from byol.utils import helpers
+from byol.utils import input_spec
 from byol.utils import sources
 
 Batch = dict[str, np.ndarray]
-ImageArray = TypeVar('ImageArray', np.ndarray, jax.Array)
 IntLike = int | tf.Tensor  # A Python int or a scalar integer tensor.
 # Maps (image height, image width) to a crop window [offset_y, offset_x, height, width].
 CropWindowFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 Example = dict[str, tf.Tensor]
 
-# ImageNet's test labels were never released: its TFDS `validation` split is our TEST split, and
-# the first 10,000 images of TFDS `train` are held out as our VALID split. Smaller sets hold out a
-# tenth of their train split.
-_VALID_HOLDOUT = 10_000
-_VALID_HOLDOUT_FRACTION = 10
-_MEAN_RGB = (0.485, 0.456, 0.406)
-_STDDEV_RGB = (0.229, 0.224, 0.225)
 _CROP_AREA_RANGE = (0.08, 1.0)  # Fraction of the image area.
 _CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)  # Width / height, sampled log-uniformly.
 
+# The names this pipeline shares with code that must import without TensorFlow.
+Split = input_spec.Split
+PreprocessMode = input_spec.PreprocessMode
 # Raised by `num_examples`, `num_classes`, `default_image_size` and `load` for bad datasets.
-DatasetError = sources.DatasetError
-DatasetNotFoundError = sources.DatasetNotFoundError
-
-
-class Split(enum.Enum):
-  """Our splits of ImageNet, carved out of the TFDS splits `train` and `validation`."""
-
-  TRAIN_AND_VALID = 1
-  TRAIN = 2
-  VALID = 3
-  TEST = 4
-
-  @classmethod
-  def from_string(cls, name: str) -> 'Split':
-    """The split named `name` (any case); 'validation' is accepted for VALID."""
-    name = name.upper()
-    if name == 'VALIDATION':
-      return cls.VALID
-    if name not in cls.__members__:
-      raise ValueError(f'Unknown split {name!r}; expected one of {list(cls.__members__)}.')
-    return cls[name]
-
-  @property
-  def num_examples(self) -> int:
-    """Number of examples of this split of `imagenet2012` (see `num_examples()` for others)."""
-    return {
-      Split.TRAIN_AND_VALID: 1_281_167,
-      Split.TRAIN: 1_271_167,
-      Split.VALID: _VALID_HOLDOUT,
-      Split.TEST: 50_000,
-    }[self]
-
-
-class PreprocessMode(enum.Enum):
-  """What `load` makes of each image."""
-
-  PRETRAIN = 1  # Two independent random crops: {'view1', 'view2', 'labels'}.
-  LINEAR_TRAIN = 2  # One random crop, randomly flipped: {'images', 'labels'}.
-  EVAL = 3  # The centre crop, every example once: {'images', 'labels', 'mask'}.
-
-
-def normalize_images(images: ImageArray) -> ImageArray:
-  """Standardises RGB images in [0, 1] with the ImageNet statistics; numpy or jax, `[..., 3]`."""
-  mean = np.asarray(_MEAN_RGB, dtype=images.dtype)
-  stddev = np.asarray(_STDDEV_RGB, dtype=images.dtype)
-  return (images - mean) / stddev
+DatasetError = input_spec.DatasetError
+DatasetNotFoundError = input_spec.DatasetNotFoundError
 
 
 def num_examples(
@@ -341,7 +292,7 @@ def _split_range(source: sources.Source, split: Split) -> tuple[str, int, int]:
   if split is Split.TEST:
     return 'test', 0, source.split_sizes['test']
   train_size = source.split_sizes['train']
-  holdout = min(_VALID_HOLDOUT, train_size // _VALID_HOLDOUT_FRACTION)
+  holdout = min(input_spec.VALID_HOLDOUT, train_size // input_spec.VALID_HOLDOUT_FRACTION)
   return 'train', *{
     Split.TRAIN_AND_VALID: (0, train_size),
     Split.TRAIN: (holdout, train_size),

@@ -5,17 +5,17 @@ Every example counts once: the last batch is completed with padding whose `mask`
 per-batch sums stay on the devices until the end of the pass.
 """
 
+from collections.abc import Callable, Iterable, Mapping
 import time
-from typing import Any, Callable, Mapping
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from byol.utils import dataset
 from byol.utils import helpers
 
+Batch = Mapping[str, jax.Array]
 Scalars = dict[str, jax.Array]
 
 
@@ -63,32 +63,26 @@ def knn_votes(
 
 
 def knn_bank(
-  embed_fn: Callable[[Mapping[str, jax.Array]], Mapping[str, jax.Array]],
+  embed_fn: Callable[[Batch], Batch],
+  batches: Iterable[Batch],
   *,
-  dataset_config: Mapping[str, Any],
-  evaluation_config: Mapping[str, Any],
-  sharding: jax.sharding.NamedSharding,
+  bank_per_class: int,
+  mesh: jax.sharding.Mesh,
   num_classes: int,
+  split_name: str,
 ) -> dict[str, jax.Array]:
   """The kNN memory bank: normalised embeddings [M, D] and labels [M] of training images.
 
-  `embed_fn(batch)` returns the batch's L2-normalised `embedding` [B, D], `labels` and `mask`,
-  replicated (the whole global batch on every process), so every process selects the same bank.
-  The training split is read as for evaluation (centre crops, no augmentation); with
-  `bank_per_class` > 0 in `evaluation_config['knn']` the bank holds the first that many images of
-  each class met in reading order (which depends on the device count), and reading stops once
-  every class has them.
-  The bank is returned replicated on the devices of `sharding`.
+  `batches` are the training split's, read as for evaluation (centre crops, no augmentation, every
+  image once, padding masked out). `embed_fn(batch)` returns the batch's L2-normalised `embedding`
+  [B, D], `labels` and `mask`, replicated (the whole global batch on every process), so every
+  process selects the same bank (`split_name` names the split in errors). With `bank_per_class`
+  > 0 the bank holds the first that many images of each class met in reading order (which depends
+  on the device count), and reading stops once every class has them.
+  The bank is returned replicated on the devices of `mesh`.
   """
   start = time.time()
-  per_class = evaluation_config['knn']['bank_per_class']
-  batches = dataset.load_to_devices(
-    dataset.Split.from_string(dataset_config['train_split']),
-    preprocess_mode=dataset.PreprocessMode.EVAL,
-    global_batch_size=evaluation_config['batch_size'],
-    dataset_config=dataset_config,
-    sharding=sharding,
-  )
+  per_class = bank_per_class
   counts = np.zeros(num_classes, np.int64)
   features, labels = [], []
   for batch in batches:
@@ -107,7 +101,7 @@ def knn_bank(
       break
   bank = dict(features=np.concatenate(features), labels=np.concatenate(labels).astype(np.int32))
   if not len(bank['labels']):
-    raise ValueError(f'The training split of {dataset_config["name"]} is empty: no kNN bank.')
+    raise ValueError(f'The {split_name} is empty: no kNN bank.')
   logging.info(
     'kNN bank of %d training images (%d to %d per class) in %.1f s.',
     len(bank['labels']),
@@ -115,37 +109,29 @@ def knn_bank(
     counts.max(),
     time.time() - start,
   )
-  return jax.device_put(bank, helpers.replicated(sharding.mesh))
+  return jax.device_put(bank, helpers.replicated(mesh))
 
 
 def evaluate_split(
-  batch_sums_fn: Callable[[Mapping[str, jax.Array]], Scalars],
+  batch_sums_fn: Callable[[Batch], Scalars],
+  batches: Iterable[Batch],
   *,
-  dataset_config: Mapping[str, Any],
-  evaluation_config: Mapping[str, Any],
-  sharding: jax.sharding.NamedSharding,
   global_step: int,
+  split_name: str,
 ) -> dict[str, float]:
-  """Accuracies, mean loss and example count of `batch_sums_fn` over the evaluation split.
+  """Accuracies, mean loss and example count of `batch_sums_fn` over the `batches` of a split
+  (`split_name` names it in errors).
 
   `batch_sums_fn` returns a batch's sums (`masked_classification_sums`, plus e.g.
   `knn_top1_correct`); each `<name>_correct` becomes `<name>_accuracy`.
   """
   start = time.time()
-  split = dataset.Split.from_string(evaluation_config['subset'])
-  batches = dataset.load_to_devices(
-    split,
-    preprocess_mode=dataset.PreprocessMode.EVAL,
-    global_batch_size=evaluation_config['batch_size'],
-    dataset_config=dataset_config,
-    sharding=sharding,
-  )
   totals = None
   for batch in batches:
     sums = batch_sums_fn(batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
-    raise ValueError(f'The {split.name} split of {dataset_config["name"]} is empty.')
+    raise ValueError(f'The {split_name} is empty.')
   totals = helpers.to_host(totals)
   count = float(totals['num_examples'])
   logging.info(

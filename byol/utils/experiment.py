@@ -7,7 +7,7 @@ learning rate, the training input, evaluation over a split (the classifier's acc
 accuracy of the embedding), and checkpoints that are checked before they are used.
 """
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from absl import logging
 import jax
@@ -15,13 +15,15 @@ import jax.numpy as jnp
 
 from byol.utils import checkpointing
 from byol.utils import cpu_kernels
-from byol.utils import dataset
 from byol.utils import evaluation
 from byol.utils import helpers
-from byol.utils import input_state
+from byol.utils import input_spec
 from byol.utils import networks
 from byol.utils import precision
 from byol.utils import schedules
+
+if TYPE_CHECKING:
+  from byol.utils import input_state
 
 Batch = Mapping[str, jax.Array]
 Scalars = dict[str, jax.Array]
@@ -33,7 +35,7 @@ class Experiment:
   # Set by subclasses: the state NamedTuple, the preprocessing of training batches, and what the
   # checkpoint is called in messages.
   _state_class: type[tuple]
-  _train_preprocess_mode: dataset.PreprocessMode
+  _train_preprocess_mode: input_spec.PreprocessMode
   _checkpoint_kind: str
 
   def __init__(
@@ -84,7 +86,7 @@ class Experiment:
     self._replicated = helpers.replicated(mesh)
     self._batch_sharding = helpers.batch_sharded(mesh)
     self._state: tuple | None = None
-    self._train_input: input_state.DeviceInput | None = None
+    self._train_input: 'input_state.DeviceInput | None' = None
     # Training batches the state has used: the initialisation takes one, then one per step.
     self._input_batches_used = 0
     self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._replicated)
@@ -135,10 +137,14 @@ class Experiment:
     """The next training batch on the devices."""
     return next(self._training_input())
 
-  def _training_input(self) -> input_state.DeviceInput:
+  def _training_input(self) -> 'input_state.DeviceInput':
     """The training input; started on first use, where the loaded checkpoint's run stood."""
+    # Imported where the input is built: the networks and updates run without TensorFlow.
+    from byol.utils import dataset
+    from byol.utils import input_state
+
     if self._train_input is None:
-      split = dataset.Split.from_string(self._dataset_config['train_split'])
+      split = input_spec.Split.from_string(self._dataset_config['train_split'])
       shards, num_shards = helpers.local_shards(self._batch_sharding.mesh)
       self._train_input = input_state.DeviceInput(
         dataset.load_for_devices(
@@ -167,6 +173,18 @@ class Experiment:
         self._train_input, self._input_batches_used, checkpoint_path=self._checkpointer.path
       )
     return self._train_input
+
+  def _eval_batches(self, split_name: str) -> Iterator[Batch]:
+    """Every example of a split once, centre-cropped, in evaluation batches on the devices."""
+    from byol.utils import dataset  # As in `_training_input`: only where the input is built.
+
+    return dataset.load_to_devices(
+      input_spec.Split.from_string(split_name),
+      preprocess_mode=input_spec.PreprocessMode.EVAL,
+      global_batch_size=self._evaluation_config['batch_size'],
+      dataset_config=self._dataset_config,
+      sharding=self._batch_sharding,
+    )
 
   def _eval_batch_fn(self, state: tuple, batch: Batch, bank: Batch | None) -> Scalars:
     """Sums over the real (unmasked) examples of a batch: counts, correct top-1/5 and loss, and
@@ -200,8 +218,9 @@ class Experiment:
   # What the train and eval workers of byol.main_loop call: `initialize` or `load_checkpoint`,
   # then `step` and `save_checkpoint` (train worker), or `load_checkpoint` and `evaluate` (eval).
 
-  def initialize(self, rng: jax.Array) -> None:
-    """Creates the initial state from `rng` (the same key on every host)."""
+  def initialize(self, rng: jax.Array, first_batch: Batch | None = None) -> None:
+    """Creates the initial state from `rng` (the same key on every host) and the first training
+    batch, or `first_batch` without reading the input."""
     raise NotImplementedError
 
   def step(self, *, global_step: int, rng: jax.Array) -> Scalars:
@@ -213,20 +232,23 @@ class Experiment:
     the weighted kNN top-1 of the encoder's embedding (unless `evaluation_config.knn.k` is 0)."""
     state = self._current_state('evaluate')
     bank = None
+    name = self._dataset_config['name']
     if self._evaluation_config['knn']['k'] > 0:
+      train_split = self._dataset_config['train_split']
       bank = evaluation.knn_bank(
         lambda batch: self._embed_batch(state, batch),
-        dataset_config=self._dataset_config,
-        evaluation_config=self._evaluation_config,
-        sharding=self._batch_sharding,
+        self._eval_batches(train_split),
+        bank_per_class=self._evaluation_config['knn']['bank_per_class'],
+        mesh=self._batch_sharding.mesh,
         num_classes=self._num_classes,
+        split_name=f'{train_split} split of {name}',
       )
+    subset = self._evaluation_config['subset']
     return evaluation.evaluate_split(
       lambda batch: self._eval_batch(state, batch, bank),
-      dataset_config=self._dataset_config,
-      evaluation_config=self._evaluation_config,
-      sharding=self._batch_sharding,
+      self._eval_batches(subset),
       global_step=global_step,
+      split_name=f'{subset} split of {name}',
     )
 
   @property
@@ -310,7 +332,7 @@ class Experiment:
     size = self._dataset_config['image_size']
     images = jax.ShapeDtypeStruct((self._batch_size, size, size, 3), jnp.float32)  # [B, H, W, 3]
     labels = jax.ShapeDtypeStruct((self._batch_size,), jnp.int32)  # [B]
-    if self._train_preprocess_mode is dataset.PreprocessMode.PRETRAIN:
+    if self._train_preprocess_mode is input_spec.PreprocessMode.PRETRAIN:
       return dict(view1=images, view2=images, labels=labels)
     return dict(images=images, labels=labels)
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from byol.utils import image_folder
+from byol.utils import input_spec
 from byol.utils import synthetic
 
 # The evaluation centre crop keeps S / (S + 32) of the short side (SPEC 7).
@@ -25,12 +26,8 @@ _MAX_DEFAULT_IMAGE_SIZE = 224
 _TINY_IMAGE_SIDE = 64  # Folders of images this small or smaller are evaluated uncropped.
 
 
-class DatasetError(ValueError):
-  """A dataset that cannot be read as asked: missing, malformed, or too small for the batch."""
-
-
-class DatasetNotFoundError(DatasetError):
-  """The dataset is unknown or not downloaded and prepared in the data folder."""
+DatasetError = input_spec.DatasetError
+DatasetNotFoundError = input_spec.DatasetNotFoundError
 
 
 class Source(NamedTuple):
