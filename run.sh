@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start: installs into .venv, then pretrains BYOL on the embedded synthetic images and
-# compares its linear evaluation with a random encoder's (a few minutes on a laptop CPU).
+# compares its kNN and linear top-1 with a random encoder's (a few minutes on a laptop CPU).
 # Flags go to `python -m byol.quickstart` (e.g. --checkpoint_root=/tmp/byol_quickstart).
 set -euo pipefail
 cd "$(dirname "$0")"
