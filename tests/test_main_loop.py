@@ -418,13 +418,14 @@ def test_bad_datasets_are_one_clear_message(tmp_path):
 
 
 def test_quick_start_reports_byol_against_a_random_encoder(tmp_path, capsys):
-  stem = 'network_config.encoder_config.small_image_stem=true'
+  # An entry linear evaluation inherits (it must reach the linear evaluations), costing nothing.
+  encoder = 'network_config.encoder_config.zero_init_residual=true'
   last_line = quickstart.run(
     str(tmp_path),
     pretrain_steps=2,
     linear_eval_steps=2,
     batch_size=16,
-    overrides=['base_target_ema=0.9', stem],
+    overrides=['base_target_ema=0.9', encoder],
     log_interval=0,
   )
   printed = capsys.readouterr().out
@@ -435,10 +436,10 @@ def test_quick_start_reports_byol_against_a_random_encoder(tmp_path, capsys):
   assert (
     f'$ python -m byol.main_loop --dataset=synthetic --experiment_mode=linear-eval '
     f'--checkpoint_root={tmp_path / "random"} --max_steps=2 --batch_size=16 '
-    f'--override={stem} --override=allow_train_from_scratch=true --worker_mode=eval'
+    f'--override={encoder} --override=allow_train_from_scratch=true --worker_mode=eval'
   ) in printed
   # The pretraining took every override; the linear evaluations the encoder's (not tau's).
-  assert '--override=base_target_ema=0.9 --override=' + stem in printed
+  assert '--override=base_target_ema=0.9 --override=' + encoder in printed
   assert printed.count('--override=base_target_ema') == 2  # The train and eval workers.
   assert re.fullmatch(
     r'Top-1 on the synthetic test split, BYOL vs random encoder: kNN \d+\.\d% vs \d+\.\d%, '
