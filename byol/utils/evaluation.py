@@ -1,5 +1,5 @@
 """Evaluation over a whole split, shared by pretraining and linear evaluation: the classifier's
-accuracy and loss, and the weighted kNN accuracy of an embedding (pretraining's monitor).
+accuracy and loss, and the weighted kNN accuracy of the evaluated encoder's embedding.
 
 Every example counts once: the last batch is completed with padding whose `mask` is 0, and the
 per-batch sums stay on the devices until the end of the pass.
