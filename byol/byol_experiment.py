@@ -131,6 +131,7 @@ class ByolExperiment(experiment.Experiment):
       eta=config['eta'],
       weight_decay_mask=mask,
       trust_ratio_mask=mask,
+      clip_trust_ratio=config['clip_trust_ratio'],
     )
 
   # ------------------------------------------------------------------------------- pure functions

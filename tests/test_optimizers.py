@@ -8,8 +8,9 @@ import optax
 from byol.utils import optimizers
 
 
-def numpy_lars_step(params, grads, momenta, lr, wd, momentum, eta, include):
-  """One step of SPEC section 5 on flat dicts `{name: array}`; `include[name]` marks LARS params."""
+def numpy_lars_step(params, grads, momenta, lr, wd, momentum, eta, include, clip=False):
+  """One step of SPEC section 5 on flat dicts `{name: array}`; `include[name]` marks LARS params.
+  With `clip` the trust ratio is at most 1."""
   new_params, new_momenta = {}, {}
   for name, p in params.items():
     g = grads[name].astype(np.float64)
@@ -18,7 +19,7 @@ def numpy_lars_step(params, grads, momenta, lr, wd, momentum, eta, include):
       g = g + wd * p64
       p_norm, g_norm = np.linalg.norm(p64), np.linalg.norm(g)
       if p_norm > 0 and g_norm > 0:
-        g = g * eta * p_norm / g_norm
+        g = g * (min(eta * p_norm / g_norm, 1.0) if clip else eta * p_norm / g_norm)
     mu = momentum * momenta[name] + g
     new_momenta[name] = mu
     new_params[name] = p64 - lr * mu
@@ -105,3 +106,41 @@ def test_lars_without_masks_decays_and_scales_everything():
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
   # g = 1 + 0.5 * 2 = 2 per entry; trust ratio 0.1 * |p| / |g| = 0.1 * 4 / 4.
   np.testing.assert_allclose(updates['bn']['b'], np.full((4,), -0.2), rtol=1e-6)
+
+
+def test_clipped_trust_ratio_matches_numpy_on_both_sides_of_1():
+  rng = np.random.default_rng(1)
+  params = haiku_like_params(rng)
+  # eta 1: ratios |p| / |g| of unit-normal arrays lie on both sides of 1 once the gradients are
+  # scaled by 0.5 or 2 (checked below), so the cap is both met and not.
+  wd, momentum, eta = 1e-2, 0.9, 1.0
+  include = flatten(optimizers.exclude_bias_and_norm(params))
+  expected_params = flatten(params)
+  momenta = {name: np.zeros_like(value, np.float64) for name, value in expected_params.items()}
+  optimizer = optimizers.lars(
+    0.1,
+    weight_decay=wd,
+    momentum=momentum,
+    eta=eta,
+    weight_decay_mask=optimizers.exclude_bias_and_norm,
+    trust_ratio_mask=optimizers.exclude_bias_and_norm,
+    clip_trust_ratio=True,
+  )
+  jax_params = jax.tree.map(jnp.asarray, params)
+  state = optimizer.init(jax_params)
+  clipped = set()
+  for step, factor in enumerate([0.5, 2.0, 0.5]):
+    grads = jax.tree.map(lambda p: factor * rng.normal(size=p.shape).astype(np.float32), params)
+    for name, g in flatten(grads).items():
+      p = flatten(jax.tree.map(np.asarray, jax_params))[name].astype(np.float64)
+      g = g + wd * p
+      if include[name] and np.linalg.norm(p) > 0:
+        clipped.add(eta * np.linalg.norm(p) / np.linalg.norm(g) > 1)
+    updates, state = optimizer.update(grads, state, jax_params)
+    jax_params = optax.apply_updates(jax_params, updates)
+    expected_params, momenta = numpy_lars_step(
+      expected_params, flatten(grads), momenta, 0.1, wd, momentum, eta, include, clip=True
+    )
+  assert clipped == {True, False}
+  for name, value in flatten(jax_params).items():
+    np.testing.assert_allclose(value, expected_params[name], rtol=1e-5, atol=1e-6, err_msg=name)

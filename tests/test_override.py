@@ -56,7 +56,7 @@ def test_top_level_entries_and_the_last_assignment_wins():
     (
       'optimizer_config.weight_dacay=1e-5',
       r'unknown key `weight_dacay`; the keys there are: '
-      r'eta, exclude_bias_from_adaption, momentum',
+      r'clip_trust_ratio, eta, exclude_bias_from_adaption, momentum',
     ),
     ('optimiser_config.eta=1', r'`optimiser_config` is not a group.*optimizer_config'),
     (

@@ -94,7 +94,12 @@ def get_config(
       **encoder_network_config(),
     ),
     optimizer_config=dict(
-      weight_decay=preset['weight_decay'], eta=1e-3, momentum=0.9, exclude_bias_from_adaption=True
+      weight_decay=preset['weight_decay'],
+      eta=1e-3,
+      momentum=0.9,
+      exclude_bias_from_adaption=True,
+      # True caps LARS's trust ratio at 1 (not the original's; for short small-batch runs).
+      clip_trust_ratio=False,
     ),
     lr_schedule_config=dict(
       base_learning_rate=preset['base_learning_rate'],
