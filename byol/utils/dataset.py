@@ -8,7 +8,7 @@ centre crop of evaluation, batching. The colour augmentations run later, on the 
 (`byol.utils.augmentations`).
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 import math
 import os
 from typing import Any, Mapping
@@ -263,28 +263,6 @@ def load_for_devices(
     num_shards=num_shards,
     seed=seed,
   )
-
-
-def load_to_devices(
-  split: Split,
-  *,
-  preprocess_mode: PreprocessMode,
-  global_batch_size: int,
-  dataset_config: Mapping[str, Any],
-  sharding: jax.sharding.NamedSharding,
-  seed: int | None = None,
-) -> Iterator[dict[str, jax.Array]]:
-  """Global batches of `split` on the devices of `sharding`, the next one copied ahead (the
-  arguments of `load_for_devices`)."""
-  batches = load_for_devices(
-    split,
-    preprocess_mode=preprocess_mode,
-    global_batch_size=global_batch_size,
-    dataset_config=dataset_config,
-    sharding=sharding,
-    seed=seed,
-  )
-  return helpers.prefetch_to_device(batches, sharding)
 
 
 def _split_range(source: sources.Source, split: Split) -> tuple[str, int, int]:

@@ -178,13 +178,14 @@ class Experiment:
     """Every example of a split once, centre-cropped, in evaluation batches on the devices."""
     from byol.utils import dataset  # As in `_training_input`: only where the input is built.
 
-    return dataset.load_to_devices(
+    batches = dataset.load_for_devices(
       input_spec.Split.from_string(split_name),
       preprocess_mode=input_spec.PreprocessMode.EVAL,
       global_batch_size=self._evaluation_config['batch_size'],
       dataset_config=self._dataset_config,
       sharding=self._batch_sharding,
     )
+    return helpers.prefetch_to_device(batches, self._batch_sharding)
 
   def _eval_batch_fn(self, state: tuple, batch: Batch, bank: Batch | None) -> Scalars:
     """Sums over the real (unmasked) examples of a batch: counts, correct top-1/5 and loss, and

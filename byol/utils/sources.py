@@ -26,10 +26,6 @@ _MAX_DEFAULT_IMAGE_SIZE = 224
 _TINY_IMAGE_SIDE = 64  # Folders of images this small or smaller are evaluated uncropped.
 
 
-DatasetError = input_spec.DatasetError
-DatasetNotFoundError = input_spec.DatasetNotFoundError
-
-
 class Source(NamedTuple):
   """Where a dataset's encoded examples `{'image': bytes, 'label': int64}` come from."""
 
@@ -82,11 +78,11 @@ def _tfds_source(dataset_name: str, data_dir: str | None) -> Source:
 
 def _folder_source(path: str) -> Source:
   if not path:
-    raise DatasetError('--dataset=folder:PATH needs a PATH, e.g. folder:/data/flowers.')
+    raise input_spec.DatasetError('--dataset=folder:PATH needs a PATH, e.g. folder:/data/flowers.')
   try:
     listing = image_folder.list_image_folder(path)
   except image_folder.ImageFolderError as error:
-    raise DatasetError(str(error)) from None
+    raise input_spec.DatasetError(str(error)) from None
   files = {'train': listing.train, 'test': listing.eval}
 
   def read(split: str, start: int, end: int, shuffle: bool, seed: int | None) -> tf.data.Dataset:
@@ -158,7 +154,7 @@ def _builder(dataset_name: str, data_dir: str | None) -> tfds.core.DatasetBuilde
   try:
     return tfds.builder(dataset_name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    raise DatasetNotFoundError(
+    raise input_spec.DatasetNotFoundError(
       f'There is no dataset named {dataset_name!r}: use imagenet2012, imagenette, cifar10, '
       'synthetic, folder:PATH or the name of a TFDS dataset.'
     ) from None
@@ -182,7 +178,7 @@ def _as_dataset(
   except AssertionError:
     if builder.data_path.exists():
       raise
-    raise DatasetNotFoundError(_not_found_message(builder)) from None
+    raise input_spec.DatasetNotFoundError(_not_found_message(builder)) from None
 
 
 def _not_found_message(builder: tfds.core.DatasetBuilder) -> str:
