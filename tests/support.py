@@ -29,6 +29,7 @@ from byol.configs import byol as byol_config
 from byol.configs import datasets
 from byol.configs import eval as eval_config
 from byol import main_loop
+from byol.utils import dataset
 from byol.utils import helpers
 from byol.utils import synthetic
 import pickle_like_2020  # This folder is on the path.
@@ -136,6 +137,21 @@ def write_2020_release_file(path: os.PathLike | str, pretrain_state: Any) -> str
     {field: getattr(pretrain_state, field) for field in networks}, str(path), 'global'
   )
   return str(path)
+
+
+def synthetic_train_batches(mode: dataset.PreprocessMode) -> dataset.HostBatches:
+  """A quick training pipeline: the synthetic TRAIN split at 16 px in batches of 4, one shard,
+  seed 0 (the same batches every time)."""
+  return dataset.load(
+    dataset.Split.TRAIN,
+    dataset_name='synthetic',
+    preprocess_mode=mode,
+    batch_dims=[4],
+    image_size=16,
+    shards=[0],
+    num_shards=1,
+    seed=0,
+  )
 
 
 def random_views(

@@ -11,6 +11,7 @@ from byol.utils import dataset
 from byol.utils import input_spec
 from byol.utils import sources
 from byol.utils import synthetic
+import support  # This folder is on the path.
 
 IMAGE_SIZE = 32
 TINY_TRAIN_SIZE = 25
@@ -396,16 +397,7 @@ def test_a_saved_position_restores_the_batches_that_follow_it(
 
 def test_a_missing_or_damaged_position_is_a_clear_error(tmp_path):
   def load():
-    return dataset.load(
-      dataset.Split.TRAIN,
-      dataset_name='synthetic',
-      preprocess_mode=dataset.PreprocessMode.PRETRAIN,
-      batch_dims=[4],
-      image_size=16,
-      shards=[0],
-      num_shards=1,
-      seed=0,
-    )
+    return support.synthetic_train_batches(dataset.PreprocessMode.PRETRAIN)
 
   with pytest.raises(dataset.DatasetError, match='Cannot read the input position'):
     load().restore(str(tmp_path / 'nothing'))

@@ -10,21 +10,13 @@ import pytest
 from byol.utils import dataset
 from byol.utils import helpers
 from byol.utils import input_state
+import support  # This folder is on the path.
 
 LAYOUT = {'dataset': 'synthetic', 'seed': 0, 'shards': [0], 'num_shards': 1}
 
 
 def make_input(checkpoint_path, layout=LAYOUT):
-  host_batches = dataset.load(
-    dataset.Split.TRAIN,
-    dataset_name='synthetic',
-    preprocess_mode=dataset.PreprocessMode.LINEAR_TRAIN,
-    batch_dims=[4],
-    image_size=16,
-    shards=[0],
-    num_shards=1,
-    seed=0,
-  )
+  host_batches = support.synthetic_train_batches(dataset.PreprocessMode.LINEAR_TRAIN)
   sharding = helpers.batch_sharded(helpers.make_mesh())
   return input_state.DeviceInput(
     host_batches, sharding, checkpoint_path=checkpoint_path, layout=layout
