@@ -78,7 +78,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   )
   flags.DEFINE_integer(
     'save_checkpoint_interval',
-    300,
+    60,
     'Seconds between two pretraining checkpoints, each a point of the learning curve.',
     lower_bound=0,
     flag_values=flag_values,
@@ -221,7 +221,7 @@ def run(
   linear_eval_steps: int = 300,
   batch_size: int | None = None,
   overrides: Sequence[str] = (),
-  save_interval: int = 300,
+  save_interval: int = 60,
   log_interval: float = 20.0,
 ) -> str:
   """The quick start in `root`; returns its last line (also printed): the kNN and linear top-1

@@ -77,6 +77,7 @@ def linear_eval_config(
   checkpoint: str | None,
   encoder: str = 'TinyResNet',
   overrides: Sequence[str] = (),
+  width: int = 1,
 ) -> dict[str, Any]:
   """A linear-evaluation config on `TINY_DATASET` of the encoder in `checkpoint`."""
   return eval_config.get_config(
@@ -86,6 +87,7 @@ def linear_eval_config(
     checkpoint_root=str(folder),
     overrides=[
       f'network_config.encoder_class={encoder}',
+      f'network_config.encoder_config.width_multiplier={width}',
       f'evaluation_config.batch_size={BATCH_SIZE}',
       *overrides,
     ],

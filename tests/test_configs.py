@@ -83,9 +83,36 @@ def test_the_synthetic_set_is_described_from_its_images_and_its_preset():
   synthetic = datasets.describe('synthetic')
   assert synthetic == datasets.Dataset('synthetic', 10, train_images=5000, image_size=32)
   config = byol_config.get_config(100, dataset=synthetic)
-  assert config['batch_size'] == 128
-  assert config['network_config']['encoder_class'] == 'TinyResNet'
-  assert config['base_target_ema'] == 0.99  # The short-run recipe of the quick start.
+  # The short-run recipe of the quick start.
+  assert config['batch_size'] == 64 and config['base_target_ema'] == 0.99
+  network = config['network_config']
+  assert network['encoder_class'] == 'TinyResNet'
+  assert network['encoder_config']['width_multiplier'] == 4
+  heads = [
+    network[f'{head}_size'] for head in ('projector_hidden', 'projector_output', 'predictor_hidden')
+  ]
+  assert heads == [512, 128, 512]
+  assert (
+    config['optimizer_config']['eta'] == 0.02 and config['optimizer_config']['clip_trust_ratio']
+  )
+  assert config['lr_schedule_config']['base_learning_rate'] == 1.0
+  # Linear evaluation rebuilds the same encoder, and the user's overrides come last.
+  linear = eval_config.get_config(
+    dataset=synthetic, overrides=['network_config.encoder_config.width_multiplier=2']
+  )
+  assert linear['network_config']['encoder_class'] == 'TinyResNet'
+  assert linear['network_config']['encoder_config']['width_multiplier'] == 2
+  assert (
+    eval_config.get_config(dataset=synthetic)['network_config']['encoder_config'][
+      'width_multiplier'
+    ]
+    == 4
+  )
+  # Other datasets keep the original's heads and LARS.
+  imagenet = byol_config.get_config(100)
+  assert imagenet['network_config']['projector_hidden_size'] == 4096
+  assert imagenet['optimizer_config']['eta'] == 1e-3
+  assert not imagenet['optimizer_config']['clip_trust_ratio']
 
 
 def test_a_folder_of_images_gets_the_folder_recipe():

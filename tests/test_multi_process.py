@@ -20,6 +20,7 @@ SYNTHETIC_TEST_SIZE = 1000
 RUN = [
   '--dataset=synthetic',
   '--encoder=TinyResNet',
+  '--override=network_config.encoder_config.width_multiplier=1',  # The preset's is 4.
   '--batch_size=16',
   '--eval_batch_size=25',  # Rounded up to 28, a multiple of the 4 devices of both processes.
   '--max_steps=3',
@@ -28,6 +29,10 @@ RUN = [
   # A kNN bank of the first 20 training images of each class: both processes must stop reading
   # the training split at the same global batch (a partial bank, as ImageNet's).
   '--override=evaluation_config.knn.bank_per_class=20',
+  # Small heads: every process writes each device's copy of the state for the test to compare.
+  '--override=network_config.projector_hidden_size=32',
+  '--override=network_config.projector_output_size=16',
+  '--override=network_config.predictor_hidden_size=32',
 ]
 
 
@@ -99,9 +104,9 @@ def test_two_processes_of_two_devices_train_and_evaluate_as_one_process_of_four(
       np.testing.assert_array_equal(copy, two_process_copies[0], err_msg=key)
     # ... and, close to it, the state of one process of four devices. Not to float tolerance: the
     # collectives sum in another order, and a ReLU or max-pool near-tie that this flips after the
-    # first step sends some gradients elsewhere (measured once: 3 of the 1M momentum entries of a
-    # predictor layer off by 1e-4, one BatchNorm's by 1e-3 in 0.1). Another batch or a missing
-    # reduction would change every array by about its own size.
+    # first step sends some gradients elsewhere (measured once, with 4096-wide heads: 3 of the 1M
+    # momentum entries of a predictor layer off by 1e-4, one BatchNorm's by 1e-3 in 0.1). Another
+    # batch or a missing reduction would change every array by about its own size.
     difference = float(np.linalg.norm(two_process_copies[0] - copies[0]))
     size = float(np.linalg.norm(copies[0]))
     # Arrays that are float noise (biases before a BatchNorm) get an absolute allowance.

@@ -24,9 +24,11 @@ import pytest
 from byol.utils import checkpointing
 import support
 
+# The synthetic preset's TinyResNet at its narrowest (the preset's is 4 times as wide).
+_ENCODER = ['--encoder=TinyResNet', '--override=network_config.encoder_config.width_multiplier=1']
 _TINY = [
   '--dataset=synthetic',
-  '--encoder=TinyResNet',
+  *_ENCODER,
   '--image_size=16',
   '--batch_size=8',
   '--eval_batch_size=100',
@@ -37,7 +39,8 @@ _TINY = [
   '--override=network_config.predictor_hidden_size=32',
   '--override=evaluation_config.knn.k=0',
 ]
-_LINEAR_EVAL_TINY = [flag for flag in _TINY if '--override' not in flag]  # Pretraining's own.
+# Without pretraining's own overrides.
+_LINEAR_EVAL_TINY = [flag for flag in _TINY if '--override' not in flag or flag in _ENCODER]
 _KILL_POINTS = ('checkpoint_write', 'checkpoint_rename', 'input_position')
 
 

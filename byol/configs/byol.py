@@ -88,18 +88,18 @@ def get_config(
     max_steps=max(1, num_epochs * dataset.train_images // batch_size),
     base_target_ema=preset['base_target_ema'],
     network_config=dict(
-      projector_hidden_size=4096,
-      projector_output_size=256,
-      predictor_hidden_size=4096,
+      projector_hidden_size=recipe.get('projector_hidden_size', 4096),
+      projector_output_size=recipe.get('projector_output_size', 256),
+      predictor_hidden_size=recipe.get('predictor_hidden_size', 4096),
       **encoder_network_config(),
     ),
     optimizer_config=dict(
       weight_decay=preset['weight_decay'],
-      eta=1e-3,
+      eta=recipe.get('eta', 1e-3),
       momentum=0.9,
       exclude_bias_from_adaption=True,
       # True caps LARS's trust ratio at 1 (not the original's; for short small-batch runs).
-      clip_trust_ratio=False,
+      clip_trust_ratio=recipe.get('clip_trust_ratio', False),
     ),
     lr_schedule_config=dict(
       base_learning_rate=preset['base_learning_rate'],
