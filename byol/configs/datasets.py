@@ -46,7 +46,8 @@ PRESETS = {
   ),
   # Measured on a 2-core CPU for 600 steps (README): the 8-channel TinyResNet's embedding died (all
   # ReLUs off) at every learning rate tried; 32 channels, small heads and a trust ratio capped at 1
-  # (a step of at most 2% of each weight's norm, with a faster-moving target) learn in minutes.
+  # (each array moves at most lr * 2% of its norm a step, before momentum), with a faster-moving
+  # target, learn in minutes.
   'synthetic': dict(
     encoder_class='TinyResNet',
     width_multiplier=4,
