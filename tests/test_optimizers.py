@@ -10,8 +10,9 @@ from byol.utils import optimizers
 
 def numpy_lars_step(params, grads, momenta, lr, wd, momentum, eta, include, clip=False):
   """One step of SPEC section 5 on flat dicts `{name: array}`; `include[name]` marks LARS params.
-  With `clip` the trust ratio is at most 1."""
-  new_params, new_momenta = {}, {}
+  With `clip` the trust ratio is at most 1. Returns the new parameters and momenta, and the
+  unclipped trust ratio `eta * |p| / |g|` of every array it scaled."""
+  new_params, new_momenta, ratios = {}, {}, {}
   for name, p in params.items():
     g = grads[name].astype(np.float64)
     p64 = p.astype(np.float64)
@@ -19,11 +20,12 @@ def numpy_lars_step(params, grads, momenta, lr, wd, momentum, eta, include, clip
       g = g + wd * p64
       p_norm, g_norm = np.linalg.norm(p64), np.linalg.norm(g)
       if p_norm > 0 and g_norm > 0:
-        g = g * (min(eta * p_norm / g_norm, 1.0) if clip else eta * p_norm / g_norm)
+        ratios[name] = eta * p_norm / g_norm
+        g = g * (min(ratios[name], 1.0) if clip else ratios[name])
     mu = momentum * momenta[name] + g
     new_momenta[name] = mu
     new_params[name] = p64 - lr * mu
-  return new_params, new_momenta
+  return new_params, new_momenta, ratios
 
 
 def haiku_like_params(rng):
@@ -51,6 +53,40 @@ def flatten(tree):
   }
 
 
+def lars_against_numpy(params, steps, wd, momentum, eta, clip=False):
+  """`optimizers.lars` (both masks `exclude_bias_and_norm`) and `numpy_lars_step`, side by side over
+  `steps`, a list of (learning rate, grads). Returns both final parameters, flat, and numpy's trust
+  ratios of every step."""
+  include = flatten(optimizers.exclude_bias_and_norm(params))
+  expected = flatten(params)
+  momenta = {name: np.zeros_like(value, np.float64) for name, value in expected.items()}
+  jax_params, state, ratios = jax.tree.map(jnp.asarray, params), None, []
+  for lr, grads in steps:
+    optimizer = optimizers.lars(
+      lr,
+      weight_decay=wd,
+      momentum=momentum,
+      eta=eta,
+      weight_decay_mask=optimizers.exclude_bias_and_norm,
+      trust_ratio_mask=optimizers.exclude_bias_and_norm,
+      clip_trust_ratio=clip,
+    )
+    if state is None:
+      state = optimizer.init(jax_params)
+    updates, state = optimizer.update(grads, state, jax_params)
+    jax_params = optax.apply_updates(jax_params, updates)
+    expected, momenta, step_ratios = numpy_lars_step(
+      expected, flatten(grads), momenta, lr, wd, momentum, eta, include, clip
+    )
+    ratios.append(step_ratios)
+  return flatten(jax_params), expected, ratios
+
+
+def assert_same_params(actual, expected):
+  for name, value in actual.items():
+    np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_exclude_bias_and_norm_marks_weights_only():
   mask = flatten(optimizers.exclude_bias_and_norm(haiku_like_params(np.random.default_rng(0))))
   assert mask == {
@@ -68,35 +104,15 @@ def test_exclude_bias_and_norm_marks_weights_only():
 def test_lars_matches_numpy_over_several_steps_with_changing_learning_rate():
   rng = np.random.default_rng(0)
   params = haiku_like_params(rng)
-  wd, momentum, eta = 1e-2, 0.9, 1e-3  # A large decay, so that its effect is visible.
-  include = flatten(optimizers.exclude_bias_and_norm(params))
-  expected_params = flatten(params)
-  momenta = {name: np.zeros_like(value, np.float64) for name, value in expected_params.items()}
-
-  state = None
-  jax_params = jax.tree.map(jnp.asarray, params)
+  steps = []
   for step, lr in enumerate([0.5, 1.0, 0.25, 2.0]):
     grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
     if step == 1:  # A zero gradient: its trust ratio must fall back to 1 too.
       grads['res_net18/~/initial_conv']['w'] = np.zeros((3, 3, 3, 4), np.float32)
-    optimizer = optimizers.lars(
-      lr,
-      weight_decay=wd,
-      momentum=momentum,
-      eta=eta,
-      weight_decay_mask=optimizers.exclude_bias_and_norm,
-      trust_ratio_mask=optimizers.exclude_bias_and_norm,
-    )
-    if state is None:
-      state = optimizer.init(jax_params)
-    updates, state = optimizer.update(grads, state, jax_params)
-    jax_params = optax.apply_updates(jax_params, updates)
-    expected_params, momenta = numpy_lars_step(
-      expected_params, flatten(grads), momenta, lr, wd, momentum, eta, include
-    )
-
-  for name, value in flatten(jax_params).items():
-    np.testing.assert_allclose(value, expected_params[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    steps.append((lr, grads))
+  # A large decay, so that its effect is visible.
+  actual, expected, _ = lars_against_numpy(params, steps, wd=1e-2, momentum=0.9, eta=1e-3)
+  assert_same_params(actual, expected)
 
 
 def test_lars_without_masks_decays_and_scales_everything():
@@ -113,34 +129,12 @@ def test_clipped_trust_ratio_matches_numpy_on_both_sides_of_1():
   params = haiku_like_params(rng)
   # eta 1: ratios |p| / |g| of unit-normal arrays lie on both sides of 1 once the gradients are
   # scaled by 0.5 or 2 (checked below), so the cap is both met and not.
-  wd, momentum, eta = 1e-2, 0.9, 1.0
-  include = flatten(optimizers.exclude_bias_and_norm(params))
-  expected_params = flatten(params)
-  momenta = {name: np.zeros_like(value, np.float64) for name, value in expected_params.items()}
-  optimizer = optimizers.lars(
-    0.1,
-    weight_decay=wd,
-    momentum=momentum,
-    eta=eta,
-    weight_decay_mask=optimizers.exclude_bias_and_norm,
-    trust_ratio_mask=optimizers.exclude_bias_and_norm,
-    clip_trust_ratio=True,
+  steps = [
+    (0.1, jax.tree.map(lambda p: factor * rng.normal(size=p.shape).astype(np.float32), params))
+    for factor in (0.5, 2.0, 0.5)
+  ]
+  actual, expected, ratios = lars_against_numpy(
+    params, steps, wd=1e-2, momentum=0.9, eta=1.0, clip=True
   )
-  jax_params = jax.tree.map(jnp.asarray, params)
-  state = optimizer.init(jax_params)
-  clipped = set()
-  for step, factor in enumerate([0.5, 2.0, 0.5]):
-    grads = jax.tree.map(lambda p: factor * rng.normal(size=p.shape).astype(np.float32), params)
-    for name, g in flatten(grads).items():
-      p = flatten(jax.tree.map(np.asarray, jax_params))[name].astype(np.float64)
-      g = g + wd * p
-      if include[name] and np.linalg.norm(p) > 0:
-        clipped.add(eta * np.linalg.norm(p) / np.linalg.norm(g) > 1)
-    updates, state = optimizer.update(grads, state, jax_params)
-    jax_params = optax.apply_updates(jax_params, updates)
-    expected_params, momenta = numpy_lars_step(
-      expected_params, flatten(grads), momenta, 0.1, wd, momentum, eta, include, clip=True
-    )
-  assert clipped == {True, False}
-  for name, value in flatten(jax_params).items():
-    np.testing.assert_allclose(value, expected_params[name], rtol=1e-5, atol=1e-6, err_msg=name)
+  assert {ratio > 1 for step in ratios for ratio in step.values()} == {True, False}
+  assert_same_params(actual, expected)
