@@ -2,6 +2,8 @@
 
 import logging
 import os
+import subprocess
+import sys
 
 from absl import logging as absl_logging
 import pytest
@@ -50,3 +52,38 @@ def test_verbosity_1_keeps_absls_lines_with_every_library(handler):
   formatter, filters = handler.python_handler.formatter, list(handler.filters)
   console.use_clean_lines()
   assert handler.python_handler.formatter is formatter and handler.filters == filters
+
+
+# TensorFlow 2.21's first lines on import, as C++ writes them to file descriptor 2.
+TENSORFLOW_START_UP = (
+  'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n'
+  'I0000 00:00:1796403131.825092   18735 port.cc:153] oneDNN custom operations are on.\n'
+  'I0000 00:00:1796403131.860754   18735 cpu_feature_guard.cc:227] This TensorFlow binary is '
+  'optimized to use available CPU instructions in performance-critical operations.\n'
+  'To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow.\n'
+)
+
+
+def test_start_up_notices_are_held_back_until_verbosity_1_and_problems_pass(handler, capfd):
+  problem = 'E0000 00:00:1796403131.9 18735 cuda_dnn.cc:8] Could not load cuDNN\n'
+  with console.held_back_start_up_notices():
+    os.write(2, (TENSORFLOW_START_UP + problem).encode())
+  assert capfd.readouterr().err == problem  # A problem is shown at once, and only it.
+
+  absl_logging.set_verbosity(absl_logging.INFO)  # The default, -v 0: the notices stay held.
+  console.use_clean_lines()
+  assert capfd.readouterr().err == ''
+  absl_logging.set_verbosity(absl_logging.DEBUG)  # -v 1
+  console.use_clean_lines()
+  assert capfd.readouterr().err == TENSORFLOW_START_UP
+
+
+def test_the_input_pipeline_imports_tensorflow_with_its_notices_held_back():
+  program = (
+    'import byol.utils.dataset; from byol.utils import console; print(console._held_notices)'
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', program], capture_output=True, text=True, check=True
+  )
+  assert result.stderr == ''
+  assert 'oneDNN' in result.stdout  # Held, for -v 1.

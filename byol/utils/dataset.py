@@ -15,11 +15,11 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
-import tensorflow as tf
 
 from byol.utils import helpers
 from byol.utils import input_spec
 from byol.utils import sources
+from byol.utils.tensorflow_quiet import tf
 
 Batch = dict[str, np.ndarray]
 IntLike = int | tf.Tensor  # A Python int or a scalar integer tensor.

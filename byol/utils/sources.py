@@ -10,12 +10,12 @@ import functools
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from byol.utils import image_folder
 from byol.utils import input_spec
 from byol.utils import synthetic
+from byol.utils.tensorflow_quiet import tf
+from byol.utils.tensorflow_quiet import tfds
 
 # The evaluation centre crop keeps S / (S + 32) of the short side (SPEC 7).
 CENTER_CROP_PADDING = 32

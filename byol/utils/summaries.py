@@ -12,7 +12,8 @@ import time
 from typing import Mapping
 
 import jax
-import tensorflow as tf
+
+from byol.utils.tensorflow_quiet import tf
 
 
 def _scalar_metadata() -> tf.compat.v1.SummaryMetadata:
