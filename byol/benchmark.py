@@ -8,7 +8,7 @@ Prints one table and writes it as JSON to `--output`:
   it and as the ResNets compute it on CPU (patches times a matrix,
   `cpu_kernels.conv_as_patch_product`);
 - the pretraining update: compile time, ms/step, images/s, and its FLOPs (XLA's count of the
-  forward and backward passes) per second as a share of the convolution rate;
+  forward and backward passes, with plain ops) per second as a share of the convolution rate;
 - the device augmentations alone, as a share of the update;
 - the linear-evaluation update (frozen encoder);
 - the tf.data pipeline alone, per preprocessing mode, on `--dataset` (images/s);
@@ -18,6 +18,8 @@ The update rows use a random batch already on the device, so they measure the co
 `--compute_dtype=bfloat16` runs the networks in bfloat16 (parameters stay float32), for
 accelerators; on CPU it is slower than float32. `--cpu_kernels=off` times the updates without the
 CPU-only routes of `byol.utils.cpu_kernels` (`auto`, the default: on for the CPU backend only).
+Where the routes are on, the pretraining update is also timed without them ('plain ops': what the
+original computes), in the same run, and the update row gives the ratio of the two.
 """
 
 import functools
@@ -38,6 +40,7 @@ from byol.configs import byol as byol_config
 from byol.configs import datasets
 from byol.configs import eval as eval_config
 from byol.utils import augmentations
+from byol.utils import console
 from byol.utils import cpu_kernels
 from byol.utils import helpers
 from byol.utils import input_spec
@@ -392,6 +395,8 @@ def _format(row: Row) -> str:
       figures.append(f'{row[key]:.1f} {unit}')
   if 'conv_share' in row:
     figures.append(f'{100 * row["conv_share"]:.0f}% of the convolution rate')
+  if 'speedup_over_plain_ops' in row:
+    figures.append(f'{row["speedup_over_plain_ops"]:.2f}x the plain ops')
   if 'share_of_compute' in row:
     figures.append(f'{100 * row["share_of_compute"]:.0f}% of the compute-only rate')
   if 'share_of_update' in row:
@@ -415,6 +420,7 @@ def _input_unavailable() -> str | None:
 
 def main(argv: list[str]) -> None:
   del argv
+  console.use_clean_lines()
   unavailable = _input_unavailable()
   # Without the input pipeline no dataset can be read: the compute rows take ImageNet's facts.
   dataset = datasets.IMAGENET if unavailable else datasets.describe(FLAGS.dataset, FLAGS.data_dir)
@@ -452,6 +458,26 @@ def main(argv: list[str]) -> None:
   )
   conv_rate = rows[1]['gflop_per_s']
   compute = next(row for row in rows if row['what'].startswith('pretrain update'))
+  if experiment.use_cpu_kernels:
+    # The same update as the original computes it (plain Haiku and XLA ops), in this process, so
+    # that the ratio holds on a machine whose speed varies between sessions.
+    plain = pretrain_update(
+      pretraining(
+        FLAGS.encoder, dataset, FLAGS.image_size, FLAGS.batch_size, FLAGS.compute_dtype, 'off'
+      ),
+      f'{description}, plain ops',
+      image_size=FLAGS.image_size,
+      batch_size=FLAGS.batch_size,
+      num_classes=dataset.num_classes,
+      steps=FLAGS.steps,
+    )
+    rows += plain
+    compute['speedup_over_plain_ops'] = plain[0]['ms'] / compute['ms']
+    # The model's arithmetic is the plain ops' count: XLA counts the routes' patch extraction
+    # (a convolution with a 0/1 kernel) as FLOPs too.
+    compute['gflop_per_step'] = plain[0]['gflop_per_step']
+    compute['gflop_per_s'] = compute['gflop_per_step'] / compute['ms'] * 1e3
+    plain[0]['conv_share'] = plain[0]['gflop_per_s'] / conv_rate
   compute['conv_share'] = compute['gflop_per_s'] / conv_rate
   if unavailable:
     print(f'Input rows skipped: {unavailable} (the compute rows need only JAX).')

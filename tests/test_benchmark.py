@@ -88,7 +88,14 @@ def test_the_update_rows_run_without_tensorflow(tmp_path):
     'pretrain update',
     'device augmentations of both views',
     'linear-eval update (frozen)',
+    'pretrain update',  # Without the CPU-only routes (plain ops), for the ratio.
+    'device augmentations of both views',
   ]
   for row in figures['rows']:
     assert all(value > 0 for key, value in row.items() if key != 'what'), row
-  assert figures['rows'][4]['gflop_per_s'] > 0 and 0 < figures['rows'][4]['conv_share']
+  routes, plain = figures['rows'][4], figures['rows'][7]
+  assert figures['cpu_kernels'] and 'plain ops' in plain['what']
+  assert routes['gflop_per_s'] > 0 and 0 < routes['conv_share']
+  assert routes['gflop_per_step'] == plain['gflop_per_step']  # The model's arithmetic, once.
+  np.testing.assert_allclose(routes['speedup_over_plain_ops'], plain['ms'] / routes['ms'])
+  assert 'x the plain ops' in result.stdout
