@@ -410,18 +410,17 @@ def _format(row: Row) -> str:
 
 def _input_unavailable() -> str | None:
   """None where the input pipeline can run, else why not (TensorFlow or TFDS not installed)."""
-  for name in ('tensorflow', 'tensorflow_datasets'):
-    try:
-      importlib.import_module(name)
-    except ImportError:
-      return f'{name} is not installed'
+  try:
+    importlib.import_module('byol.utils.tensorflow_quiet')
+  except ImportError as error:
+    return f'{error.name} is not installed'
   return None
 
 
 def main(argv: list[str]) -> None:
   del argv
-  console.use_clean_lines()
   unavailable = _input_unavailable()
+  console.use_clean_lines()  # After TensorFlow's import: its notices are shown at -v 1.
   # Without the input pipeline no dataset can be read: the compute rows take ImageNet's facts.
   dataset = datasets.IMAGENET if unavailable else datasets.describe(FLAGS.dataset, FLAGS.data_dir)
   rows = machine_rates(FLAGS.steps)
