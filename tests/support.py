@@ -264,6 +264,20 @@ def run_main_loop(*argv: str) -> tuple[int, str]:
   return code, '\n'.join(lines.lines)
 
 
+def write_image_folder(root, layout, image_format='png'):
+  """Writes `{split: {class: count}}` random images of various sizes under `root`."""
+  rng = np.random.default_rng(0)
+  encode = tf.io.encode_png if image_format == 'png' else tf.io.encode_jpeg
+  for split, classes in layout.items():
+    (root / split).mkdir(parents=True)
+    for name, count in classes.items():
+      (root / split / name).mkdir()
+      for index in range(count):
+        image = rng.integers(0, 256, (20 + index, 30 - index, 3), dtype=np.uint8)
+        (root / split / name / f'{index}.{image_format}').write_bytes(encode(image).numpy())
+  return f'folder:{root}'
+
+
 # Folders the workers of a session share.
 
 

@@ -364,7 +364,7 @@ def test_a_saved_position_restores_the_batches_that_follow_it(
 ):
   name = {
     'tfds': DatasetTestTinyImages.name,
-    'folder': write_image_folder(
+    'folder': support.write_image_folder(
       tmp_path / 'images', {'train': {'a': 9, 'b': 8}, 'test': {'a': 2}}
     ),
     'synthetic': 'synthetic',
@@ -535,22 +535,8 @@ def test_normalize_images_standardises_each_channel(to_array):
 # ------------------------------------------------------------------- folder and synthetic data
 
 
-def write_image_folder(root, layout, image_format='png'):
-  """Writes `{split: {class: count}}` random images of various sizes under `root`."""
-  rng = np.random.default_rng(0)
-  encode = tf.io.encode_png if image_format == 'png' else tf.io.encode_jpeg
-  for split, classes in layout.items():
-    (root / split).mkdir(parents=True)
-    for name, count in classes.items():
-      (root / split / name).mkdir()
-      for index in range(count):
-        image = rng.integers(0, 256, (20 + index, 30 - index, 3), dtype=np.uint8)
-        (root / split / name / f'{index}.{image_format}').write_bytes(encode(image).numpy())
-  return f'folder:{root}'
-
-
 def test_folder_dataset_reads_classes_and_splits_from_the_folders(tmp_path):
-  name = write_image_folder(
+  name = support.write_image_folder(
     tmp_path,
     {'train': {'cat': 12, 'dog': 8, 'eel': 10}, 'val': {'cat': 2, 'eel': 3}},
     image_format='jpg',
@@ -598,11 +584,11 @@ def test_folder_dataset_reads_classes_and_splits_from_the_folders(tmp_path):
 )
 def test_malformed_folders_are_clear_errors(tmp_path, layout, match):
   with pytest.raises(dataset.DatasetError, match=match):
-    dataset.num_classes(write_image_folder(tmp_path, layout))
+    dataset.num_classes(support.write_image_folder(tmp_path, layout))
 
 
 def test_files_that_are_not_images_are_named(tmp_path):
-  name = write_image_folder(tmp_path, {'train': {'a': 2}, 'val': {'a': 1}})
+  name = support.write_image_folder(tmp_path, {'train': {'a': 2}, 'val': {'a': 1}})
   (tmp_path / 'train' / 'a' / 'notes.jpg').write_text('not an image')
   with pytest.raises(
     dataset.DatasetError, match=r'1 files .* not JPEG, PNG, GIF or BMP.*notes.jpg'
@@ -618,7 +604,7 @@ def test_missing_folder_and_empty_path_are_clear_errors(tmp_path):
 
 
 def test_training_split_smaller_than_one_batch_is_a_clear_error(tmp_path):
-  name = write_image_folder(tmp_path, {'train': {'a': 3, 'b': 3}, 'val': {'a': 1}})
+  name = support.write_image_folder(tmp_path, {'train': {'a': 3, 'b': 3}, 'val': {'a': 1}})
   with pytest.raises(dataset.DatasetError, match='6 examples, fewer than one batch of 8'):
     dataset.load(
       dataset.Split.TRAIN_AND_VALID,

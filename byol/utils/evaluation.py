@@ -5,7 +5,7 @@ Every example counts once: the last batch is completed with padding whose `mask`
 per-batch sums stay on the devices until the end of the pass.
 """
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 import time
 
 from absl import logging
@@ -62,6 +62,20 @@ def knn_votes(
   return jnp.where(alive, votes, 0.0)
 
 
+def real_rows(
+  embed_fn: Callable[[Batch], Batch], batches: Iterable[Batch]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Each batch's (embedding [B', D], labels [B']) on the host, padding rows (mask 0) left out.
+
+  `embed_fn(batch)` returns the batch's `embedding`, `labels` and `mask`, replicated (the whole
+  global batch on every process), so every process holds the same rows.
+  """
+  for batch in batches:
+    outputs = helpers.to_host(embed_fn(batch))
+    keep = outputs['mask'].astype(bool)  # [B]
+    yield outputs['embedding'][keep], outputs['labels'][keep].astype(np.int64)
+
+
 def knn_bank(
   embed_fn: Callable[[Batch], Batch],
   batches: Iterable[Batch],
@@ -74,28 +88,25 @@ def knn_bank(
   """The kNN memory bank: normalised embeddings [M, D] and labels [M] of training images.
 
   `batches` are the training split's, read as for evaluation (centre crops, no augmentation, every
-  image once, padding masked out). `embed_fn(batch)` returns the batch's L2-normalised `embedding`
-  [B, D], `labels` and `mask`, replicated (the whole global batch on every process), so every
-  process selects the same bank (`split_name` names the split in errors). With `bank_per_class`
-  > 0 the bank holds the first that many images of each class met in reading order (which depends
-  on the device count), and reading stops once every class has them.
+  image once, padding masked out). `embed_fn` is as in `real_rows`, its `embedding` L2-normalised,
+  so every process selects the same bank (`split_name` names the split in errors). With
+  `bank_per_class` > 0 the bank holds the first that many images of each class met in reading
+  order (which depends on the device count), and reading stops once every class has them.
   The bank is returned replicated on the devices of `mesh`.
   """
   start = time.time()
   per_class = bank_per_class
   counts = np.zeros(num_classes, np.int64)
   features, labels = [], []
-  for batch in batches:
-    outputs = helpers.to_host(embed_fn(batch))
-    keep = outputs['mask'].astype(bool)  # [B]
-    batch_labels = outputs['labels'].astype(np.int64)  # [B]
+  for embedding, batch_labels in real_rows(embed_fn, batches):  # [B', D], [B']
+    keep = np.ones(len(batch_labels), bool)
     if per_class > 0:
-      # Each kept row's rank among the kept rows of its class in this batch, from 0.
-      same_class = (batch_labels[:, None] == np.arange(num_classes)) & keep[:, None]  # [B, C]
+      # Each row's rank among the rows of its class in this batch, from 0.
+      same_class = batch_labels[:, None] == np.arange(num_classes)  # [B', C]
       rank = np.cumsum(same_class, axis=0)[np.arange(len(keep)), batch_labels] - 1
       keep &= counts[batch_labels] + rank < per_class
     counts += np.bincount(batch_labels[keep], minlength=num_classes)
-    features.append(outputs['embedding'][keep])
+    features.append(embedding[keep])
     labels.append(batch_labels[keep])
     if per_class > 0 and counts.min() >= per_class:
       break

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from absl import logging
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from byol.utils import checkpointing
 from byol.utils import cpu_kernels
@@ -90,7 +91,9 @@ class Experiment:
     # Training batches the state has used: the initialisation takes one, then one per step.
     self._input_batches_used = 0
     self._eval_batch = jax.jit(self._eval_batch_fn, out_shardings=self._replicated)
-    self._embed_batch = jax.jit(self._embed_batch_fn, out_shardings=self._replicated)
+    self._embed_batch = jax.jit(
+      self._embed_batch_fn, out_shardings=self._replicated, static_argnames='normalise'
+    )
 
   # ------------------------------------------------------------------------------- subclass hooks
 
@@ -208,12 +211,12 @@ class Experiment:
       sums['knn_top1_correct'] = jnp.sum(batch['mask'] * correct)
     return sums
 
-  def _embed_batch_fn(self, state: tuple, batch: Batch) -> Batch:
-    """The L2-normalised embedding [B, D] of a batch, with its labels and mask."""
+  def _embed_batch_fn(self, state: tuple, batch: Batch, normalise: bool = True) -> Batch:
+    """The embedding [B, D] of a batch (L2-normalised unless told not), its labels and mask."""
     embedding, _ = self._embedding_and_logits(state, batch['images'])
-    return dict(
-      embedding=helpers.l2_normalize(embedding, axis=-1), labels=batch['labels'], mask=batch['mask']
-    )
+    if normalise:
+      embedding = helpers.l2_normalize(embedding, axis=-1)
+    return dict(embedding=embedding, labels=batch['labels'], mask=batch['mask'])
 
   # ------------------------------------------------------------------------------- worker API
   # What the train and eval workers of byol.main_loop call: `initialize` or `load_checkpoint`,
@@ -251,6 +254,21 @@ class Experiment:
       global_step=global_step,
       split_name=f'{subset} split of {name}',
     )
+
+  def split_features(self, split_name: str) -> dict[str, np.ndarray]:
+    """The evaluated encoder's embedding (not normalised) of every image of a split, centre-cropped
+    as for evaluation, in reading order: `features` [N, D] and `labels` [N], on every process."""
+    state = self._current_state('compute features')
+    rows = list(
+      evaluation.real_rows(
+        lambda batch: self._embed_batch(state, batch, normalise=False),
+        self._eval_batches(split_name),
+      )
+    )
+    if not rows:
+      raise ValueError(f'The {split_name} split of {self._dataset_config["name"]} is empty.')
+    features, labels = zip(*rows)
+    return dict(features=np.concatenate(features), labels=np.concatenate(labels).astype(np.int32))
 
   @property
   def state(self) -> tuple | None:
