@@ -101,3 +101,11 @@ def test_a_strided_convolutions_three_passes_count_the_same_flops():
   expected = 2.0 * BATCH * (SIDE // 2) ** 2 * KERNEL**2 * IN * OUT
   assert flops['conv forward'] == flops['conv input gradient'] == flops['conv weight gradient']
   assert flops['conv forward'] == expected
+
+
+def test_the_pretraining_update_of_a_tiny_resnet_profiles_by_role():
+  timed, wall = profile.profile('TinyResNet', image_size=32, batch_size=4, steps=1)
+  assert wall > 0 and all(op.seconds > 0 for op in timed)
+  assert [op.seconds for op in timed] == sorted((op.seconds for op in timed), reverse=True)
+  kinds = {kind for kind, _, _ in profile.by_kind(timed)}
+  assert {'conv forward', 'conv input gradient', 'conv weight gradient', 'dot'} <= kinds
