@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from typing import Any
+import zipfile
 
 from absl import app
 from absl import flags
@@ -86,12 +87,16 @@ def encoder_identity(config: dict[str, Any]) -> str:
 
 def cached_features(path: str, identity: str, compute: Any) -> tuple[dict[str, np.ndarray], bool]:
   """The features in `path` if they were computed for `identity`, else `compute()`'s, written there
-  (atomically) for the next run. Returns them and whether they were computed now."""
+  (atomically) for the next run. Returns them and whether they were computed now. A file that is
+  not such a cache (damaged, or holding anything but plain arrays) is computed again."""
   if os.path.exists(path):
-    with np.load(path, allow_pickle=False) as cached:  # Plain arrays only: nothing runs.
-      if str(cached['identity']) == identity:
-        return dict(features=cached['features'], labels=cached['labels']), False
-    logging.info('%s holds features of another encoder or dataset: computing them again.', path)
+    try:
+      with np.load(path, allow_pickle=False) as cached:  # Plain arrays only: nothing runs.
+        if str(cached['identity']) == identity:
+          return dict(features=cached['features'], labels=cached['labels']), False
+      logging.info('%s holds features of another encoder or dataset: computing them again.', path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+      logging.warning('%s cannot be read (%s): computing the features again.', path, error)
   features = compute()
   if jax.process_index() == 0:
     checkpointing.write_atomically(

@@ -3,6 +3,7 @@ the encoder's identity, and the protocol's sweep, choice and test score."""
 
 import hashlib
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -71,6 +72,15 @@ def test_cached_features_are_read_for_the_same_encoder_and_computed_again_for_an
   np.testing.assert_array_equal(again['features'], first['features'])
   other, computed = transfer.cached_features(path, 'encoder B', lambda: compute(2.0))
   assert computed and calls == [1.0, 2.0] and other['features'][0, 0] == 2.0
+  # A damaged file, and one holding a pickled object: neither is read, both are replaced.
+  for content in (b'PK\x03\x04 truncated', None):
+    if content is None:
+      np.savez(path, identity=np.array('encoder B'), features=np.array([object()]), labels=[0])
+    else:
+      pathlib.Path(path).write_bytes(content)
+    _, computed = transfer.cached_features(path, 'encoder B', lambda: compute(3.0))
+    assert computed
+  assert calls == [1.0, 2.0, 3.0, 3.0]
 
 
 def test_the_identity_changes_with_the_checkpoint_and_the_images(tmp_path, target):
