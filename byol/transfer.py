@@ -191,16 +191,17 @@ def transfer_config(
   )
   pretraining = config_file.read(checkpoint_root, 'pretrain') if checkpoint_root else None
   if pretraining is not None:
-    image_size = config['dataset_config']['image_size']  # The target's, not the pretraining's.
-    explicit = {
-      tuple(text.partition('=')[0].split('.')): f'--override {text.partition("=")[0]}'
-      for text in overrides
-      if not text.startswith('dataset_config.image_size=')
-    }
+    # The encoder only: the images are the target's, at its own size.
     config_file.inherit(
-      config, pretraining, explicit=explicit, source=config_file.path(checkpoint_root, 'pretrain')
+      config,
+      pretraining,
+      explicit={
+        tuple(text.partition('=')[0].split('.')): f'--override {text.partition("=")[0]}'
+        for text in overrides
+      },
+      source=config_file.path(checkpoint_root, 'pretrain'),
+      key_paths=config_file.ENCODER,
     )
-    config['dataset_config']['image_size'] = image_size
   return config
 
 

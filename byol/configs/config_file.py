@@ -9,21 +9,23 @@ versions) take the flags as before.
 
 import json
 import os
-from typing import Any, Mapping, MutableMapping
+from typing import Any, Mapping, MutableMapping, Sequence
 
 from byol.utils import checkpointing
 from byol.utils import distributed
 
-# Entries a run on a pretraining checkpoint must share with the pretraining run: the encoder it
-# rebuilds, and the images it was trained on.
-INHERITED = (
+# The entries that decide the encoder a run on a pretraining checkpoint rebuilds.
+ENCODER = (
   ('network_config', 'encoder_class'),
   ('network_config', 'encoder_config', 'resnet_v2'),
   ('network_config', 'encoder_config', 'width_multiplier'),
   ('network_config', 'encoder_config', 'zero_init_residual'),
   ('network_config', 'encoder_config', 'small_image_stem'),
-  ('dataset_config', 'image_size'),
 )
+# Entries a run on a pretraining checkpoint must share with the pretraining run: the encoder it
+# rebuilds, and the images it was trained on. (Transfer to another dataset takes the encoder's
+# alone.)
+INHERITED = (*ENCODER, ('dataset_config', 'image_size'))
 
 
 class ConfigError(ValueError):
@@ -70,8 +72,10 @@ def inherit(
   *,
   explicit: Mapping[tuple[str, ...], str],
   source: str,
+  key_paths: Sequence[tuple[str, ...]] = INHERITED,
 ) -> None:
-  """Sets the `INHERITED` entries of `config` to those of the pretraining run's config.
+  """Sets the `key_paths` entries of `config` (by default `INHERITED`) to those of the pretraining
+  run's config.
 
   Args:
     config: the config being assembled, with the command line applied.
@@ -79,11 +83,12 @@ def inherit(
     explicit: the entries the command line set, with the flag that set each, e.g.
       `{('network_config', 'encoder_class'): '--encoder'}`: these must agree with `pretraining`.
     source: the file `pretraining` came from, for messages.
+    key_paths: the entries to inherit.
 
   Raises:
     ConfigError: an explicit entry differs from the pretraining run's.
   """
-  for key_path in INHERITED:
+  for key_path in key_paths:
     try:
       wanted = _get(pretraining, key_path)
     except KeyError:
