@@ -6,6 +6,7 @@ With `freeze_backbone` (linear evaluation) the encoder runs in inference mode an
 without it (fine-tuning) the encoder is trained too and its BatchNorm statistics are updated.
 """
 
+import os
 from typing import Any, Mapping, NamedTuple
 
 from absl import logging
@@ -19,6 +20,7 @@ from byol.utils import checkpointing
 from byol.utils import input_spec
 from byol.utils import experiment
 from byol.utils import helpers
+from byol.utils import label_subset
 from byol.utils import precision
 
 Batch = Mapping[str, jax.Array]
@@ -72,6 +74,8 @@ class EvalExperiment(experiment.Experiment):
     self._checkpoint_to_evaluate = checkpoint_to_evaluate
     self._allow_train_from_scratch = allow_train_from_scratch
     self._freeze_backbone = freeze_backbone
+    label_subset.check_fraction(dataset_config['label_fraction'])
+    self._labelled_subsets: dict[input_spec.Split, np.ndarray] = {}
     self._optimizer_config = dict(optimizer_config)
     self._backbone = hk.without_apply_rng(hk.transform_with_state(self._backbone_fn))
     self._classifier = hk.without_apply_rng(hk.transform(self._classifier_fn))
@@ -240,6 +244,29 @@ class EvalExperiment(experiment.Experiment):
     return logs
 
   # ------------------------------------------------------------------------------- internals
+
+  def _labelled_subset(self, split: input_spec.Split) -> np.ndarray | None:
+    """`dataset_config.label_fraction` of the split's examples, recorded beside the checkpoint as
+    `<name>.labels.json` (`byol.utils.label_subset`); None when the fraction is 1."""
+    fraction = self._dataset_config['label_fraction']
+    if fraction == 1:
+      return None
+    if split not in self._labelled_subsets:
+      from byol.utils import dataset  # Only where the input is built (the update needs no TF).
+
+      name, data_dir = self._dataset_config['name'], self._dataset_config['data_dir']
+      self._labelled_subsets[split] = label_subset.load_or_choose(
+        os.path.splitext(self._checkpointer.path)[0] + '.labels.json',
+        description=dict(
+          dataset=name,
+          split=split.name.lower(),
+          split_size=dataset.num_examples(split, name, data_dir),
+        ),
+        fraction=fraction,
+        seed=self._dataset_config['label_seed'],
+        split_labels=lambda: dataset.split_labels(split, name, data_dir),
+      )
+    return self._labelled_subsets[split]
 
   def _pretrained_backbone(
     self, fresh_state: _EvalExperimentState

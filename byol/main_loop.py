@@ -1,4 +1,5 @@
-r"""Entry point: a train or eval worker of BYOL pretraining or linear evaluation (SPEC section 2).
+r"""Entry point: a train or eval worker of BYOL pretraining, linear evaluation or fine-tuning
+(SPEC section 2).
 
   python -m byol.main_loop --experiment_mode=pretrain --worker_mode=train \
       --checkpoint_root=/tmp/byol --pretrain_epochs=300 --batch_size=4096
@@ -9,10 +10,11 @@ The train worker resumes from `<checkpoint_root>/pretrain.pkl` when it exists an
 `--save_checkpoint_interval` seconds and at the end. The eval worker, started with the same flags,
 evaluates every new checkpoint once and exits after the final step's. With
 `--experiment_mode=linear-eval` the same workers train and evaluate a linear classifier on the
-encoder of `<checkpoint_root>/pretrain.pkl`, checkpointing to `linear-eval.pkl`; with
-`--base_learning_rates` the train worker runs the paper's protocol (choose on VALID, report on
-TEST). `--dataset` picks the images (ImageNet by default), `--override key.path=value` any entry
-of the config.
+encoder of `<checkpoint_root>/pretrain.pkl`, checkpointing to `linear-eval.pkl`, and
+`--experiment_mode=fine-tune` trains the encoder too (the paper's semi-supervised recipe, into
+`fine-tune.pkl`), on `--label_fraction` of the labels; with `--base_learning_rates` the train worker
+runs the paper's protocol (choose on VALID, report on TEST). `--dataset` picks the images (ImageNet
+by default), `--override key.path=value` any entry of the config.
 """
 
 import os
@@ -37,8 +39,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum(
   'experiment_mode',
   'pretrain',
-  ['pretrain', 'linear-eval'],
-  'Pretrain with BYOL, or evaluate a pretrained encoder linearly.',
+  ['pretrain', 'linear-eval', 'fine-tune'],
+  'Pretrain with BYOL, evaluate a pretrained encoder linearly, or fine-tune it with a classifier.',
 )
 flags.DEFINE_enum(
   'worker_mode',
@@ -128,9 +130,16 @@ flags.DEFINE_bool(
 flags.DEFINE_list(
   'base_learning_rates',
   None,
-  "Linear evaluation with the paper's protocol (train worker only): one classifier "
-  'per base learning rate trained on TRAIN, the best on VALID reported on TEST, '
-  'and the table of all runs written to <checkpoint_root>/linear-eval-sweep.json.',
+  "Linear evaluation or fine-tuning with the paper's protocol (train worker only): one run "
+  'per base learning rate trained on TRAIN, the best on VALID reported on TEST, and the table '
+  'of all runs written to <checkpoint_root>/<mode>-sweep.json.',
+)
+flags.DEFINE_float(
+  'label_fraction',
+  1.0,
+  'Linear evaluation and fine-tuning: train on this share of each class of the training split '
+  '(e.g. 0.01, 0.1: a seeded draw recorded in <checkpoint_root>/<mode>.labels.json). For '
+  'ImageNet use --dataset=imagenet2012_subset/1pct or /10pct, the subsets the paper used.',
 )
 
 flags.register_validator(
@@ -160,10 +169,21 @@ flags.register_multi_flags_validator(
   ['base_learning_rates', 'experiment_mode', 'worker_mode'],
   lambda values: (
     values['base_learning_rates'] is None
-    or (values['experiment_mode'] == 'linear-eval' and values['worker_mode'] == 'train')
+    or (values['experiment_mode'] != 'pretrain' and values['worker_mode'] == 'train')
   ),
-  message='--base_learning_rates runs the linear-evaluation protocol: use it with '
-  '--experiment_mode=linear-eval --worker_mode=train.',
+  message='--base_learning_rates runs the protocol of linear evaluation and fine-tuning: use it '
+  'with --experiment_mode=linear-eval or fine-tune, and --worker_mode=train.',
+)
+flags.register_validator(
+  'label_fraction',
+  lambda value: 0 < value <= 1,
+  message='--label_fraction must be in (0, 1], e.g. 0.01 for 1% of the labels.',
+)
+flags.register_multi_flags_validator(
+  ['label_fraction', 'experiment_mode'],
+  lambda values: values['label_fraction'] == 1 or values['experiment_mode'] != 'pretrain',
+  message='--label_fraction is for --experiment_mode=linear-eval or fine-tune (pretraining '
+  'reads every image).',
 )
 
 _PROCESS_FLAGS = ('coordinator_address', 'num_processes', 'process_id')
@@ -222,7 +242,12 @@ def get_config() -> dict[str, Any]:
     # Read by process 0 when training starts; a random encoder is trained if it is absent and
     # that is allowed.
     pretrain_checkpoint = os.path.join(FLAGS.checkpoint_root, 'pretrain.pkl')
-    config = eval_config.get_config(pretrain_checkpoint, **arguments)
+    config = eval_config.get_config(
+      pretrain_checkpoint,
+      fine_tune=FLAGS.experiment_mode == 'fine-tune',
+      label_fraction=FLAGS.label_fraction,
+      **arguments,
+    )
   if not (FLAGS.experiment_mode == 'pretrain' and FLAGS.worker_mode == 'train'):
     # Rebuild the encoder of the pretraining run, on images of its size.
     pretraining = config_file.read(FLAGS.checkpoint_root, 'pretrain')
@@ -250,7 +275,12 @@ def main(argv: list[str]) -> None:
     config = get_config()
     if FLAGS.base_learning_rates is not None:
       rates = [float(rate) for rate in FLAGS.base_learning_rates]
-      workers.sweep_loop(config, rates, log_interval=FLAGS.log_tensors_interval)
+      workers.sweep_loop(
+        config,
+        rates,
+        experiment_mode=FLAGS.experiment_mode,
+        log_interval=FLAGS.log_tensors_interval,
+      )
     elif FLAGS.worker_mode == 'train':
       workers.train_loop(config, FLAGS.experiment_mode, log_interval=FLAGS.log_tensors_interval)
     else:

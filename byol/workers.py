@@ -1,5 +1,6 @@
 """The loops of the workers: a train worker trains and checkpoints, an eval worker evaluates each
-new checkpoint, and the paper's linear-evaluation protocol sweeps learning rates (SPEC 2, 9).
+new checkpoint, and the paper's protocol for linear evaluation and fine-tuning sweeps learning
+rates (SPEC 2, 9).
 
 They take a complete config (`byol.configs.byol.get_config`, `byol.configs.eval.get_config`) and
 explicit settings, never flags: `byol.main_loop` runs them for the command line, `byol.quickstart`
@@ -27,6 +28,7 @@ from byol.utils import dataset
 from byol.utils import distributed
 from byol.utils import experiment as experiment_lib
 from byol.utils import helpers
+from byol.utils import label_subset
 from byol.utils import summaries
 
 # Errors that come from the user's input (flags, config, data, checkpoints) or a diverging run;
@@ -38,6 +40,7 @@ USER_ERRORS = (
   helpers.BatchSizeError,
   override.OverrideError,
   config_file.ConfigError,
+  label_subset.LabelSubsetError,
   FloatingPointError,
 )
 
@@ -45,6 +48,7 @@ USER_ERRORS = (
 EXPERIMENTS = {
   'pretrain': byol_experiment.ByolExperiment,
   'linear-eval': eval_experiment.EvalExperiment,
+  'fine-tune': eval_experiment.EvalExperiment,  # With `freeze_backbone=False`.
 }
 
 
@@ -76,7 +80,7 @@ def train_loop(
 
   Args:
     config: the experiment's config (`get_config`).
-    experiment_mode: 'pretrain' or 'linear-eval' (which starts a fresh run from the config's
+    experiment_mode: 'pretrain', or 'linear-eval' or 'fine-tune' (which start from the config's
       `checkpoint_to_evaluate`).
     log_interval: seconds between two progress lines and scalar logs.
 
@@ -199,28 +203,32 @@ def eval_loop(
 
 
 def sweep_loop(
-  config: Mapping[str, Any], base_learning_rates: Sequence[float], *, log_interval: float = 60.0
+  config: Mapping[str, Any],
+  base_learning_rates: Sequence[float],
+  *,
+  experiment_mode: str = 'linear-eval',
+  log_interval: float = 60.0,
 ) -> None:
-  """The paper's linear-evaluation protocol over `--base_learning_rates` (SPEC section 9).
+  """The paper's protocol over `--base_learning_rates` (SPEC section 9), for 'linear-eval' or
+  'fine-tune'.
 
-  One classifier per base learning rate is trained on TRAIN, in its own folder
-  `<checkpoint_root>/linear-eval-sweep/lr_<rate>` (so an interrupted sweep resumes where it
-  stopped) and scored on VALID; the best one on VALID is then scored on TEST. Only the chosen run
-  is ever evaluated on TEST. The table of all runs goes to
-  `<checkpoint_root>/linear-eval-sweep.json`.
+  One run per base learning rate is trained on TRAIN, in its own folder
+  `<checkpoint_root>/<mode>-sweep/lr_<rate>` (so an interrupted sweep resumes where it stopped)
+  and scored on VALID; the best one on VALID is then scored on TEST. Only the chosen run is ever
+  evaluated on TEST. The table of all runs goes to `<checkpoint_root>/<mode>-sweep.json`.
   """
   root = config['checkpointing_config']['checkpoint_dir']
-  runs = []
+  runs, run_configs = [], {}
   for rate in sorted(set(base_learning_rates)):
-    run_config = copy.deepcopy(dict(config))
+    run_config = run_configs[rate] = copy.deepcopy(dict(config))
     run_config['lr_schedule_config']['base_learning_rate'] = rate
     run_config['dataset_config']['train_split'] = 'train'
     run_config['evaluation_config']['subset'] = 'valid'
     run_config['checkpointing_config']['checkpoint_dir'] = os.path.join(
-      root, 'linear-eval-sweep', f'lr_{rate:g}'
+      root, f'{experiment_mode}-sweep', f'lr_{rate:g}'
     )
     logging.info('Sweep: base learning rate %g.', rate)
-    experiment = train_loop(run_config, 'linear-eval', log_interval=log_interval)
+    experiment = train_loop(run_config, experiment_mode, log_interval=log_interval)
     valid = experiment.evaluate(global_step=run_config['max_steps'])
     logging.info('Sweep: base learning rate %g | VALID %s', rate, _format_scalars(valid))
     runs.append(
@@ -228,9 +236,9 @@ def sweep_loop(
     )
 
   chosen = max(runs, key=lambda run: run['valid']['top1_accuracy'])
-  test_config = copy.deepcopy(dict(config))
-  test_config['checkpointing_config']['checkpoint_dir'] = os.path.dirname(chosen['checkpoint'])
-  test_config['lr_schedule_config']['base_learning_rate'] = chosen['base_learning_rate']
+  # The chosen run's own config, scored on TEST: its kNN bank is still TRAIN (labelled part).
+  test_config = copy.deepcopy(run_configs[chosen['base_learning_rate']])
+  test_config['evaluation_config']['subset'] = 'test'
   experiment = eval_experiment.EvalExperiment(**test_config)
   step, _ = experiment.load_checkpoint()
   chosen['test'] = experiment.evaluate(global_step=step)
@@ -239,7 +247,7 @@ def sweep_loop(
     chosen_base_learning_rate=chosen['base_learning_rate'],
     runs=runs,
   )
-  path = os.path.join(root, 'linear-eval-sweep.json')
+  path = os.path.join(root, f'{experiment_mode}-sweep.json')
   if jax.process_index() == 0:
     with open(path + '.tmp', 'w') as f:
       json.dump(table, f, indent=2)

@@ -289,6 +289,92 @@ def test_eval_shards_of_two_processes_are_disjoint_and_equally_long(tiny_data_di
   )
 
 
+# Scattered positions of the tiny train split: TFDS cannot slice them, so the source reads the
+# spanning range and filters it.
+SUBSET = np.array([1, 2, 6, 7, 8, 13, 20, 21])
+
+
+def tiny_labels_at(positions, data_dir):
+  """The (unique) labels of the tiny train split's examples at `positions`."""
+  all_positions, labels = dataset.split_labels(
+    dataset.Split.TRAIN_AND_VALID, DatasetTestTinyImages.name, data_dir
+  )
+  np.testing.assert_array_equal(all_positions, np.arange(TINY_TRAIN_SIZE))
+  assert len(set(labels)) == TINY_TRAIN_SIZE
+  return labels[positions]
+
+
+@pytest.mark.parametrize('num_shards', [1, 2, 3])
+def test_a_subset_is_read_whole_once_over_any_number_of_shards(tiny_data_dir, num_shards):
+  labels = [
+    real_labels(
+      load_tiny(
+        dataset.Split.TRAIN_AND_VALID,
+        tiny_data_dir,
+        preprocess_mode=dataset.PreprocessMode.EVAL,
+        batch_dims=[2],
+        shards=[shard],
+        num_shards=num_shards,
+        subset=SUBSET,
+      )
+    )
+    for shard in range(num_shards)
+  ]
+  # Contiguous shards of the subset, each in reading order.
+  np.testing.assert_array_equal(np.concatenate(labels), tiny_labels_at(SUBSET, tiny_data_dir))
+
+
+def test_training_on_a_subset_repeats_only_its_examples(tiny_data_dir):
+  batches = load_tiny(
+    dataset.Split.TRAIN_AND_VALID,
+    tiny_data_dir,
+    preprocess_mode=dataset.PreprocessMode.LINEAR_TRAIN,
+    batch_dims=[4],
+    seed=0,
+    subset=SUBSET,
+  )
+  # 5 epochs of 8 (the shuffle buffer mixes neighbouring epochs).
+  labels = np.concatenate([next(batches)['labels'] for _ in range(10)])
+  np.testing.assert_array_equal(np.unique(labels), np.sort(tiny_labels_at(SUBSET, tiny_data_dir)))
+
+
+@pytest.mark.parametrize('subset', [[0, 1, 2], [3, 3, 4], [], [10, 26]], ids=str)
+def test_a_subset_outside_the_split_or_unsorted_is_a_clear_error(tiny_data_dir, subset):
+  # TRAIN is positions [2, 25) of the train split: VALID holds out the first 2 (a tenth, floored).
+  with pytest.raises(dataset.DatasetError, match=r'increasing positions in \[2, 25\)'):
+    load_tiny(
+      dataset.Split.TRAIN,
+      tiny_data_dir,
+      preprocess_mode=dataset.PreprocessMode.EVAL,
+      batch_dims=[2],
+      subset=np.array(subset, np.int64),
+    )
+
+
+@pytest.mark.parametrize('source', ['tfds', 'folder', 'synthetic'])
+def test_split_labels_are_the_labels_each_position_is_read_with(tiny_data_dir, tmp_path, source):
+  if source == 'tfds':
+    name, data_dir = DatasetTestTinyImages.name, tiny_data_dir
+  elif source == 'folder':
+    support.write_image_folder(tmp_path, {'train': {'a': 3, 'b': 4}, 'val': {'a': 1, 'b': 1}})
+    name, data_dir = f'folder:{tmp_path}', None
+  else:
+    name, data_dir = 'synthetic', None
+  positions, labels = dataset.split_labels(dataset.Split.TRAIN, name, data_dir)
+  picked = positions[::3][:6]
+  batches = dataset.load(
+    dataset.Split.TRAIN,
+    preprocess_mode=dataset.PreprocessMode.EVAL,
+    batch_dims=[2],
+    image_size=IMAGE_SIZE,
+    dataset_name=name,
+    data_dir=data_dir,
+    subset=picked,
+  )
+  np.testing.assert_array_equal(real_labels(batches), labels[::3][:6])
+  assert len(positions) == dataset.num_examples(dataset.Split.TRAIN, name, data_dir)
+
+
 def test_more_shards_than_examples_pad_with_fully_masked_batches(tiny_data_dir):
   # 7 examples over 5 shards: shards of 2, 2, 1, 1, 1; each makes 2 batches of 1.
   batches = list(

@@ -143,7 +143,9 @@ def test_missing_imagenet_is_one_clear_message(tmp_path):
     ('--encoder=ResNet51', 'ResNet51'),
     ('--worker_mode=serve', 'serve'),
     ('--base_learning_rates=0.1,fast', 'comma-separated list of positive numbers'),
-    ('--base_learning_rates=0.1', 'use it with --experiment_mode=linear-eval --worker_mode=train'),
+    ('--base_learning_rates=0.1', 'use it with --experiment_mode=linear-eval or fine-tune'),
+    ('--label_fraction=0', '--label_fraction must be in (0, 1]'),
+    ('--label_fraction=0.1', '--label_fraction is for --experiment_mode=linear-eval or fine-tune'),
     ('--process_id=1', 'needs all of --coordinator_address, --num_processes and --process_id'),
     (
       '--coordinator_address=127.0.0.1:1 --num_processes=2 --process_id=2',
@@ -364,6 +366,46 @@ def test_paper_protocol_chooses_on_valid_and_reports_only_the_chosen_run_on_test
     assert (entry['test'] is None) == (entry is not best)
   assert best['test']['num_examples'] == support.MOCK_NUM_EXAMPLES
   assert f'chose base learning rate {best["base_learning_rate"]:g} on VALID' in output
+
+
+def test_fine_tuning_on_1_percent_of_the_labels_trains_evaluates_and_sweeps(tmp_path):
+  flags = [
+    '--dataset=synthetic',
+    '--experiment_mode=fine-tune',
+    '--label_fraction=0.01',
+    f'--checkpoint_root={tmp_path}',
+    '--max_steps=2',
+    '--override=allow_train_from_scratch=true',
+    *TINY_RUN,
+    '--eval_batch_size=100',  # 1,500 synthetic images to evaluate: in larger batches.
+  ]
+  code, output = run('--worker_mode=train', *flags)
+  assert code == 0, output
+  config = json.loads((tmp_path / 'fine-tune.config.json').read_text())
+  assert config['freeze_backbone'] is False and config['dataset_config']['label_fraction'] == 0.01
+  # 1% of each class of the synthetic set's 5,000 training images: 5 of each of 10 classes.
+  recorded = json.loads((tmp_path / 'fine-tune.labels.json').read_text())
+  assert recorded['split'] == 'train_and_valid' and recorded['num_examples'] == 50
+  assert recorded['examples_per_class'] == {str(label): 5 for label in range(10)}
+
+  code, output = run('--worker_mode=eval', *flags)
+  assert code == 0, output
+  assert 'kNN bank of 50 training images' in output  # The labelled ones only.
+  last = (tmp_path / 'fine-tune_eval.jsonl').read_text().splitlines()[-1]
+  assert json.loads(last)['num_examples'] == 1000
+
+  # The paper's protocol: trained on TRAIN (VALID, the first 500 images, is held out).
+  code, output = run('--worker_mode=train', '--base_learning_rates=0.05', *flags)
+  assert code == 0, output
+  table = json.loads((tmp_path / 'fine-tune-sweep.json').read_text())
+  assert table['runs'][0]['valid']['num_examples'] == 500
+  assert table['runs'][0]['test']['num_examples'] == 1000
+  subset = json.loads((tmp_path / 'fine-tune-sweep/lr_0.05/fine-tune.labels.json').read_text())
+  assert subset['split'] == 'train' and min(subset['positions']) >= 500
+  # The 4,500 TRAIN images hold about 450 of each class: 1% is 4 or 5 (rounded) of each.
+  counts = subset['examples_per_class']
+  assert len(subset['positions']) == sum(counts.values())
+  assert len(counts) == 10 and set(counts.values()) <= {4, 5}
 
 
 # Imagenette's evaluation has the kNN monitor, with a bank of 20 training images per class (read

@@ -50,6 +50,20 @@ def num_examples(
   return end - start
 
 
+def split_labels(
+  split: Split, dataset_name: str = 'imagenet2012', data_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """The positions int64 [N] of `split`'s examples in the dataset and their labels int64 [N].
+
+  A TFDS split's labels are read from its files, which reads the whole split from disk (images
+  undecoded): seconds for CIFAR-10 or Imagenette. ImageNet's labelled subsets are TFDS datasets
+  of their own (`imagenet2012_subset/1pct`, `/10pct`).
+  """
+  source = sources.get_source(dataset_name, data_dir)
+  source_split, start, end = _split_range(source, split)
+  return np.arange(start, end), np.asarray(source.labels(source_split)[start:end], np.int64)
+
+
 def num_classes(dataset_name: str = 'imagenet2012', data_dir: str | None = None) -> int:
   """Number of classes of the dataset's labels."""
   return sources.get_source(dataset_name, data_dir).num_classes
@@ -74,8 +88,9 @@ def load(
   shards: Sequence[int] | None = None,
   num_shards: int | None = None,
   seed: int | None = None,
+  subset: np.ndarray | None = None,
 ) -> 'HostBatches':
-  """Batches of this process's shards of `split`, as numpy arrays.
+  """Batches of this process's shards of `split` (or of its examples in `subset`), as numpy arrays.
 
   The split is cut into `num_shards` contiguous shards, by default one per device of the run, and
   this process reads `shards`, by default those of its own devices (`helpers.local_shards`). A batch
@@ -89,6 +104,10 @@ def load(
   counts every example exactly once: each shard is completed with zero images whose float32
   `mask` is 0 (1 for real examples) up to the batch count of the largest, so every process yields
   the same number of batches.
+
+  `subset` (some of the positions `split_labels` gives, e.g. a labelled subset chosen by
+  `byol.utils.label_subset`) restricts the split to those examples: they are then what is
+  sharded, repeated and counted.
 
   Raises DatasetNotFoundError when the dataset is not prepared in `data_dir`, and DatasetError
   when a shard of a training split is smaller than its part of a batch, before any work.
@@ -112,24 +131,39 @@ def load(
 
   source = sources.get_source(dataset_name, data_dir)
   source_split, start, end = _split_range(source, split)
-  split_size = end - start
+  positions = np.arange(start, end)  # Of the examples read, in the source's split.
+  split_name = f'The {split.name} split of {dataset_name}'
+  if subset is not None:
+    positions = np.asarray(subset, np.int64)
+    if (
+      positions.ndim != 1
+      or np.any(np.diff(positions) <= 0)
+      or not (len(positions) and start <= positions[0] and positions[-1] < end)
+    ):
+      raise DatasetError(
+        f'A subset of the {split.name} split of {dataset_name} must be increasing positions in '
+        f'[{start}, {end}).'
+      )
+    split_name = f'The subset of the {split.name} split of {dataset_name}'
+  split_size = len(positions)
   ranges = [_shard_range(split_size, shard, num_shards) for shard in shards]
   if min(shard_end - shard_start for shard_start, shard_end in ranges) == 0:
     raise DatasetError(
-      f'The {split.name} split of {dataset_name} has {split_size} examples, fewer than the '
-      f'{num_shards} shards (one per device) it is read in; use fewer devices or another split.'
+      f'{split_name} has {split_size} examples, fewer than the {num_shards} shards (one per '
+      'device) it is read in; use fewer devices or another split.'
     )
   is_training = preprocess_mode is not PreprocessMode.EVAL
   if is_training and split_size // num_shards < shard_batch_size:
     raise DatasetError(
-      f'The {split.name} split of {dataset_name} has {split_size} examples, fewer than one '
-      f'batch of {shard_batch_size * num_shards}: use a smaller --batch_size.'
+      f'{split_name} has {split_size} examples, fewer than one batch of '
+      f'{shard_batch_size * num_shards}: use a smaller --batch_size.'
     )
 
   def read_shard(shard: int, shard_start: int, shard_end: int) -> tf.data.Dataset:
     shard_size = shard_end - shard_start
+    shard_positions = positions[shard_start:shard_end]
     if not is_training:
-      ds = source.read(source_split, start + shard_start, start + shard_end, False, None)
+      ds = source.read(source_split, shard_positions, False, None)
       # The padding below assumes exactly `shard_size` examples.
       ds = ds.take(shard_size).map(
         _eval_fn(image_size, source.center_crop_padding), num_parallel_calls=tf.data.AUTOTUNE
@@ -145,7 +179,7 @@ def load(
       ).repeat(padded_size - shard_size)
       return ds.concatenate(padding)
     shard_seed = None if seed is None else seed * num_shards + shard
-    ds = source.read(source_split, start + shard_start, start + shard_end, True, shard_seed)
+    ds = source.read(source_split, shard_positions, True, shard_seed)
     ds = ds.repeat().shuffle(buffer_size=10 * shard_batch_size, seed=shard_seed)
     # One stateless seed [2] per example: the crops are reproducible for a given `seed`.
     example_seeds = tf.data.Dataset.random(seed=shard_seed).batch(2)
@@ -244,6 +278,7 @@ def load_for_devices(
   dataset_config: Mapping[str, Any],
   sharding: jax.sharding.NamedSharding,
   seed: int | None = None,
+  subset: np.ndarray | None = None,
 ) -> HostBatches:
   """This process's rows of the global batches of `split` laid out by `sharding`, on the host.
 
@@ -262,6 +297,7 @@ def load_for_devices(
     shards=shards,
     num_shards=num_shards,
     seed=seed,
+    subset=subset,
   )
 
 

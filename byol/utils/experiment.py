@@ -8,6 +8,7 @@ accuracy of the embedding), and checkpoints that are checked before they are use
 """
 
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
+import zlib
 
 from absl import logging
 import jax
@@ -110,6 +111,12 @@ class Experiment:
     [B, H, W, 3], in inference mode, both in float32."""
     raise NotImplementedError
 
+  def _labelled_subset(self, split: input_spec.Split) -> np.ndarray | None:
+    """The positions of the examples of the training `split` whose labels the run uses (for its
+    training batches and its kNN bank), or None for all of them."""
+    del split
+    return None
+
   # ------------------------------------------------------------------------------- shared
 
   def _learning_rate(self, global_step: jax.typing.ArrayLike) -> jax.Array:
@@ -149,6 +156,20 @@ class Experiment:
     if self._train_input is None:
       split = input_spec.Split.from_string(self._dataset_config['train_split'])
       shards, num_shards = helpers.local_shards(self._batch_sharding.mesh)
+      subset = self._labelled_subset(split)
+      # What decides the order of the batches and this process's rows of them.
+      layout = dict(
+        dataset=self._dataset_config['name'],
+        split=split.name,
+        preprocessing=self._train_preprocess_mode.name,
+        image_size=self._dataset_config['image_size'],
+        batch_size=self._batch_size,
+        seed=self._random_seed,
+        shards=shards,
+        num_shards=num_shards,
+      )
+      if subset is not None:  # Only then: positions saved before subsets existed still match.
+        layout['subset_crc32'] = zlib.crc32(subset.tobytes())
       self._train_input = input_state.DeviceInput(
         dataset.load_for_devices(
           split,
@@ -157,36 +178,30 @@ class Experiment:
           dataset_config=self._dataset_config,
           sharding=self._batch_sharding,
           seed=self._random_seed,
+          subset=subset,
         ),
         self._batch_sharding,
         checkpoint_path=self._checkpointer.path,
-        # What decides the order of the batches and this process's rows of them.
-        layout=dict(
-          dataset=self._dataset_config['name'],
-          split=split.name,
-          preprocessing=self._train_preprocess_mode.name,
-          image_size=self._dataset_config['image_size'],
-          batch_size=self._batch_size,
-          seed=self._random_seed,
-          shards=shards,
-          num_shards=num_shards,
-        ),
+        layout=layout,
       )
       input_state.resume(
         self._train_input, self._input_batches_used, checkpoint_path=self._checkpointer.path
       )
     return self._train_input
 
-  def _eval_batches(self, split_name: str) -> Iterator[Batch]:
-    """Every example of a split once, centre-cropped, in evaluation batches on the devices."""
+  def _eval_batches(self, split_name: str, *, labelled_only: bool = False) -> Iterator[Batch]:
+    """Every example of a split once (or of its labelled subset), centre-cropped, in evaluation
+    batches on the devices."""
     from byol.utils import dataset  # As in `_training_input`: only where the input is built.
 
+    split = input_spec.Split.from_string(split_name)
     batches = dataset.load_for_devices(
-      input_spec.Split.from_string(split_name),
+      split,
       preprocess_mode=input_spec.PreprocessMode.EVAL,
       global_batch_size=self._evaluation_config['batch_size'],
       dataset_config=self._dataset_config,
       sharding=self._batch_sharding,
+      subset=self._labelled_subset(split) if labelled_only else None,
     )
     return helpers.prefetch_to_device(batches, self._batch_sharding)
 
@@ -241,7 +256,7 @@ class Experiment:
       train_split = self._dataset_config['train_split']
       bank = evaluation.knn_bank(
         lambda batch: self._embed_batch(state, batch),
-        self._eval_batches(train_split),
+        self._eval_batches(train_split, labelled_only=True),
         bank_per_class=self._evaluation_config['knn']['bank_per_class'],
         mesh=self._batch_sharding.mesh,
         num_classes=self._num_classes,

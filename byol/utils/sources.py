@@ -24,6 +24,9 @@ _TFDS_ALIASES = {'imagenette': 'imagenette/160px-v2'}
 _FOLDER_PREFIX = 'folder:'
 _MAX_DEFAULT_IMAGE_SIZE = 224
 _TINY_IMAGE_SIDE = 64  # Folders of images this small or smaller are evaluated uncropped.
+_LABEL_BATCH = 4096  # Labels read at a time when listing a TFDS split's labels.
+# Encoded images held to shuffle a subset of a TFDS split (they are saved with an input position).
+_SUBSET_SHUFFLE_BUFFER = 1000
 
 
 class Source(NamedTuple):
@@ -31,8 +34,10 @@ class Source(NamedTuple):
 
   num_classes: int
   split_sizes: dict[str, int]  # 'train' and 'test'.
-  # (split, start, end, shuffle, seed) -> examples [start, end) of 'train' or 'test'.
-  read: Callable[[str, int, int, bool, int | None], tf.data.Dataset]
+  # (split, positions, shuffle, seed) -> the examples of 'train' or 'test' at `positions` (sorted,
+  # int64 [n]); in that order unless `shuffle`, which changes the order in every pass.
+  read: Callable[[str, np.ndarray, bool, int | None], tf.data.Dataset]
+  labels: Callable[[str], np.ndarray]  # split -> the labels int64 [N] of all its examples.
   default_image_size: Callable[[], int]
   center_crop_padding: int = CENTER_CROP_PADDING
 
@@ -61,15 +66,35 @@ def _tfds_source(dataset_name: str, data_dir: str | None) -> Source:
     test_split = 'test'
   tfds_splits = {'train': 'train', 'test': test_split}
 
-  def read(split: str, start: int, end: int, shuffle: bool, seed: int | None) -> tf.data.Dataset:
-    return _as_dataset(
-      builder, f'{tfds_splits[split]}[{start}:{end}]', shuffle_files=shuffle, seed=seed
+  def read(split: str, positions: np.ndarray, shuffle: bool, seed: int | None) -> tf.data.Dataset:
+    start, end = int(positions[0]), int(positions[-1]) + 1
+    if end - start == len(positions):  # A contiguous range: TFDS reads just that slice.
+      return _as_dataset(
+        builder, f'{tfds_splits[split]}[{start}:{end}]', shuffle_files=shuffle, seed=seed
+      )
+    # Scattered positions (a labelled subset): TFDS slices cannot list them, so the range that
+    # spans them is read in order, without decoding, and filtered.
+    wanted = np.zeros(end - start, bool)
+    wanted[positions - start] = True
+    ds = _as_dataset(
+      builder, f'{tfds_splits[split]}[{start}:{end}]', shuffle_files=False, seed=None
     )
+    ds = ds.take(end - start).enumerate()  # TFDS mocks ignore slices: never read past the range.
+    ds = ds.filter(lambda position, _: tf.gather(wanted, position)).map(lambda _, example: example)
+    if shuffle:  # The read order never changes: shuffle it (a bounded buffer of encoded images).
+      ds = ds.shuffle(min(len(positions), _SUBSET_SHUFFLE_BUFFER), seed, True)
+    return ds
+
+  def labels(split: str) -> np.ndarray:
+    ds = _as_dataset(builder, tfds_splits[split], shuffle_files=False, seed=None)
+    batches = ds.map(lambda example: example['label']).batch(_LABEL_BATCH)
+    return np.concatenate([batch.numpy() for batch in batches]).astype(np.int64)
 
   return Source(
     num_classes=builder.info.features['label'].num_classes,
     split_sizes={split: _tfds_split_size(builder, name) for split, name in tfds_splits.items()},
     read=read,
+    labels=labels,
     default_image_size=lambda: _MAX_DEFAULT_IMAGE_SIZE,
     # CIFAR-10 images are the crop already: evaluation keeps all of them.
     center_crop_padding=0 if dataset_name == 'cifar10' else CENTER_CROP_PADDING,
@@ -85,15 +110,12 @@ def _folder_source(path: str) -> Source:
     raise input_spec.DatasetError(str(error)) from None
   files = {'train': listing.train, 'test': listing.eval}
 
-  def read(split: str, start: int, end: int, shuffle: bool, seed: int | None) -> tf.data.Dataset:
+  def read(split: str, positions: np.ndarray, shuffle: bool, seed: int | None) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices(
-      {
-        'path': np.asarray(files[split].paths[start:end]),
-        'label': np.asarray(files[split].labels[start:end], np.int64),
-      }
+      {'path': files[split].paths[positions], 'label': files[split].labels[positions]}
     )
     if shuffle:  # A new order of the file names (cheap) in every epoch.
-      ds = ds.shuffle(end - start, seed=seed, reshuffle_each_iteration=True)
+      ds = ds.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
     return ds.map(
       lambda example: {'image': tf.io.read_file(example['path']), 'label': example['label']},
       num_parallel_calls=tf.data.AUTOTUNE,
@@ -107,6 +129,7 @@ def _folder_source(path: str) -> Source:
     num_classes=len(listing.class_names),
     split_sizes={split: len(files[split].paths) for split in files},
     read=read,
+    labels=lambda split: files[split].labels,
     default_image_size=lambda: min(short_side, _MAX_DEFAULT_IMAGE_SIZE),
     # Tiny images (CIFAR-like) are the object already: evaluation keeps all of them.
     center_crop_padding=0 if short_side <= _TINY_IMAGE_SIDE else CENTER_CROP_PADDING,
@@ -114,17 +137,18 @@ def _folder_source(path: str) -> Source:
 
 
 def _synthetic_source() -> Source:
-  def read(split: str, start: int, end: int, shuffle: bool, seed: int | None) -> tf.data.Dataset:
+  def read(split: str, positions: np.ndarray, shuffle: bool, seed: int | None) -> tf.data.Dataset:
     del shuffle, seed  # In memory: the shuffle buffer of `load` mixes the whole split.
     images, labels = _synthetic_examples(split)
     return tf.data.Dataset.from_tensor_slices(
-      {'image': images[start:end], 'label': labels[start:end]}
+      {'image': images[positions], 'label': labels[positions]}
     )
 
   return Source(
     num_classes=synthetic.NUM_CLASSES,
     split_sizes=dict(synthetic.SPLIT_SIZES),
     read=read,
+    labels=lambda split: _synthetic_examples(split)[1],
     default_image_size=lambda: synthetic.IMAGE_SIZE,
     center_crop_padding=0,
   )  # The shapes fill the image; a centre crop would cut them.
