@@ -3,13 +3,13 @@ r"""Exports a trained encoder (parameters and BatchNorm state) to one `.npz` fil
   python -m byol.export_encoder --checkpoint=/tmp/byol/pretrain.pkl --output=/tmp/encoder.npz
 
 The checkpoint may be a pretraining checkpoint of ours (the online encoder is exported, without
-the projector, predictor and classifier), a linear-evaluation checkpoint (its backbone, plus the
-trained linear classifier) or a 2020 release file of DeepMind's. The `.npz` holds plain numpy
-arrays, so any framework can read it:
+the projector, predictor and classifier), a linear-evaluation or fine-tuning checkpoint (its
+backbone, plus the trained linear classifier) or a 2020 release file of DeepMind's. The `.npz`
+holds plain numpy arrays, so any framework can read it:
 
   params/<haiku module path>/<name>   e.g. params/res_net50/~/initial_conv/w  [7, 7, 3, 64] (HWIO)
   state/<haiku module path>/<name>    BatchNorm moving statistics (mean_ema, var_ema)
-  classifier/linear/{w,b}             only when exported from a linear-evaluation checkpoint
+  classifier/linear/{w,b}             only when exported from linear evaluation or fine-tuning
   description                         e.g. 'res_net50 width 1'
 
 `load_encoder(path)` rebuilds the Haiku `(params, state)` pair; see the README for a full example.
@@ -103,7 +103,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_string(
     'checkpoint',
     None,
-    'Checkpoint to export from (pretrain.pkl, linear-eval.pkl or a 2020 release file).',
+    'Checkpoint to export from (pretrain.pkl, linear-eval.pkl, fine-tune.pkl or a 2020 release '
+    'file).',
     required=True,
     flag_values=flag_values,
   )

@@ -133,7 +133,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_enum(
     'experiment_mode',
     'pretrain',
-    ['pretrain', 'linear-eval'],
+    ['pretrain', 'linear-eval', 'fine-tune'],
     'Which run in the folder to draw.',
     flag_values=flag_values,
   )

@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 
 def path(checkpoint_root: str, experiment_mode: str) -> str:
-  """Where the config of `experiment_mode` ('pretrain', 'linear-eval') lives."""
+  """Where the config of `experiment_mode` ('pretrain', 'linear-eval', 'fine-tune') lives."""
   return os.path.join(checkpoint_root, f'{experiment_mode}.config.json')
 
 
