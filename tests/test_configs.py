@@ -50,6 +50,18 @@ def test_linear_evaluation_takes_the_datasets_encoder_and_batches_but_not_its_pr
   assert config['checkpoint_to_evaluate'] == '/r/pretrain.pkl'
 
 
+def test_fine_tuning_is_the_semi_supervised_preset_on_the_labelled_share():
+  config = eval_config.get_config('/r/pretrain.pkl', fine_tune=True, label_fraction=0.1)
+  # ImageNet: batch 1024, 30 epochs of a tenth of its 1,281,167 images, base rate 0.02.
+  assert config['batch_size'] == 1024 and config['freeze_backbone'] is False
+  assert config['max_steps'] == 30 * 128_117 // 1024
+  assert config['lr_schedule_config'] == dict(base_learning_rate=0.02, warmup_steps=0)
+  assert config['dataset_config']['label_fraction'] == 0.1
+  assert config['checkpointing_config']['filename'] == 'fine-tune.pkl'
+  # A dataset's recipe keeps its own batch size.
+  assert eval_config.get_config(None, fine_tune=True, dataset=IMAGENETTE)['batch_size'] == 256
+
+
 def test_max_steps_keeps_the_share_of_the_warm_up():
   config = byol_config.get_config(1000, 4096, max_steps=1000)
   assert config['max_steps'] == 1000

@@ -13,10 +13,11 @@ NUM_EPOCHS = 80
 # network trained on the labelled examples with SGD and Nesterov momentum 0.9, random crops and
 # flips (linear evaluation's preprocessing), for 30 or 50 epochs of them, the rate swept over
 # {0.005, 0.01, 0.02, 0.05, 0.1} and chosen on a held-out validation set (`--base_learning_rates`
-# does that). The preset takes 30 epochs and the middle rate, scaled by batch / 256 like every
-# base rate here; the paper's batch of 1024 is the `--batch_size` of ImageNet runs.
+# does that), batch 1024. The preset takes 30 epochs and the middle rate, scaled by batch / 256
+# like every base rate here.
 FINE_TUNE_EPOCHS = 30
 FINE_TUNE_BASE_LEARNING_RATE = 0.02
+FINE_TUNE_BATCH_SIZE = 1024  # Unless the dataset's recipe has its own batch size.
 
 
 def get_config(
@@ -47,6 +48,8 @@ def get_config(
       (`byol.utils.label_subset`); the epochs are epochs of those examples.
   """
   label_subset.check_fraction(label_fraction)
+  if fine_tune and batch_size is None:
+    batch_size = datasets.preset(dataset.name).get('batch_size', FINE_TUNE_BATCH_SIZE)
   batch_size = datasets.batch_size(dataset, batch_size)
   num_epochs = FINE_TUNE_EPOCHS if fine_tune else NUM_EPOCHS
   # The subset's size is known once it is drawn; per class rounding makes it about this.
