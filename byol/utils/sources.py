@@ -68,17 +68,19 @@ def _tfds_source(dataset_name: str, data_dir: str | None) -> Source:
 
   def read(split: str, positions: np.ndarray, shuffle: bool, seed: int | None) -> tf.data.Dataset:
     start, end = int(positions[0]), int(positions[-1]) + 1
-    if end - start == len(positions):  # A contiguous range: TFDS reads just that slice.
-      return _as_dataset(
-        builder, f'{tfds_splits[split]}[{start}:{end}]', shuffle_files=shuffle, seed=seed
-      )
+    contiguous = end - start == len(positions)  # Then TFDS reads just that slice.
+    ds = _as_dataset(
+      builder,
+      f'{tfds_splits[split]}[{start}:{end}]',
+      shuffle_files=shuffle and contiguous,
+      seed=seed if contiguous else None,
+    )
+    if contiguous:
+      return ds
     # Scattered positions (a labelled subset): TFDS slices cannot list them, so the range that
     # spans them is read in order, without decoding, and filtered.
     wanted = np.zeros(end - start, bool)
     wanted[positions - start] = True
-    ds = _as_dataset(
-      builder, f'{tfds_splits[split]}[{start}:{end}]', shuffle_files=False, seed=None
-    )
     ds = ds.take(end - start).enumerate()  # TFDS mocks ignore slices: never read past the range.
     ds = ds.filter(lambda position, _: tf.gather(wanted, position)).map(lambda _, example: example)
     if shuffle:  # The read order never changes: shuffle it (a bounded buffer of encoded images).
