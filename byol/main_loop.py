@@ -33,6 +33,7 @@ from byol.utils import distributed
 from byol.utils import networks
 from byol.utils import precision
 from byol.utils import console
+from byol.utils import data_service
 
 FLAGS = flags.FLAGS
 
@@ -92,6 +93,12 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_string(
   'data_dir', None, 'TFDS data folder (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).'
+)
+flags.DEFINE_string(
+  'data_service_address',
+  None,
+  'grpc://HOST:PORT of a tf.data service dispatcher (python -m byol.data_service): training '
+  "input is read, decoded and cropped on the service's workers. Evaluation reads locally.",
 )
 flags.DEFINE_integer(
   'eval_batch_size',
@@ -159,6 +166,18 @@ def _are_positive_numbers(values: list[str] | None) -> bool:
     return False
 
 
+def _is_service_address(value: str | None) -> bool:
+  try:
+    return value is None or bool(data_service.parse_address(value))
+  except data_service.DataServiceError:
+    return False
+
+
+flags.register_validator(
+  'data_service_address',
+  _is_service_address,
+  message='--data_service_address must be grpc://HOST:PORT, e.g. grpc://10.0.0.5:5050.',
+)
 flags.register_validator(
   'base_learning_rates',
   _are_positive_numbers,
@@ -210,6 +229,7 @@ _CONFIG_FLAGS = {
   'encoder': 'network_config.encoder_class',
   'compute_dtype': 'network_config.compute_dtype',
   'image_size': 'dataset_config.image_size',
+  'data_service_address': 'dataset_config.data_service_address',
   'eval_batch_size': 'evaluation_config.batch_size',
   'save_checkpoint_interval': 'checkpointing_config.save_checkpoint_interval',
 }

@@ -112,6 +112,9 @@ def dataset_config(dataset: Dataset) -> dict[str, Any]:
     data_dir=dataset.data_dir,
     image_size=dataset.image_size,
     train_split='train_and_valid',
+    # grpc://host:port of a tf.data service dispatcher that preprocesses the training input
+    # (`byol.utils.data_service`); None reads locally. Evaluation always reads locally.
+    data_service_address=None,
   )
 
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from byol.utils import data_service
 from byol.utils import helpers
 from byol.utils import input_spec
 from byol.utils import sources
@@ -89,6 +90,7 @@ def load(
   num_shards: int | None = None,
   seed: int | None = None,
   subset: np.ndarray | None = None,
+  data_service_address: str | None = None,
 ) -> 'HostBatches':
   """Batches of this process's shards of `split` (or of its examples in `subset`), as numpy arrays.
 
@@ -109,8 +111,16 @@ def load(
   `byol.utils.label_subset`) restricts the split to those examples: they are then what is
   sharded, repeated and counted.
 
+  `data_service_address` (training modes only) runs the pipeline up to the host batches on the
+  workers of the tf.data service there (`byol.utils.data_service`). Each worker then reads these
+  shards with random seeds of its own (`seed` is not used) and shuffles within each pass over a
+  shard, so every pass of every worker holds each example exactly once; the batches keep their
+  layout, but which worker's batch comes next, and so the order, is not reproducible, and the
+  position cannot be saved (`HostBatches.saveable` is False).
+
   Raises DatasetNotFoundError when the dataset is not prepared in `data_dir`, and DatasetError
-  when a shard of a training split is smaller than its part of a batch, before any work.
+  when a shard of a training split is smaller than its part of a batch or the service does not
+  answer, before any work.
   """
   batch_dims = [int(size) for size in batch_dims]
   if not batch_dims or min(batch_dims) <= 0:
@@ -153,6 +163,11 @@ def load(
       'device) it is read in; use fewer devices or another split.'
     )
   is_training = preprocess_mode is not PreprocessMode.EVAL
+  if data_service_address is not None and not is_training:
+    raise ValueError('Evaluation reads locally: it counts every example exactly once.')
+  service = (
+    None if data_service_address is None else data_service.check_reachable(data_service_address)
+  )
   if is_training and split_size // num_shards < shard_batch_size:
     raise DatasetError(
       f'{split_name} has {split_size} examples, fewer than one batch of '
@@ -178,9 +193,15 @@ def load(
         }
       ).repeat(padded_size - shard_size)
       return ds.concatenate(padding)
-    shard_seed = None if seed is None else seed * num_shards + shard
+    shard_seed = None if seed is None or service is not None else seed * num_shards + shard
     ds = source.read(source_split, shard_positions, True, shard_seed)
-    ds = ds.repeat().shuffle(buffer_size=10 * shard_batch_size, seed=shard_seed)
+    shuffle_buffer = 10 * shard_batch_size
+    if service is not None:
+      # Shuffled within each pass: every pass of each worker holds each example exactly once
+      # (the trainer cannot count passes over several workers' interleaved batches otherwise).
+      ds = ds.shuffle(shuffle_buffer, seed=None).repeat()
+    else:
+      ds = ds.repeat().shuffle(shuffle_buffer, seed=shard_seed)
     # One stateless seed [2] per example: the crops are reproducible for a given `seed`.
     example_seeds = tf.data.Dataset.random(seed=shard_seed).batch(2)
     preprocess = _pretrain_fn if preprocess_mode is PreprocessMode.PRETRAIN else _linear_train_fn
@@ -205,7 +226,8 @@ def load(
   # oversubscribing the few host cores.
   options.threading.max_intra_op_parallelism = 1
   # In order, in training too: the batches are then a function of the seed (reproducible runs).
-  options.deterministic = True
+  # The service's workers draw their own seeds: order does not matter there.
+  options.deterministic = service is None
   # No autotuning. Dropping an autotuned iterator (the end of each evaluation pass, a kNN bank
   # that stops early, the end of a run or of a test) made the dropping thread wait, idle, for the
   # timed sleep of the autotuner's thread to end: up to a minute, at random (seen in stack dumps
@@ -214,13 +236,17 @@ def load(
   # per core of the runner thread pool (autotuning's own ceiling) and the prefetch buffers keep
   # their own growth; the pretraining pipeline reads as fast (Imagenette at 128 px on 2 cores,
   # alternated: 2,330 against 2,170 images/s with autotuning).
-  options.autotune.enabled = False
+  # The service's workers are other machines, with their own core counts, and their iterators
+  # live as long as the job: there tf.data sizes the parallel maps, starting from this count.
+  options.autotune.enabled = service is not None
   options.autotune.initial_parallelism = os.cpu_count() or 1
   ds = ds.with_options(options)
 
   # Innermost first: [per_device] then [devices, per_device] for batch_dims [devices, per_device].
   for size in reversed(batch_dims):
     ds = ds.batch(size, drop_remainder=True)
+  if service is not None:
+    ds = data_service.distribute(ds, service)
   # Training: two batches ahead (the devices get two more ahead of the step, `input_state`). A
   # saved position holds the batches in flight (`HostBatches.save`): measured for Imagenette at
   # 128 px, batch 64, 57 MB against 155 MB for an AUTOTUNE buffer, whose reading is 10% faster
@@ -228,7 +254,7 @@ def load(
   # that here). tf.data's symbolic checkpointing, which leaves the elements in flight out, made
   # this pipeline 7x slower (300 images/s).
   ds = ds.prefetch(2 if is_training else tf.data.AUTOTUNE)
-  return HostBatches(ds)
+  return HostBatches(ds, saveable=service is None)
 
 
 class HostBatches:
@@ -237,12 +263,14 @@ class HostBatches:
   `save` writes the pipeline's state (read positions, shuffle buffers, random streams and the
   elements in flight in its buffers) with tf.data's own iterator checkpointing, and `restore`
   puts a pipeline built the same way back where it was: the batches that follow are the ones the
-  saved iterator would have produced, whatever number of batches came before.
+  saved iterator would have produced, whatever number of batches came before. Batches from the
+  tf.data service are not `saveable`: the service cannot save its workers' iterators.
   """
 
-  def __init__(self, ds: tf.data.Dataset):
+  def __init__(self, ds: tf.data.Dataset, *, saveable: bool = True):
     self._iterator = iter(ds)
     self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+    self.saveable = saveable
 
   def __iter__(self) -> 'HostBatches':
     return self
@@ -252,6 +280,8 @@ class HostBatches:
 
   def save(self, prefix: str) -> None:
     """Writes the position to the files `<prefix>.index` and `<prefix>.data-*`."""
+    if not self.saveable:
+      raise RuntimeError('The position of batches from the tf.data service cannot be saved.')
     try:
       self._checkpoint.write(prefix)
     except tf.errors.OpError as error:  # A full disk, a folder that cannot be written.
@@ -259,6 +289,8 @@ class HostBatches:
 
   def restore(self, prefix: str) -> None:
     """Moves to the position saved at `prefix` by `save` of a pipeline built the same way."""
+    if not self.saveable:
+      raise RuntimeError('Batches from the tf.data service cannot be moved to a saved position.')
     try:
       self._checkpoint.read(prefix).assert_consumed()
     # TensorFlow's reader fails in many ways on a damaged file (OpError, AssertionError,
@@ -279,6 +311,7 @@ def load_for_devices(
   sharding: jax.sharding.NamedSharding,
   seed: int | None = None,
   subset: np.ndarray | None = None,
+  data_service_address: str | None = None,
 ) -> HostBatches:
   """This process's rows of the global batches of `split` laid out by `sharding`, on the host.
 
@@ -298,6 +331,7 @@ def load_for_devices(
     num_shards=num_shards,
     seed=seed,
     subset=subset,
+    data_service_address=data_service_address,
   )
 
 

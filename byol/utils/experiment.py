@@ -179,6 +179,7 @@ class Experiment:
           sharding=self._batch_sharding,
           seed=self._random_seed,
           subset=subset,
+          data_service_address=self._dataset_config['data_service_address'],
         ),
         self._batch_sharding,
         checkpoint_path=self._checkpointer.path,

@@ -17,6 +17,9 @@ pipeline has produced more batches than the experiment has trained on. A positio
 taken at a pull, before the batch that follows it is produced, when the training loop asked for it
 ahead of time (`request_position`); the checkpoint of the step that is fed that batch next is then
 written with it. The batches on the devices at that moment are neither lost nor fed twice.
+
+Batches from the tf.data service have no position to save (`HostBatches.saveable`): nothing is
+written, and a resumed run reads a new stream of the same shards from the service.
 """
 
 import json
@@ -118,6 +121,8 @@ class DeviceInput:
   def _save_position(self, count: int) -> None:
     """Writes the position after `count` batches to its folder, atomically (a temporary
     folder renamed into place), then removes the oldest positions."""
+    if not self._host_batches.saveable:
+      return
     final = os.path.join(self._folder, f'{_COUNT_PREFIX}{count}')
     temporary = None
     try:
@@ -152,9 +157,17 @@ class DeviceInput:
   def restore(self, count: int) -> bool:
     """Moves a pipeline that has produced nothing yet to where it stood after `count` batches,
     from the saved position; returns False (and stays at its start) when there is none for this
-    layout."""
+    layout. Input from the tf.data service has no position: it only counts on from `count`."""
     if self._device_batches is not None:
       raise RuntimeError('Restore the input before taking batches from it.')
+    if not self._host_batches.saveable:
+      logging.info(
+        'Resuming after %d batches on input from the tf.data service, which keeps no position: '
+        'it sends a new random stream of the same shards.',
+        count,
+      )
+      self._next_pull = count
+      return True
     folder = os.path.join(self._folder, f'{_COUNT_PREFIX}{count}')
     try:
       with open(os.path.join(folder, _LAYOUT_FILE)) as f:
