@@ -91,7 +91,8 @@ def test_every_example_reaches_the_trainer_and_each_device_its_own_shard(service
   batches = load_through(
     service, unique_labels, batch_dims=[BATCH_SIZE], shards=[0, 1], num_shards=2
   )
-  labels = np.stack([next(batches)['labels'] for _ in range(2 * NUM_EXAMPLES // BATCH_SIZE)])
+  received = [next(batches) for _ in range(2 * NUM_EXAMPLES // BATCH_SIZE)]
+  labels = np.stack([batch['labels'] for batch in received])
   # Each worker shuffles within its passes over a shard, so whichever worker sent how many of
   # these two passes' worth, one of them sent a whole pass: every example arrives, at most 3
   # times (e.g. a pass and a half from one worker and half a pass from the other).
@@ -102,6 +103,11 @@ def test_every_example_reaches_the_trainer_and_each_device_its_own_shard(service
   assert set(labels[:, :2].ravel()) == set(listed_labels[:6])  # Shard 0's rows: its examples.
   assert set(labels[:, 2:].ravel()) == set(listed_labels[6:])
   assert not batches.saveable
+  # Sent as 8-bit images, received as float32 in [0, 1], as the local pipeline delivers them.
+  images = np.stack([batch['images'] for batch in received])
+  assert images.dtype == np.float32 and images.shape == (6, BATCH_SIZE, 16, 16, 3)
+  np.testing.assert_allclose(images * 255, np.round(images * 255), atol=1e-4)
+  assert 0 <= images.min() and images.max() <= 1 and images.std() > 0.1
 
 
 def test_a_run_trains_checkpoints_and_resumes_through_the_service(service, tmp_path):
