@@ -3,6 +3,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -184,3 +185,16 @@ def test_the_launcher_refuses_a_taken_port(service):
     timeout=120,
   )
   support.assert_one_clear_error(result.returncode, result.stderr, f'Port {port} is taken')
+
+
+def test_a_dispatcher_restarts_at_once_on_the_port_of_one_that_just_stopped(tmp_path):
+  # A server that closed its connections first leaves them in TIME_WAIT on its port for a minute.
+  with socket.create_server(('localhost', 0)) as server:
+    port = server.getsockname()[1]
+    client = socket.create_connection(('localhost', port))
+    connection, _ = server.accept()
+    connection.close()
+  client.close()
+  # Fault-tolerant mode restarts a dispatcher on the same port and journal at once.
+  dispatcher = data_service.start_dispatcher(port, work_dir=str(tmp_path))
+  dispatcher.stop()

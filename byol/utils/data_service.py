@@ -116,6 +116,9 @@ def _check_port_free(port: int) -> None:
   if port == 0:
     return
   with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as probe:
+    # Not refused for the closed connections of a server that just stopped (TIME_WAIT): a
+    # dispatcher restarted at once on its port, as fault-tolerant mode has it, must start.
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
       probe.bind(('', port))
     except OSError as error:
