@@ -164,16 +164,17 @@ def load(
       'device) it is read in; use fewer devices or another split.'
     )
   is_training = preprocess_mode is not PreprocessMode.EVAL
-  if data_service_address is not None and not is_training:
-    raise ValueError('Evaluation reads locally: it counts every example exactly once.')
-  service = (
-    None if data_service_address is None else data_service.check_reachable(data_service_address)
-  )
   if is_training and split_size // num_shards < shard_batch_size:
     raise DatasetError(
       f'{split_name} has {split_size} examples, fewer than one batch of '
       f'{shard_batch_size * num_shards}: use a smaller --batch_size.'
     )
+  if data_service_address is not None and not is_training:
+    raise ValueError('Evaluation reads locally: it counts every example exactly once.')
+  # Last of the checks: it may wait for a dispatcher that is starting.
+  service = (
+    None if data_service_address is None else data_service.check_reachable(data_service_address)
+  )
 
   def read_shard(shard: int, shard_start: int, shard_end: int) -> tf.data.Dataset:
     shard_size = shard_end - shard_start
@@ -222,26 +223,7 @@ def load(
       .repeat()
     )
     ds = tf.data.Dataset.choose_from_datasets(shard_datasets, choices, stop_on_empty_dataset=True)
-  options = tf.data.Options()
-  # Parallelism comes from the parallel map over examples; one thread per op avoids
-  # oversubscribing the few host cores.
-  options.threading.max_intra_op_parallelism = 1
-  # In order, in training too: the batches are then a function of the seed (reproducible runs).
-  # The service's workers draw their own seeds: order does not matter there.
-  options.deterministic = service is None
-  # No autotuning. Dropping an autotuned iterator (the end of each evaluation pass, a kNN bank
-  # that stops early, the end of a run or of a test) made the dropping thread wait, idle, for the
-  # timed sleep of the autotuner's thread to end: up to a minute, at random (seen in stack dumps
-  # of the test suite, whose machine then sat idle a quarter of the time), and the autotuner's
-  # periodic work took a sixth of the suite's CPU time. Without it each parallel map runs one call
-  # per core of the runner thread pool (autotuning's own ceiling) and the prefetch buffers keep
-  # their own growth; the pretraining pipeline reads as fast (Imagenette at 128 px on 2 cores,
-  # alternated: 2,330 against 2,170 images/s with autotuning).
-  # The service's workers are other machines, with their own core counts, and their iterators
-  # live as long as the job: there tf.data sizes the parallel maps, starting from this count.
-  options.autotune.enabled = service is not None
-  options.autotune.initial_parallelism = os.cpu_count() or 1
-  ds = ds.with_options(options)
+  ds = ds.with_options(_options(on_service=service is not None))
 
   # Innermost first: [per_device] then [devices, per_device] for batch_dims [devices, per_device].
   for size in reversed(batch_dims):
@@ -251,7 +233,8 @@ def load(
     # much CPU time as reading locally (224 px, 2 cores: 2.5 ms an image; 270 against 740
     # images/s). The rounding moves a pixel by at most 1/510.
     ds = data_service.distribute(ds.map(_images_to_uint8), service)
-    ds = ds.map(_images_to_unit_range, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
+    ds = ds.map(_images_to_unit_range, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.with_options(_options(on_service=False))  # The trainer's own part.
   # Training: two batches ahead (the devices get two more ahead of the step, `input_state`). A
   # saved position holds the batches in flight (`HostBatches.save`): measured for Imagenette at
   # 128 px, batch 64, 57 MB against 155 MB for an AUTOTUNE buffer, whose reading is 10% faster
@@ -439,6 +422,30 @@ def _resize_to_unit_range(image: tf.Tensor, image_size: int) -> tf.Tensor:
   # Bicubic interpolation overshoots (values below 0 and above 255 near edges), hence the clip.
   image = tf.image.resize(image, [image_size, image_size], tf.image.ResizeMethod.BICUBIC)
   return tf.clip_by_value(image / 255.0, 0.0, 1.0)
+
+
+def _options(*, on_service: bool) -> tf.data.Options:
+  """The tf.data options of a pipeline run here, or on the tf.data service's workers."""
+  options = tf.data.Options()
+  # Parallelism comes from the parallel map over examples; one thread per op avoids
+  # oversubscribing the few host cores.
+  options.threading.max_intra_op_parallelism = 1
+  # In order, in training too: the batches are then a function of the seed (reproducible runs).
+  # The service's workers draw their own seeds: order does not matter there.
+  options.deterministic = not on_service
+  # No autotuning here. Dropping an autotuned iterator (the end of each evaluation pass, a kNN
+  # bank that stops early, the end of a run or of a test) made the dropping thread wait, idle, for
+  # the timed sleep of the autotuner's thread to end: up to a minute, at random (seen in stack
+  # dumps of the test suite, whose machine then sat idle a quarter of the time), and the
+  # autotuner's periodic work took a sixth of the suite's CPU time. Without it each parallel map
+  # runs one call per core of the runner thread pool (autotuning's own ceiling) and the prefetch
+  # buffers keep their own growth; the pretraining pipeline reads as fast (Imagenette at 128 px on
+  # 2 cores, alternated: 2,330 against 2,170 images/s with autotuning).
+  # The service's workers are other machines, with their own core counts, and their iterators
+  # live as long as the job: there tf.data sizes the parallel maps, starting from this count.
+  options.autotune.enabled = on_service
+  options.autotune.initial_parallelism = os.cpu_count() or 1
+  return options
 
 
 def _images_to_uint8(batch: Example) -> Example:
